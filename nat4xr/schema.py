@@ -1,0 +1,228 @@
+"""The dataset contract: names, dtypes and the one constructor every layer uses.
+
+A nat4xr Dataset has the dimensions ``(stim, neuron, repeat, time, freq)`` and
+the variables and coordinates listed in :data:`STIM_COORDS`,
+:data:`NEURON_COORDS` and :func:`make_dataset`. Everything else in the
+library (build, cache, accessor, concat, torch) produces or consumes exactly
+this shape, so it is defined once, here.
+
+Missing data has one encoding: NaN in ``response``. ``coverage`` is derived
+from it when the Dataset is made and travels with every selection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ._version import __version__
+
+__all__ = [
+    "DIMS",
+    "NEURON_COORDS",
+    "RESPONSE_DIMS",
+    "SCHEMA_VERSION",
+    "STIM_COORDS",
+    "check_dataset",
+    "coverage_of",
+    "make_dataset",
+]
+
+SCHEMA_VERSION = 1
+"""Bumped whenever the layout of the Dataset (and so of the cache) changes."""
+
+DIMS = ("stim", "neuron", "repeat", "time", "freq")
+RESPONSE_DIMS = ("stim", "neuron", "repeat", "time")
+SPECTROGRAM_DIMS = ("stim", "freq", "time")
+
+#: Stim coordinates and their dtypes (``str`` means a numpy ``<U`` array).
+STIM_COORDS: dict[str, Any] = {"subset": str, "n_repeats": np.int64}
+#: Neuron coordinates and their dtypes; ints use -1 for "unknown".
+NEURON_COORDS: dict[str, Any] = {
+    "area": str,
+    "site": str,
+    "animal": str,
+    "electrode": np.int64,
+    "unit": np.int64,
+    "auditory": bool,
+}
+
+DOI = "10.5281/zenodo.8044773"
+
+
+def _str_array(values: Any) -> np.ndarray:
+    """Unicode array (``<U``): what xarray reads back from netCDF strings."""
+    return np.array([str(v) for v in values], dtype=str)
+
+
+def coverage_of(response: Any) -> np.ndarray:
+    """``(stim, neuron)`` bool: True where any repeat/time bin is not NaN.
+
+    Works on numpy and dask arrays (a dask input is computed, chunk by chunk).
+
+    Examples
+    --------
+    >>> r = np.full((2, 3, 4, 5), np.nan, dtype="float32")
+    >>> r[0, 1, 0, :] = 0.0
+    >>> coverage_of(r)
+    array([[False,  True, False],
+           [False, False, False]])
+    """
+    data = getattr(response, "data", response)
+    cov = (~np.isnan(data)).any(axis=(2, 3))
+    if hasattr(cov, "compute"):
+        cov = cov.compute()
+    return np.asarray(cov, dtype=bool)
+
+
+def make_dataset(
+    response: Any,
+    spectrogram: Any,
+    stims: pd.DataFrame,
+    neurons: pd.DataFrame,
+    *,
+    dt: float = 0.01,
+    attrs: Mapping[str, Any] | None = None,
+    coverage: np.ndarray | None = None,
+    freq: Any = None,
+) -> xr.Dataset:
+    """Assemble a Dataset of the nat4xr contract from arrays and metadata tables.
+
+    Parameters
+    ----------
+    response : array-like, shape (stim, neuron, repeat, time)
+        Spike counts per bin, NaN where there is no data. numpy or dask.
+    spectrogram : array-like, shape (stim, freq, time)
+        Non-negative stimulus spectrogram.
+    stims : DataFrame
+        Indexed by stim id; columns ``subset`` and ``n_repeats`` (others are
+        kept as extra stim coordinates).
+    neurons : DataFrame
+        Indexed by cell id; columns of :data:`NEURON_COORDS` (others are kept).
+    dt : float
+        Bin width in seconds.
+    attrs : mapping, optional
+        Extra attributes; dicts and lists are stored as JSON strings.
+    coverage : ndarray, optional
+        Precomputed ``(stim, neuron)`` coverage; derived from ``response``
+        when omitted.
+    freq : array-like, optional
+        Frequency coordinate; band indices ``0..F-1`` when omitted.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> resp = np.zeros((2, 1, 3, 4), dtype="float32")
+    >>> spec = np.ones((2, 5, 4), dtype="float32")
+    >>> stims = pd.DataFrame({"subset": ["est", "val"], "n_repeats": [1, 3]},
+    ...                      index=["STIM_cat1", "STIM_00cat2"])
+    >>> neurons = pd.DataFrame({"area": ["A1"], "site": ["ARM029a"], "animal": ["ARM"],
+    ...                         "electrode": [4], "unit": [1], "auditory": [True]},
+    ...                        index=["ARM029a-04-1"])
+    >>> ds = make_dataset(resp, spec, stims, neurons)
+    >>> dict(ds.sizes)
+    {'stim': 2, 'neuron': 1, 'repeat': 3, 'time': 4, 'freq': 5}
+    """
+    n_stim, n_neuron, n_repeat, n_time = response.shape
+    if spectrogram.shape[0] != n_stim or spectrogram.shape[2] != n_time:
+        raise ValueError(
+            f"spectrogram shape {spectrogram.shape} does not match response shape "
+            f"{response.shape} (expected ({n_stim}, F, {n_time}))"
+        )
+    if len(stims) != n_stim or len(neurons) != n_neuron:
+        raise ValueError(
+            f"{len(stims)} stims x {len(neurons)} neurons in the tables, "
+            f"but response has shape {response.shape}"
+        )
+    if coverage is None:
+        coverage = coverage_of(response)
+    n_freq = spectrogram.shape[1]
+    coords: dict[str, Any] = {
+        "stim": ("stim", _str_array(stims.index)),
+        "neuron": ("neuron", _str_array(neurons.index)),
+        "repeat": ("repeat", np.arange(n_repeat, dtype=np.int64)),
+        "time": ("time", np.round(np.arange(n_time) * dt, 10)),
+        "freq": ("freq", np.arange(n_freq, dtype=np.int64) if freq is None else np.asarray(freq)),
+        "coverage": (("stim", "neuron"), np.asarray(coverage, dtype=bool)),
+    }
+    for table, dim in ((stims, "stim"), (neurons, "neuron")):
+        for name in table.columns:
+            coords[name] = (dim, _typed(table[name]))
+    ds = xr.Dataset(
+        {
+            "response": (RESPONSE_DIMS, response),
+            "spectrogram": (SPECTROGRAM_DIMS, spectrogram),
+        },
+        coords=coords,
+    )
+    ds["time"].attrs.update(units="s", long_name="time from trial onset")
+    ds["response"].attrs.update(
+        units="spikes per bin", long_name="spike count", description="NaN where not recorded"
+    )
+    ds["spectrogram"].attrs.update(long_name="stimulus spectrogram")
+    ds["coverage"].attrs.update(description="True where the neuron has data for the stim")
+    base = {
+        "dt": float(dt),
+        "fs": float(round(1.0 / dt, 9)),
+        "source_doi": DOI,
+        "normalization": "none",
+        "smoothing": "none",
+        "nat4xr_version": __version__,
+        "nat4xr_schema": SCHEMA_VERSION,
+    }
+    base.update(attrs or {})
+    ds.attrs = {k: _attr(v) for k, v in base.items()}
+    return ds
+
+
+def _typed(series: pd.Series) -> np.ndarray:
+    """Column as a netCDF-friendly array: str columns become object arrays of str."""
+    values = series.to_numpy()
+    if values.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        return _str_array(values)
+    return values
+
+
+def _attr(value: Any) -> Any:
+    """Attribute value netCDF can store: dicts/lists of non-numbers become JSON."""
+    if isinstance(value, Mapping) or (
+        isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) for v in value)
+    ):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    return value
+
+
+def check_dataset(ds: xr.Dataset) -> None:
+    """Raise ``ValueError`` unless ``ds`` follows the nat4xr contract.
+
+    Checks dimensions, the presence of every required coordinate and the
+    dtypes. Data values are not read (the check is cheap on lazy Datasets).
+
+    Examples
+    --------
+    >>> check_dataset(xr.Dataset())
+    Traceback (most recent call last):
+    ...
+    ValueError: not a nat4xr Dataset: missing variable(s) response, spectrogram
+    """
+    missing = [v for v in ("response", "spectrogram") if v not in ds.variables]
+    if missing:
+        raise ValueError(f"not a nat4xr Dataset: missing variable(s) {', '.join(missing)}")
+    if ds["response"].dims != RESPONSE_DIMS:
+        raise ValueError(f"response has dims {ds['response'].dims}, expected {RESPONSE_DIMS}")
+    need = ["coverage", *STIM_COORDS, *NEURON_COORDS]
+    absent = [c for c in need if c not in ds.coords]
+    if absent:
+        raise ValueError(f"not a nat4xr Dataset: missing coordinate(s) {', '.join(absent)}")
+    if ds["coverage"].dtype != bool:
+        raise ValueError(f"coverage must be bool, got {ds['coverage'].dtype}")
