@@ -43,6 +43,8 @@ POINT = "point"
 
 #: Largest JSON sidecar or HDF5 member read into memory (bytes).
 MAX_MEMBER_BYTES = 2**31
+#: Read size of the streaming tar reader (its 10 KiB default costs seconds on GB members).
+TAR_BUFSIZE = 1 << 22
 
 
 @dataclass
@@ -303,7 +305,7 @@ def open_recording(
             elif kind == "epochs":
                 part["epochs"] = _read_epochs(opener, where)
             elif kind == "csv":
-                part["csv"] = _read_matrix(opener, where)
+                part["csv"] = _read_matrix(opener, where, _rows_hint(part.get("json")))
                 part["csv_where"] = where
             elif kind == "h5":
                 part["h5"] = (_read_bytes(opener, where), where)
@@ -370,7 +372,7 @@ def _stream_members(fileobj: IO[bytes], source: str) -> Iterator[tuple[str, Open
 def _tar_members(raw: IO[bytes], source: str, mode: str) -> Iterator[tuple[str, Opener]]:
     """Stream the regular-file members of a tar archive, in order, without extracting."""
     try:
-        with tarfile.open(fileobj=raw, mode=mode) as tar:
+        with tarfile.open(fileobj=raw, mode=mode, bufsize=TAR_BUFSIZE) as tar:
             for member in tar:
                 if not member.isfile():
                     continue  # links, devices, folders: never followed
@@ -471,16 +473,21 @@ def _read_epochs(opener: Opener, where: str) -> pd.DataFrame:
     return pd.DataFrame({"name": table["name"].astype(str).to_numpy(), "start": start, "end": end})
 
 
-def _read_matrix(opener: Opener, where: str) -> np.ndarray:
+def _read_matrix(opener: Opener, where: str, rows_hint: int | None = None) -> np.ndarray:
     """A header-less numeric CSV as a float32 ``(rows, cols)`` array ('nan' = NaN)."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return _read_matrix_pandas(opener, where)
-    return _read_matrix_arrow(opener, where)
+    return _read_matrix_arrow(opener, where, rows_hint)
 
 
-def _read_matrix_arrow(opener: Opener, where: str) -> np.ndarray:
+def _read_matrix_arrow(opener: Opener, where: str, rows_hint: int | None) -> np.ndarray:
+    """Parse with pyarrow's streaming reader, batch by batch, into one float32 array.
+
+    With ``rows_hint`` (from the sidecar's segments) the output is allocated
+    once and filled in place, so peak memory stays near the result's size.
+    """
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -490,31 +497,33 @@ def _read_matrix_arrow(opener: Opener, where: str) -> np.ndarray:
         if n_cols is None:
             return np.zeros((0, 0), dtype=np.float32)
         names = [f"c{i}" for i in range(n_cols)]
+        out = np.empty((rows_hint, n_cols), dtype=np.float32) if rows_hint else None
+        pieces: list[np.ndarray] = []
+        filled = 0
         try:
-            table = pcsv.read_csv(
+            reader = pcsv.open_csv(
                 _Prefixed(head, fh),
-                read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 24),
+                read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 23),
                 convert_options=pcsv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.float32())
                 ),
             )
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            for batch in reader:
+                block = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
+                n = block.shape[0]
+                if out is not None and filled + n <= out.shape[0]:
+                    out[filled : filled + n] = block
+                else:
+                    if out is not None:  # the hint was short: collect pieces instead
+                        pieces.append(out[:filled])
+                        out = None
+                    pieces.append(block)
+                filled += n
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise FormatError(f"{where}: not a numeric CSV matrix ({_short(exc)})") from exc
-    return _float_columns(table, where)
-
-
-def _float_columns(table: Any, where: str) -> np.ndarray:
-    import pyarrow as pa
-
-    out = np.empty((table.num_rows, table.num_columns), dtype=np.float32)
-    for j, col in enumerate(table.columns):
-        if not pa.types.is_floating(col.type) and not pa.types.is_integer(col.type):
-            if pa.types.is_null(col.type):
-                out[:, j] = np.nan
-                continue
-            raise FormatError(f"{where}: column {j} is not numeric ({col.type})")
-        out[:, j] = col.to_numpy(zero_copy_only=False)
-    return out
+    if out is not None:
+        return out[:filled]
+    return np.concatenate(pieces) if pieces else np.zeros((0, n_cols), dtype=np.float32)
 
 
 def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
@@ -534,6 +543,16 @@ def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
         except (ValueError, pd.errors.ParserError) as exc:
             raise FormatError(f"{where}: not a numeric CSV matrix ({_short(exc)})") from exc
     return frame.to_numpy(dtype=np.float32)
+
+
+def _rows_hint(sidecar: dict[str, Any] | None) -> int | None:
+    """Samples promised by a sidecar's segments (None when unknown or implausible)."""
+    try:
+        ends = [int(end) for _, end in (sidecar or {}).get("segments") or []]
+    except (TypeError, ValueError):
+        return None
+    n = max(ends, default=0)
+    return n if 0 < n < 2**28 else None
 
 
 def _count_columns(head: bytes, where: str) -> int | None:
