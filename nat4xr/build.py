@@ -295,13 +295,31 @@ def _pad_repeats(block: np.ndarray, n_repeat: int) -> np.ndarray:
     return np.concatenate([block, pad], axis=2)
 
 
+class _Sliced:
+    """An in-memory array that dask slices at compute time.
+
+    ``da.from_array`` copies every chunk of a numpy array up front; wrapping
+    it keeps one copy (the block itself) however the graph is cut.
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[key]
+
+
 def _lazy_response(est_block: np.ndarray, val_block: np.ndarray, n_repeat: int) -> da.Array:
     """``(stim, neuron, repeat, time)``: est trials in repeat 0, NaN padding left lazy."""
     n_est, T, N = est_block.shape
+    meta = np.empty((0,) * 3, dtype=np.float32)
     parts = []
     if n_est:
-        est = da.from_array(est_block, chunks=(32, T, N), name=False).transpose(0, 2, 1)
-        est = est[:, :, None, :]
+        est = da.from_array(_Sliced(est_block), chunks=(32, T, N), name=False, meta=meta)
+        est = est.transpose(0, 2, 1)[:, :, None, :]
         if n_repeat > 1:
             pad = da.full(
                 (n_est, N, n_repeat - 1, T), np.nan, dtype=np.float32, chunks=(32, N, -1, T)
@@ -309,7 +327,11 @@ def _lazy_response(est_block: np.ndarray, val_block: np.ndarray, n_repeat: int) 
             est = da.concatenate([est, pad], axis=2)
         parts.append(est)
     if val_block.shape[0] or not parts:
-        parts.append(da.from_array(val_block, chunks=(1, N, n_repeat, T), name=False))
+        parts.append(
+            da.from_array(
+                _Sliced(val_block), chunks=(1, N, n_repeat, T), name=False, meta=meta[..., None]
+            )
+        )
     return da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
@@ -362,13 +384,22 @@ def _validation(
     pop_fs: float,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, release.Reconciliation]:
-    """Trial-resolved validation responses ``(n_val, N, R, T)`` from the site files."""
+    """Trial-resolved validation responses ``(n_val, N, R, T)`` from the site files.
+
+    Each site's cells are matched to the population cells not matched yet
+    (exact id, then the parsed key) and its trials are binned straight into
+    the block, so only one site's spikes are in memory at a time.
+    """
     T = layout.n_time
     index = {c: i for i, c in enumerate(cells)}
-    per_site: list[tuple[Signal, dict[str, np.ndarray]]] = []
-    site_cells: list[str] = []
+    recon = release.Reconciliation()
+    remaining = dict.fromkeys(cells)
+    n_reps = np.zeros(len(val), dtype=np.int64)
+    block = np.full((len(val), len(cells), 0, T), np.nan, dtype=np.float32)
+    first_source = None
     for rec in _site_recordings(sources, progress):
         sig = rec["resp"]
+        first_source = first_source or sig.source
         ratio = sig.fs / pop_fs
         factor = round(ratio)
         if factor < 1 or abs(ratio - factor) > 1e-9:
@@ -376,8 +407,18 @@ def _validation(
                 f"{sig.source}: sampling rate {sig.fs} Hz is not a whole multiple of the "
                 f"population's {pop_fs} Hz"
             )
-        trials = {}
-        for name in val:
+        site = release.reconcile(list(remaining), sig.chans)
+        recon.by_key.update(site.by_key)
+        recon.extra += site.extra
+        for pop_id in site.mapping:
+            del remaining[pop_id]
+        recon.mapping.update(site.mapping)
+        if not site.mapping:
+            continue
+        to_pop = {site_id: pop_id for pop_id, site_id in site.mapping.items()}
+        chans = list(to_pop)
+        dst = np.array([index[to_pop[c]] for c in chans])
+        for s, name in enumerate(val):
             bounds = sig.epoch_samples(name)
             if len(bounds) == 0:
                 continue
@@ -387,31 +428,17 @@ def _validation(
                     f"{sig.source}: trials of {name} are {int(lengths.min())} samples long, "
                     f"expected {T * factor} ({T} bins of {factor} samples)"
                 )
-            trials[name] = sig.bin_spikes(bounds[:, 0], T * factor, factor)  # (R, chans, T)
-        per_site.append((sig, trials))
-        site_cells += sig.chans
-    recon = release.reconcile(cells, site_cells)
-    n_reps = np.array(
-        [max([t[name].shape[0] for _, t in per_site if name in t] or [0]) for name in val],
-        dtype=np.int64,
-    )
-    R = int(max([1, *n_reps.tolist()]))
-    block = np.full((len(val), len(cells), R, T), np.nan, dtype=np.float32)
-    to_pop = {site_id: pop_id for pop_id, site_id in recon.mapping.items()}
-    for sig, trials in per_site:
-        rows = [(j, index[to_pop[c]]) for j, c in enumerate(sig.chans) if c in to_pop]
-        if not rows:
-            continue
-        src, dst = (np.array(x) for x in zip(*rows))
-        for s, name in enumerate(val):
-            if name in trials:
-                counts = trials[name]  # (R_site, chans, T)
-                block[s, dst, : counts.shape[0], :] = counts[:, src, :].transpose(1, 0, 2)
+            counts = sig.bin_spikes(bounds[:, 0], T * factor, factor, chans)  # (R, chans, T)
+            if counts.shape[0] > block.shape[2]:
+                block = _pad_repeats(block, counts.shape[0])
+            block[s, dst, : counts.shape[0], :] = counts.transpose(1, 0, 2)
+            n_reps[s] = max(n_reps[s], counts.shape[0])
     if not recon.mapping:
         raise FormatError(
-            f"{sources[0]}: no single-site cell matches a population cell; these files do not "
-            "belong to this release"
+            f"{first_source or sources[0]}: no single-site cell matches a population cell; "
+            "these files do not belong to this release"
         )
+    recon.unmatched = list(remaining)
     return block, n_reps, recon
 
 
@@ -421,13 +448,15 @@ def _check_consistency(
     """Warn, naming the cells, when a trial mean differs from the population's val block."""
     if not val:
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(val_block, axis=2)  # (n_val, N, T)
-    pop = pop_val.transpose(0, 2, 1)  # (n_val, N, T)
-    both = ~np.isnan(mean) & ~np.isnan(pop)
-    bad = both & (np.abs(mean - pop) > CONSISTENCY_ATOL * (1 + np.abs(pop)))
-    bad_cells = [cells[i] for i in np.nonzero(bad.any(axis=(0, 2)))[0]]
+    bad = np.zeros(len(cells), dtype=bool)
+    for s in range(len(val)):  # one stim at a time keeps the temporaries small
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(val_block[s], axis=1)  # (N, T)
+        pop = pop_val[s].T  # (N, T)
+        both = ~np.isnan(mean) & ~np.isnan(pop)
+        bad |= (both & (np.abs(mean - pop) > CONSISTENCY_ATOL * (1 + np.abs(pop)))).any(axis=1)
+    bad_cells = [cells[i] for i in np.nonzero(bad)[0]]
     if bad_cells:
         warnings.warn(
             f"{where}: for {len(bad_cells)} cells the mean over validation trials differs "
