@@ -105,6 +105,7 @@ def build_dataset(
     root = Path(path)
     files = release.source_files(root, area, subset, waveform)
     pop_path, pred_path = files[0], files[1]
+    site_files = files[2 : len(files) - int(waveform)]  # the wav source comes last
 
     pop = open_recording(pop_path, signals={"resp", "stim"})
     resp, stim = pop["resp"], pop["stim"]
@@ -131,7 +132,7 @@ def build_dataset(
         "source_files": [p.name for p in files],
     }
     if val:
-        val_block, n_reps, recon = _validation(files[2:], cells, val, layout, resp.fs, progress)
+        val_block, n_reps, recon = _validation(site_files, cells, val, layout, resp.fs, progress)
         _check_consistency(val_block, pop_val, cells, val, pop_path)
         attrs["val_reconciled"] = recon.by_key
         attrs["val_unmatched"] = recon.unmatched

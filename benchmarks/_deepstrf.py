@@ -1,0 +1,77 @@
+"""Load deepSTRF 0.1.0's NAT4 loader for side-by-side timing, without its heavy extras.
+
+deepSTRF is not a dependency of nat4xr. Install it beside, in the benchmark's
+own environment and without its dependencies, e.g.::
+
+    pip install --no-deps --target /tmp/deepstrf deepSTRF==0.1.0
+    export NAT4XR_DEEPSTRF_PATH=/tmp/deepstrf
+
+Spectrogram mode never calls the optional packages it imports at module load
+(torchaudio, torchvision, lightning, ...), so those are replaced by inert stubs.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+from unittest import mock
+
+STUBBED = {
+    "torchaudio",
+    "torchcodec",
+    "torchvision",
+    "pytorch_lightning",
+    "lightning",
+    "einops",
+    "mambapy",
+    "soundfile",
+    "skimage",
+    "tables",
+    "mat73",
+    "wandb",
+    "tensorboard",
+    "huggingface_hub",
+    "safetensors",
+    "gammatone",
+    "mne",
+    "allensdk",
+    "pykeops",
+}
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in STUBBED:
+            try:
+                if name in sys.modules or importlib.machinery.PathFinder.find_spec(name) is None:
+                    return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            except (ImportError, ValueError):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: mock.MagicMock(name=f"{spec.name}.{attr}")
+        return module
+
+    def exec_module(self, module):
+        return None
+
+
+def load_deepstrf():
+    """Return ``(NAT4Dataset, neural_collate)`` from deepSTRF, or ``None`` if not installed."""
+    extra = os.environ.get("NAT4XR_DEEPSTRF_PATH")
+    if extra and extra not in sys.path:
+        sys.path.append(extra)
+    sys.meta_path.insert(0, _StubFinder())
+    try:
+        from deepSTRF.datasets.audio.nat4 import NAT4Dataset
+        from deepSTRF.utils import neural_collate
+    except ImportError as exc:
+        print(f"deepSTRF not available ({exc}); skipping the comparison", file=sys.stderr)
+        return None
+    return NAT4Dataset, neural_collate
