@@ -24,7 +24,7 @@ import xarray as xr
 
 from . import release
 from .errors import FormatError, MissingFileError, Nat4Warning
-from .filters import hanning_smooth
+from .filters import hanning_smooth, hanning_window
 from .nems import Recording, Signal, open_recording
 from .schema import make_dataset
 
@@ -163,9 +163,14 @@ def build_dataset(
             "population recording; values below 1e-6 set to 0",
         }
     if smooth_ms is not None:
-        est_block = hanning_smooth(est_block, smooth_ms / 1000 / layout.dt, axis=1)
-        val_block = hanning_smooth(val_block, smooth_ms / 1000 / layout.dt, axis=-1)
-        attrs["smoothing"] = {"method": "hanning", "window_ms": float(smooth_ms)}
+        width = smooth_ms / 1000 / layout.dt
+        est_block = hanning_smooth(est_block, width, axis=1)
+        val_block = hanning_smooth(val_block, width, axis=-1)
+        attrs["smoothing"] = {
+            "method": "hanning",
+            "window_ms": float(smooth_ms),
+            "bins": len(hanning_window(width)),
+        }
 
     coverage = np.concatenate(
         [~np.isnan(est_block).all(axis=1), ~np.isnan(val_block).all(axis=(2, 3))], axis=0

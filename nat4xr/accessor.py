@@ -1,0 +1,612 @@
+"""The ``.nat4`` Dataset accessor: metadata tables, selection, metrics and plots.
+
+Importing :mod:`nat4xr` registers it, so every :class:`xarray.Dataset` has a
+``.nat4`` attribute. The accessor stores only the Dataset; every method
+returns a new object and leaves its input untouched, and none of them reads
+``response`` on a lazy Dataset (selection works from the small ``coverage``
+coordinate).
+
+Examples
+--------
+>>> import nat4xr
+>>> ds = nat4xr.synthetic.random_dataset(n_est=6, n_val=2, n_neurons=5, seed=2)
+>>> val = ds.nat4.sel_stims(subset="val")
+>>> val.sizes["stim"]
+2
+>>> ds.sizes["stim"]  # the input is unchanged
+8
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = ["Nat4Accessor", "axis_table", "select"]
+
+AXES = ("stim", "neuron")
+_OTHER = {"stim": "neuron", "neuron": "stim"}
+# Backend encodings that describe the on-disk layout of the full array; after a
+# selection they are stale and would make `to_netcdf` fail on the smaller array.
+_STALE_ENCODING = ("chunksizes", "original_shape", "preferred_chunks", "contiguous")
+
+
+# -- small helpers on coordinates ---------------------------------------------------------------
+
+
+def _values(var: xr.Variable | xr.DataArray) -> np.ndarray:
+    """In-memory values of a small (metadata) variable.
+
+    Dask-backed metadata (e.g. after ``Dataset.chunk``) is computed with the
+    synchronous scheduler: these arrays are tiny, and shipping them to a
+    cluster would cost more than reading them here.
+    """
+    data = var.data
+    if hasattr(data, "dask"):
+        data = data.compute(scheduler="sync")
+    return np.asarray(data)
+
+
+def _axis_coords(ds: xr.Dataset, dim: str) -> list[Hashable]:
+    """Names of the 1-D coordinates along ``dim`` (the id index itself excluded)."""
+    # iterate names, not ds.coords.items(): that builds a DataArray per coordinate
+    variables = ds.variables
+    return [n for n in ds.coords if n != dim and variables[n].dims == (dim,)]
+
+
+def _ids(ds: xr.Dataset, dim: str) -> np.ndarray:
+    if dim not in ds.dims:
+        raise ValueError(
+            f"this Dataset has no {dim!r} dimension (dims: {list(ds.dims)}); "
+            "the .nat4 accessor needs a nat4xr Dataset (see nat4xr.open_nat4)"
+        )
+    if dim in ds.variables:
+        return _values(ds.variables[dim])
+    return np.arange(ds.sizes[dim])
+
+
+def coverage_array(ds: xr.Dataset) -> np.ndarray:
+    """The ``(stim, neuron)`` coverage as an in-memory bool array.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, p_missing=0.0)
+    >>> coverage_array(ds).all()
+    np.True_
+    """
+    if "coverage" not in ds.variables:
+        need = "response" if "response" not in ds.variables else "coverage"
+        raise ValueError(
+            f"this Dataset has no {need!r} variable, which the .nat4 accessor needs; "
+            "open one with nat4xr.open_nat4 or build one with nat4xr.make_dataset"
+        )
+    var = ds.variables["coverage"]
+    if set(var.dims) != set(AXES):
+        raise ValueError(f"coverage has dims {var.dims}, expected ('stim', 'neuron')")
+    cov = _values(var).astype(bool, copy=False)
+    return cov.T if var.dims == ("neuron", "stim") else cov
+
+
+def axis_table(ds: xr.Dataset, dim: str) -> pd.DataFrame:
+    """Metadata of one axis as a DataFrame indexed by id (2-D coordinates excluded).
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3)
+    >>> list(axis_table(ds, "stim").columns)
+    ['subset', 'n_repeats']
+    """
+    ids = _ids(ds, dim)
+    columns = {name: _values(ds.variables[name]) for name in _axis_coords(ds, dim)}
+    return pd.DataFrame(columns, index=pd.Index(ids, name=dim))
+
+
+# -- masks from filters -------------------------------------------------------------------------
+
+
+def _as_mask(value: Any, n: int, what: str) -> np.ndarray:
+    mask = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
+    if mask.shape != (n,):
+        raise ValueError(f"{what} gave a mask of shape {mask.shape}, expected ({n},)")
+    if mask.dtype != bool:
+        raise TypeError(f"{what} gave a mask of dtype {mask.dtype}, expected bool")
+    return mask
+
+
+def _mask(ds: xr.Dataset, dim: str, predicates: tuple, filters: dict[str, Any]) -> np.ndarray:
+    """Bool mask over ``dim`` from positional predicates and keyword filters."""
+    n = ds.sizes[dim] if dim in ds.dims else len(_ids(ds, dim))
+    mask = np.ones(n, dtype=bool)
+    table = None
+    for i, pred in enumerate(predicates):
+        if callable(pred):
+            if table is None:
+                table = axis_table(ds, dim)
+            pred = pred(table)
+        mask &= _as_mask(pred, n, f"{dim} predicate #{i}")
+    allowed = _axis_coords(ds, dim)
+    for name, value in filters.items():
+        if name != dim and name not in allowed and f"{dim}_{name}" in allowed:
+            name = f"{dim}_{name}"  # e.g. source= means stim_source / neuron_source
+        if name != dim and name not in allowed:
+            names = ", ".join(map(str, [dim, *allowed]))
+            raise KeyError(f"no {dim} coordinate named {name!r}; available: {names}")
+        values = _ids(ds, dim) if name == dim else _values(ds.variables[name])
+        if callable(value):
+            m = value(pd.Series(values, index=_ids(ds, dim), name=name))
+        elif isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
+            m = np.isin(values, np.asarray(list(value)))
+        else:
+            m = values == value
+            if np.ndim(m) == 0:  # numpy gives a scalar when types cannot be compared
+                m = np.full(n, bool(m))
+        mask &= _as_mask(m, n, f"filter {name}=")
+    return mask
+
+
+# -- fast positional selection ------------------------------------------------------------------
+
+
+def _indexer(idx: np.ndarray, n: int) -> slice | np.ndarray | None:
+    """Cheapest equivalent of sorted unique positions: None (all), a slice, or the array."""
+    if len(idx) == n:
+        return None
+    if len(idx) == 0:
+        return slice(0, 0)
+    if idx[-1] - idx[0] == len(idx) - 1:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx.astype(np.intp, copy=False)
+
+
+def _take_block(block: Any, idx: np.ndarray, axis: int) -> Any:
+    return block.take(idx, axis=axis)
+
+
+def _take(data: Any, axis: int, key: slice | np.ndarray) -> Any:
+    if isinstance(key, slice):
+        return data[(slice(None),) * axis + (key,)]
+    if isinstance(data, np.ndarray):
+        if axis == 0 or data.ndim == 1:
+            return data.take(key, axis=axis)
+        # numpy gathers along inner axes much faster with a bool mask (same result:
+        # the positions are sorted and unique)
+        mask = np.zeros(data.shape[axis], dtype=bool)
+        mask[key] = True
+        return data[(slice(None),) * axis + (mask,)]
+    if data.numblocks[axis] == 1:
+        # One chunk along this axis: a Blockwise layer is built in O(1), whereas
+        # dask's generic fancy indexing walks every block up front.
+        import dask.array as da
+        from dask.base import tokenize
+
+        ind = tuple(range(data.ndim))
+        return da.blockwise(
+            _take_block,
+            ind,
+            data,
+            ind,
+            key,
+            None,
+            axis,
+            None,
+            adjust_chunks={axis: len(key)},
+            dtype=data.dtype,
+            meta=data._meta,
+            name=f"nat4-take-{tokenize(data.name, axis, key)}",
+        )
+    return data[(slice(None),) * axis + (key,)]
+
+
+class _Fallback(Exception):
+    """The fast path does not apply; use ``Dataset.isel``."""
+
+
+def _is_array(data: Any) -> bool:
+    return isinstance(data, np.ndarray) or type(data).__module__.startswith("dask.array")
+
+
+def _fast_isel(ds: xr.Dataset, indexers: dict[str, slice | np.ndarray]) -> xr.Dataset:
+    """``ds.isel(indexers)`` without xarray's general machinery (same result)."""
+    replace = getattr(ds, "_replace", None)
+    if replace is None:
+        raise _Fallback
+    sizes = dict(ds.sizes)
+    for dim, key in indexers.items():
+        sizes[dim] = len(range(sizes[dim])[key]) if isinstance(key, slice) else len(key)
+    indexes: dict[Hashable, Any] = {}
+    variables: dict[Hashable, xr.Variable] = {}
+    for name, index in ds.xindexes.items():
+        dims = set(ds.variables[name].dims)
+        hit = {d: k for d, k in indexers.items() if d in dims}
+        if not hit:
+            indexes[name] = index
+            continue
+        if type(index) is not xr.indexes.PandasIndex:
+            raise _Fallback
+        new = index.isel(hit)
+        if new is None:
+            raise _Fallback
+        indexes[name] = new
+        variables.update(new.create_variables({name: ds.variables[name]}))
+    for name, var in ds.variables.items():
+        if name in variables:
+            continue
+        hit = [(axis, indexers[d]) for axis, d in enumerate(var.dims) if d in indexers]
+        if not hit:
+            variables[name] = var
+            continue
+        data = var._data
+        if not _is_array(data):  # lazily indexed backend arrays: let xarray compose them
+            variables[name] = var.isel({var.dims[a]: k for a, k in hit})
+            continue
+        for axis, key in hit:
+            data = _take(data, axis, key)
+        encoding = {k: v for k, v in var.encoding.items() if k not in _STALE_ENCODING}
+        variables[name] = xr.Variable(var.dims, data, var.attrs, encoding, fastpath=True)
+    return replace(variables=variables, coord_names=set(ds.coords), dims=sizes, indexes=indexes)
+
+
+def select(ds: xr.Dataset, stim: np.ndarray | None = None, neuron: np.ndarray | None = None):
+    """Positional selection by sorted unique integer positions (None keeps the axis).
+
+    Equivalent to ``ds.isel(stim=stim, neuron=neuron)``, but contiguous
+    positions become slices and dask arrays are indexed without walking their
+    blocks, so selecting on a lazy full-scale Dataset takes well under a
+    millisecond.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=1, n_neurons=3)
+    >>> select(ds, stim=np.array([0, 2])).identical(ds.isel(stim=[0, 2]))
+    True
+    """
+    indexers: dict[str, slice | np.ndarray] = {}
+    for dim, idx in (("stim", stim), ("neuron", neuron)):
+        if idx is None:
+            continue
+        key = _indexer(np.asarray(idx, dtype=np.intp), ds.sizes[dim])
+        if key is not None:
+            indexers[dim] = key
+    if not indexers:
+        return ds.copy(deep=False)
+    try:
+        return _fast_isel(ds, indexers)
+    except _Fallback:
+        return ds.isel(indexers)
+
+
+# -- the accessor -------------------------------------------------------------------------------
+
+
+@xr.register_dataset_accessor("nat4")
+class Nat4Accessor:
+    """NAT4 helpers on an :class:`xarray.Dataset` (``ds.nat4``).
+
+    The accessor holds nothing but the Dataset, so it is always in step with
+    it and pickles with it. Every method returns a new object.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=6, seed=0)
+    >>> aud = ds.nat4.sel_neurons(auditory=True)
+    >>> bool(aud["auditory"].all())
+    True
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f".nat4 works on xarray.Dataset objects, not {type(ds).__name__}")
+        self._ds = ds
+
+    # tables ----------------------------------------------------------------------------------
+
+    @property
+    def coverage(self) -> xr.DataArray:
+        """``(stim, neuron)`` bool: True where the neuron has data for the stim.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> ds.nat4.coverage.dims
+        ('stim', 'neuron')
+        """
+        coverage_array(self._ds)  # validates presence and dims
+        cov = self._ds["coverage"]
+        return cov.transpose("stim", "neuron")
+
+    def stim_table(self) -> pd.DataFrame:
+        """Stim metadata as a DataFrame indexed by stim id (every stim coordinate).
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+        >>> ds.nat4.stim_table()["subset"].tolist()
+        ['est', 'est', 'val']
+        """
+        return axis_table(self._ds, "stim")
+
+    def neuron_table(self) -> pd.DataFrame:
+        """Neuron metadata as a DataFrame indexed by cell id (every neuron coordinate).
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+        >>> "animal" in ds.nat4.neuron_table().columns
+        True
+        """
+        return axis_table(self._ds, "neuron")
+
+    # selection -------------------------------------------------------------------------------
+
+    def _sel(self, dim: str, predicates: tuple, filters: dict[str, Any]) -> xr.Dataset:
+        ds = self._ds
+        cov = coverage_array(ds)
+        mask = _mask(ds, dim, predicates, filters)
+        keep = np.flatnonzero(mask)
+        other = _OTHER[dim]
+        # the fastest "any" numpy has for each orientation of the C-ordered coverage
+        if dim == "stim":
+            rest = np.flatnonzero(cov[keep].any(axis=0))
+        else:
+            rest = np.flatnonzero(np.dot(cov, mask))  # bool dot = any over kept columns
+        return select(ds, **{dim: keep, other: rest})
+
+    def sel_stims(self, *predicate: Any, **filters: Any) -> xr.Dataset:
+        """Keep the matching stims, then drop neurons with no data among them.
+
+        Parameters
+        ----------
+        *predicate : callable or bool array
+            A callable receives :meth:`stim_table` and returns a bool mask
+            (array or Series); several predicates are combined with "and".
+        **filters
+            ``name=value`` on stim coordinates (``stim=`` filters by id):
+            equality, or "any of" for a list/tuple/set, or a callable that
+            receives the coordinate as a Series and returns a bool mask.
+
+        Returns
+        -------
+        xarray.Dataset
+            A new Dataset (possibly empty); the input is unchanged and a lazy
+            ``response`` stays lazy.
+
+        Raises
+        ------
+        KeyError
+            For an unknown coordinate name (the message lists the valid ones).
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=4)
+        >>> ds.nat4.sel_stims(subset="val").sizes["stim"]
+        2
+        >>> ds.nat4.sel_stims(lambda t: t["n_repeats"] > 1).sizes["stim"]
+        2
+        """
+        return self._sel("stim", predicate, filters)
+
+    def sel_neurons(self, *predicate: Any, **filters: Any) -> xr.Dataset:
+        """Keep the matching neurons, then drop stims with no data among them.
+
+        Parameters and filters work as in :meth:`sel_stims`, on neuron
+        coordinates (``neuron=`` filters by cell id).
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=8, seed=1)
+        >>> sub = ds.nat4.sel_neurons(animal=["ARM", "CRD"])
+        >>> sorted(set(sub["animal"].values.tolist()))
+        ['ARM', 'CRD']
+        """
+        return self._sel("neuron", predicate, filters)
+
+    def prune(self) -> xr.Dataset:
+        """Drop stims and neurons that have no data at all.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=1.0)
+        >>> dict(ds.nat4.prune().sizes)["stim"]
+        0
+        """
+        cov = coverage_array(self._ds)
+        return select(
+            self._ds, stim=np.flatnonzero(cov.any(axis=1)), neuron=np.flatnonzero(cov.any(axis=0))
+        )
+
+    # metrics and plots -----------------------------------------------------------------------
+
+    def psth(self) -> xr.DataArray:
+        """Mean over repeats, ignoring NaN: see :func:`nat4xr.metrics.psth`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+        >>> ds.nat4.psth().dims
+        ('stim', 'neuron', 'time')
+        """
+        from . import metrics
+
+        return metrics.psth(self._ds)
+
+    def noise_ceiling(self, **kwargs: Any) -> xr.Dataset:
+        """CCmax and SNR per (stim, neuron) and per neuron.
+
+        See :func:`nat4xr.metrics.noise_ceiling` for the estimators.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=2, n_neurons=2)
+        >>> sorted(ds.nat4.noise_ceiling().data_vars)
+        ['cc_half', 'ccmax', 'ccmax_neuron', 'n_valid', 'snr', 'snr_neuron']
+        """
+        from . import metrics
+
+        return metrics.noise_ceiling(self._ds, **kwargs)
+
+    def smooth(self, window_ms: float) -> xr.Dataset:
+        """Hanning-smoothed responses: see :func:`nat4xr.metrics.smooth`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+        >>> ds.nat4.smooth(50).attrs["smoothing"]
+        '{"bins": 5, "method": "hanning", "window_ms": 50.0}'
+        """
+        from . import metrics
+
+        return metrics.smooth(self._ds, window_ms)
+
+    def normalize(self, method: str = "minmax", stims: Any = None) -> xr.Dataset:
+        """Per-neuron scaling: see :func:`nat4xr.metrics.normalize`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> float(ds.nat4.normalize("minmax")["response"].max())
+        1.0
+        """
+        from . import metrics
+
+        return metrics.normalize(self._ds, method=method, stims=stims)
+
+    def plot_coverage(self, ax: Any = None) -> Any:
+        """Coverage map: see :func:`nat4xr.plot.plot_coverage`.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> ax = ds.nat4.plot_coverage()
+        """
+        from . import plot
+
+        return plot.plot_coverage(self._ds, ax=ax)
+
+    def plot_trial(self, stim: Any, neuron: Any, axes: Any = None) -> Any:
+        """Spectrogram, raster and PSTH of one cell: see :func:`nat4xr.plot.plot_trial`.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> axes = ds.nat4.plot_trial(ds.stim.values[-1], ds.neuron.values[0])
+        >>> len(axes)
+        3
+        """
+        from . import plot
+
+        return plot.plot_trial(self._ds, stim, neuron, axes=axes)
+
+    def to_torch(self, **kwargs: Any) -> Any:
+        """A PyTorch DataLoader over this Dataset: see ``nat4xr.torch.to_torch``.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> loader = ds.nat4.to_torch(batch_size=2)  # doctest: +SKIP
+        """
+        from .torch import to_torch
+
+        return to_torch(self._ds, **kwargs)
+
+    # summaries -------------------------------------------------------------------------------
+
+    def _counts(self) -> dict[str, Any]:
+        ds = self._ds
+        out: dict[str, Any] = {
+            "area": str(ds.attrs.get("area", "?")),
+            "stims": ds.sizes.get("stim", 0),
+            "neurons": ds.sizes.get("neuron", 0),
+        }
+        if "subset" in ds.variables:
+            subset = _values(ds.variables["subset"])
+            out["est"] = int((subset == "est").sum())
+            out["val"] = int((subset == "val").sum())
+        if "auditory" in ds.variables:
+            out["auditory"] = int(_values(ds.variables["auditory"]).sum())
+        for name in ("animal", "site"):
+            if name in ds.variables:
+                vals = _values(ds.variables[name])
+                out[name + "s"] = len({str(v) for v in vals if str(v)})
+        if "coverage" in ds.variables:
+            cov = coverage_array(ds)
+            out["coverage"] = 100.0 * cov.mean() if cov.size else 0.0
+        resp = ds.variables.get("response")
+        if resp is None:
+            out["storage"] = "no response"
+        elif resp.chunks is not None:
+            nchunks = int(np.prod([len(c) for c in resp.chunks]))
+            out["storage"] = f"lazy (dask, {nchunks} chunks)"
+        else:
+            out["storage"] = "in memory"
+        if "response" in ds.variables:
+            out["size"] = f"{resp.size * resp.dtype.itemsize / 1e9:.2f} GB"
+        return out
+
+    def summary(self) -> str:
+        """A short text summary: counts of stims, neurons, animals, coverage, storage.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> print(ds.nat4.summary().splitlines()[0])
+        <nat4 A1: 4 stims (3 est, 1 val) x 2 neurons>
+        """
+        c = self._counts()
+        split = f" ({c['est']} est, {c['val']} val)" if "est" in c else ""
+        lines = [f"<nat4 {c['area']}: {c['stims']} stims{split} x {c['neurons']} neurons>"]
+        parts = []
+        if "auditory" in c:
+            parts.append(f"auditory {c['auditory']}")
+        for key in ("animals", "sites"):
+            if key in c:
+                parts.append(f"{key} {c[key]}")
+        if parts:
+            lines.append("  " + ", ".join(parts))
+        if "coverage" in c:
+            lines.append(f"  coverage {c['coverage']:.1f}% of (stim, neuron) pairs")
+        size = f", {c['size']}" if "size" in c else ""
+        lines.append(f"  response {c['storage']}{size}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        c = self._counts()
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+            f"<td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in c.items()
+        )
+        return f"<table><caption>nat4 {html.escape(c['area'])}</caption>{rows}</table>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, float) else str(value)

@@ -1,0 +1,462 @@
+"""Block-diagonal concatenation of nat4xr Datasets (e.g. A1 and PEG).
+
+Each input keeps its own stims and neurons; a neuron of one input has no
+data (NaN, coverage False) for the stims of another. With ``join="shared"``
+a sound heard by several populations (same name, identical spectrogram)
+becomes one stim that all of them cover. The result's ``response`` is a dask
+array assembled from the inputs and lazily filled NaN blocks: the dense
+joint array is never allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import Nat4Warning
+from .schema import RESPONSE_DIMS, check_dataset
+
+__all__ = ["concat"]
+
+_STIM_VARS_EXCLUDED = ("response",)
+
+
+def _values(var: Any) -> np.ndarray:
+    data = getattr(var, "data", var)
+    if hasattr(data, "dask"):
+        data = data.compute(scheduler="sync")
+    return np.asarray(data)
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        new, k = name, 2
+        while new in out:
+            new, k = f"{name}-{k}", k + 1
+        out.append(new)
+    return out
+
+
+def _check_compatible(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> None:
+    ref, ref_name = datasets[0], names[0]
+    for ds, name in zip(datasets[1:], names[1:]):
+        dt0, dt1 = ref.attrs.get("dt"), ds.attrs.get("dt")
+        if dt0 is not None and dt1 is not None and not np.isclose(dt0, dt1):
+            raise ValueError(
+                f"cannot concat {ref_name!r} and {name!r}: different dt ({dt0} s vs {dt1} s); "
+                "resample one of them first"
+            )
+        for coord, what in (("time", "time axis"), ("freq", "freq bands")):
+            a, b = _values(ref[coord]), _values(ds[coord])
+            same = a.shape == b.shape and (
+                np.allclose(a, b)
+                if a.dtype.kind in "fiu" and b.dtype.kind in "fiu"
+                else np.array_equal(a.astype(str), b.astype(str))
+            )
+            if not same:
+                raise ValueError(
+                    f"cannot concat {ref_name!r} and {name!r}: different {what} "
+                    f"({coord} has {a.size} values {a[:3].tolist()}... vs {b.size} values "
+                    f"{b[:3].tolist()}...)"
+                )
+        if ref.sizes["repeat"] != ds.sizes["repeat"]:
+            raise ValueError(
+                f"cannot concat {ref_name!r} and {name!r}: different repeat length "
+                f"({ref.sizes['repeat']} vs {ds.sizes['repeat']})"
+            )
+
+
+def _fill_value(dtype: np.dtype) -> Any:
+    """Typed filler for coordinates absent from an input (keeps bool/int/str dtypes)."""
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return False
+    if kind in "iu":
+        return -1
+    if kind == "f":
+        return np.nan
+    return ""
+
+
+def _concat_coords(
+    per_input: list[dict[str, np.ndarray]], sizes: list[int]
+) -> dict[str, np.ndarray]:
+    """Concatenate 1-D coordinate columns, filling absent ones with typed values."""
+    names: list[str] = []
+    for cols in per_input:
+        names += [n for n in cols if n not in names]
+    out = {}
+    for name in names:
+        present = [cols[name] for cols in per_input if name in cols]
+        dtype = np.result_type(*[p.dtype for p in present])
+        if dtype.kind in "OUS":
+            parts = [
+                cols[name].astype(str) if name in cols else np.full(n, "", dtype=str)
+                for cols, n in zip(per_input, sizes)
+            ]
+            out[name] = np.concatenate(parts).astype(str)
+            continue
+        fill = _fill_value(dtype)
+        parts = [
+            cols[name] if name in cols else np.full(n, fill, dtype=dtype)
+            for cols, n in zip(per_input, sizes)
+        ]
+        out[name] = np.concatenate(parts).astype(dtype)
+    return out
+
+
+def _columns(ds: xr.Dataset, dim: str) -> dict[str, np.ndarray]:
+    return {
+        str(name): _values(var)
+        for name, var in ds.coords.items()
+        if var.dims == (dim,) and name != dim
+    }
+
+
+def _prefixed(ids: list[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+    """Prefix ``"<source>:"`` to the ids that occur in more than one input."""
+    seen: dict[str, int] = {}
+    for arr in ids:
+        for v in set(arr.tolist()):
+            seen[v] = seen.get(v, 0) + 1
+    out = []
+    for arr, name in zip(ids, names):
+        out.append(np.array([f"{name}:{v}" if seen[v] > 1 else v for v in arr.tolist()], dtype=str))
+    return out
+
+
+def _as_dask(data: Any) -> Any:
+    import dask.array as da
+
+    if hasattr(data, "dask"):
+        return data
+    return da.from_array(np.asarray(data), chunks=data.shape)
+
+
+def _runs(pos: np.ndarray, template: np.ndarray) -> list[tuple[int, int]]:
+    """Split union rows into runs: same template chunk, and either all absent or consecutive."""
+    if len(pos) == 0:
+        return []
+    brk = np.flatnonzero(
+        (template[1:] != template[:-1])
+        | ((pos[1:] < 0) != (pos[:-1] < 0))
+        | ((pos[1:] >= 0) & (pos[1:] != pos[:-1] + 1))
+    )
+    starts = np.concatenate([[0], brk + 1])
+    ends = np.concatenate([brk + 1, [len(pos)]])
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _response(responses: list[Any], rows: list[np.ndarray], template: np.ndarray) -> Any:
+    """Union response: column block i holds input i's cells, NaN where it has no row."""
+    import dask.array as da
+
+    columns = []
+    for resp, pos in zip(responses, rows):
+        resp = _as_dask(resp)
+        _, n, r, t = resp.shape
+        pieces = []
+        for start, end in _runs(pos, template):
+            if pos[start] < 0:
+                shape = (end - start, n, r, t)
+                pieces.append(da.full(shape, np.nan, dtype=resp.dtype, chunks=shape))
+            else:
+                pieces.append(resp[int(pos[start]) : int(pos[end - 1]) + 1])
+        columns.append(da.concatenate(pieces, axis=0) if pieces else resp[:0])
+    return da.concatenate(columns, axis=1)
+
+
+def _gather_rows(arrays: list[Any], owner: np.ndarray, pos: np.ndarray) -> Any:
+    """Rows of the union taken from their owning input (numpy or dask, as the inputs)."""
+    lazy = any(hasattr(a, "dask") for a in arrays)
+    pieces = []
+    if len(owner):
+        brk = np.flatnonzero((owner[1:] != owner[:-1]) | (pos[1:] != pos[:-1] + 1))
+        starts = np.concatenate([[0], brk + 1])
+        ends = np.concatenate([brk + 1, [len(owner)]])
+        for s, e in zip(starts, ends):
+            src = arrays[owner[s]]
+            pieces.append(src[int(pos[s]) : int(pos[e - 1]) + 1])
+    if lazy:
+        import dask.array as da
+
+        pieces = [_as_dask(p) for p in pieces] or [_as_dask(arrays[0][:0])]
+        return da.concatenate(pieces, axis=0)
+    return np.concatenate(pieces or [arrays[0][:0]], axis=0)
+
+
+def _stim_union(
+    datasets: Sequence[xr.Dataset], names: Sequence[str], join: str
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """Union stim ids, owner/position of each union row, and each input's row positions."""
+    ids = [_values(ds["stim"]).astype(str) for ds in datasets]
+    sizes = [len(i) for i in ids]
+    owner = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)]).astype(np.intp)
+    pos = np.concatenate([np.arange(n) for n in sizes]).astype(np.intp)
+    if join == "block":
+        offsets = np.cumsum([0, *sizes])
+        rows = []
+        for k, n in enumerate(sizes):
+            p = np.full(offsets[-1], -1, dtype=np.intp)
+            p[offsets[k] : offsets[k + 1]] = np.arange(n)
+            rows.append(p)
+        return _prefixed(ids, names), owner, pos, rows, np.ones(len(owner), dtype=bool)
+    # join == "shared": a name seen before with an identical spectrogram is the same stim
+    specs = [_values(ds["spectrogram"]) for ds in datasets]
+    first: dict[str, int] = {}  # id -> union row
+    keep = np.ones(len(owner), dtype=bool)
+    merged = np.full(len(owner), -1, dtype=np.intp)  # union row each input row maps to
+    clash: set[str] = set()
+    row = 0
+    for k, arr in enumerate(ids):
+        for j, name in enumerate(arr.tolist()):
+            g = row + j
+            if name in first:
+                u = first[name]
+                if np.array_equal(specs[owner[u]][pos[u]], specs[k][j], equal_nan=True):
+                    keep[g] = False
+                    merged[g] = u
+                    continue
+                clash.add(name)
+            else:
+                first[name] = g
+            merged[g] = g
+        row += len(arr)
+    kept = np.flatnonzero(keep)
+    renumber = np.full(len(owner), -1, dtype=np.intp)
+    renumber[kept] = np.arange(len(kept))
+    union_of = renumber[merged]
+    rows = []
+    start = 0
+    for n in sizes:
+        p = np.full(len(kept), -1, dtype=np.intp)
+        p[union_of[start : start + n]] = np.arange(n)
+        rows.append(p)
+        start += n
+    # ids: prefix only the names kept more than once (same name, different sound)
+    union_ids = np.concatenate(ids)[kept]
+    union_owner = owner[kept]
+    labelled = np.array(
+        [f"{names[o]}:{v}" if v in clash else v for v, o in zip(union_ids.tolist(), union_owner)],
+        dtype=str,
+    )
+    return [labelled], union_owner, pos[kept], rows, keep
+
+
+def concat(
+    datasets: Sequence[xr.Dataset], names: Sequence[str] | None = None, join: str = "block"
+) -> xr.Dataset:
+    """Concatenate nat4xr Datasets block-diagonally along ``stim`` and ``neuron``.
+
+    Parameters
+    ----------
+    datasets : sequence of xarray.Dataset
+        nat4xr Datasets with the same ``dt``, time axis, freq bands and
+        repeat length.
+    names : sequence of str, optional
+        One name per input, stored in the ``stim_source`` and
+        ``neuron_source`` coordinates (a stim shared by several inputs gets
+        ``"A1+PEG"``) and used to prefix clashing ids (``"<source>:<id>"``).
+        Defaults to each Dataset's ``area`` attribute, made unique. The
+        accessor accepts ``source=`` for either: ``joint.nat4.sel_neurons(source="PEG")``.
+    join : {'block', 'shared'}
+        ``'block'``: every stim belongs to one input. ``'shared'``: stims with
+        the same name and identical spectrogram are merged into one stim that
+        every input holding it covers; same name but a different spectrogram
+        keeps both, prefixed.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``response`` is dask-backed (NaN off the blocks, never allocated
+        densely); ``coverage`` is block-diagonal; coordinates missing from an
+        input are filled with ``""``, ``-1`` or ``False`` so their dtypes
+        survive a netCDF round trip. Attributes common to all inputs are kept;
+        ``sources`` (JSON list) and ``source_attrs`` (JSON, the attributes
+        that differ) record the inputs.
+
+    Raises
+    ------
+    ValueError
+        When the inputs are not compatible (the message says what differs).
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> a1 = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=4, area="A1")
+    >>> peg = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, area="PEG", seed=1)
+    >>> joint = concat([a1, peg])
+    >>> dict(joint.sizes)["stim"], dict(joint.sizes)["neuron"]
+    (8, 6)
+    >>> str(joint["stim"].values[0])
+    'A1:STIM_cat000_synthetic.wav'
+    >>> shared = concat([a1, a1.assign_attrs(area="A1b")], join="shared")
+    >>> shared.sizes["stim"]
+    4
+    """
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("concat needs at least one Dataset")
+    if join not in ("block", "shared"):
+        raise ValueError(f"join must be 'block' or 'shared', got {join!r}")
+    for i, ds in enumerate(datasets):
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f"concat input #{i} is a {type(ds).__name__}, not an xarray.Dataset")
+        check_dataset(ds)
+    if names is None:
+        names = [str(ds.attrs.get("area", f"ds{i}")) for i, ds in enumerate(datasets)]
+    elif len(names) != len(datasets):
+        raise ValueError(f"{len(names)} names for {len(datasets)} datasets")
+    names = _unique_names([str(n) for n in names])
+    _check_compatible(datasets, names)
+
+    # stims
+    stim_ids, owner, pos, rows, _ = _stim_union(datasets, names, join)
+    stim_ids = np.concatenate(stim_ids)
+    stim_cols = _concat_coords(
+        [_columns(ds, "stim") for ds in datasets], [ds.sizes["stim"] for ds in datasets]
+    )
+    if join == "shared":
+        flat_rows = _kept_rows(owner, pos, datasets)
+        stim_cols = {k: v[flat_rows] for k, v in stim_cols.items()}
+        if "n_repeats" in stim_cols:
+            reps = np.full(len(stim_ids), -1, dtype=np.int64)
+            for ds, p in zip(datasets, rows):
+                r = _values(ds["n_repeats"]).astype(np.int64)
+                hit = p >= 0
+                reps[hit] = np.maximum(reps[hit], r[p[hit]])
+            stim_cols["n_repeats"] = reps
+    source_stim = np.array(
+        ["+".join(names[k] for k, p in enumerate(rows) if p[u] >= 0) for u in range(len(stim_ids))],
+        dtype=str,
+    )
+    if "stim_source" in stim_cols:  # an input that is itself a concat keeps its own sources
+        old = stim_cols["stim_source"]
+        source_stim = np.where(old != "", old, source_stim).astype(str)
+    stim_cols["stim_source"] = source_stim
+
+    # neurons
+    neuron_ids = np.concatenate(
+        _prefixed([_values(ds["neuron"]).astype(str) for ds in datasets], names)
+    )
+    sizes_n = [ds.sizes["neuron"] for ds in datasets]
+    neuron_cols = _concat_coords([_columns(ds, "neuron") for ds in datasets], sizes_n)
+    source_neuron = np.concatenate(
+        [np.full(n, name, dtype=object) for n, name in zip(sizes_n, names)]
+    ).astype(str)
+    if "neuron_source" in neuron_cols:
+        old = neuron_cols["neuron_source"]
+        source_neuron = np.where(old != "", old, source_neuron).astype(str)
+    neuron_cols["neuron_source"] = source_neuron
+
+    # coverage: each input's block, placed at its rows and columns
+    coverage = np.zeros((len(stim_ids), len(neuron_ids)), dtype=bool)
+    col = 0
+    for ds, p, n in zip(datasets, rows, sizes_n):
+        cov = _values(ds["coverage"].transpose("stim", "neuron")).astype(bool)
+        hit = np.flatnonzero(p >= 0)
+        coverage[hit, col : col + n] = cov[p[hit]]
+        col += n
+
+    # one template chunk id per union row: its owner's chunk, so NaN blocks line up
+    template = np.empty(len(stim_ids), dtype=np.int64)
+    for k, ds in enumerate(datasets):
+        chunks = ds["response"].chunks
+        bounds = np.cumsum(chunks[0]) if chunks else np.array([ds.sizes["stim"]])
+        mine = owner == k
+        template[mine] = k * 10**9 + np.searchsorted(bounds, pos[mine], side="right")
+    response = _response([ds["response"].data for ds in datasets], rows, template)
+
+    data_vars: dict[Hashable, Any] = {
+        "response": (RESPONSE_DIMS, response, dict(datasets[0]["response"].attrs)),
+    }
+    stim_vars = {
+        name
+        for name, var in datasets[0].data_vars.items()
+        if var.dims and var.dims[0] == "stim" and "neuron" not in var.dims
+    }
+    for name in sorted(map(str, stim_vars)):
+        dims = datasets[0][name].dims
+        if not all(name in ds.data_vars and ds[name].dims == dims for ds in datasets):
+            warnings.warn(
+                f"concat: data variable {name!r} is not in every input with the same dims; dropped",
+                Nat4Warning,
+                stacklevel=2,
+            )
+            continue
+        arrays = [ds[name].data for ds in datasets]
+        data_vars[name] = (
+            datasets[0][name].dims,
+            _gather_rows(arrays, owner, pos),
+            dict(datasets[0][name].attrs),
+        )
+    others = [
+        str(n) for ds in datasets for n in ds.data_vars if n != "response" and n not in stim_vars
+    ]
+    if others:
+        warnings.warn(
+            f"concat: data variables {sorted(set(others))} are neither per stim "
+            "nor the response; dropped",
+            Nat4Warning,
+            stacklevel=2,
+        )
+
+    first = datasets[0]
+    coords: dict[Hashable, Any] = {
+        "stim": ("stim", stim_ids),
+        "neuron": ("neuron", neuron_ids),
+        "repeat": first["repeat"].variable.copy(deep=False),
+        "time": first["time"].variable.copy(deep=False),
+        "freq": first["freq"].variable.copy(deep=False),
+        "coverage": (("stim", "neuron"), coverage, dict(first["coverage"].attrs)),
+    }
+    for name, values in stim_cols.items():
+        coords[name] = ("stim", values)
+    for name, values in neuron_cols.items():
+        coords[name] = ("neuron", values)
+    out = xr.Dataset(data_vars, coords=coords)
+    out.attrs = _attrs(datasets, names, join)
+    return out
+
+
+def _kept_rows(owner: np.ndarray, pos: np.ndarray, datasets: Sequence[xr.Dataset]) -> np.ndarray:
+    """Positions of the union rows in the flat (all inputs) stim order."""
+    offsets = np.cumsum([0, *[ds.sizes["stim"] for ds in datasets]])
+    return offsets[owner] + pos
+
+
+def _attrs(datasets: Sequence[xr.Dataset], names: Sequence[str], join: str) -> dict[str, Any]:
+    common = dict(datasets[0].attrs)
+    for ds in datasets[1:]:
+        common = {k: v for k, v in common.items() if k in ds.attrs and _same(ds.attrs[k], v)}
+    differing = {
+        name: {k: v for k, v in ds.attrs.items() if k not in common}
+        for ds, name in zip(datasets, names)
+    }
+    common["sources"] = json.dumps(list(names))
+    common["source_attrs"] = json.dumps(differing, sort_keys=True, default=_jsonable)
+    common["concat_join"] = join
+    if "area" not in common:
+        common["area"] = "+".join(names)
+    return common
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.all(np.asarray(a) == np.asarray(b)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -1,0 +1,403 @@
+"""Response metrics: PSTH, noise ceiling (CCmax, SNR), smoothing and normalization.
+
+Everything here is vectorized over cells and works the same on numpy- and
+dask-backed Datasets (and on a ``dask.distributed`` cluster): results of
+:func:`psth`, :func:`noise_ceiling` and :func:`smooth` stay lazy until you
+compute them. NaN (no data) stays NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .filters import hanning_smooth, hanning_window
+
+__all__ = ["noise_ceiling", "normalize", "psth", "smooth", "split_keys"]
+
+METHODS = ("minmax", "zscore", "nems")
+
+
+def _response(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    if isinstance(obj, xr.Dataset):
+        if "response" not in obj.data_vars:
+            raise ValueError(
+                "this Dataset has no 'response' variable; pass a nat4xr Dataset "
+                "(nat4xr.open_nat4) or the response DataArray itself"
+            )
+        obj = obj["response"]
+    if not isinstance(obj, xr.DataArray):
+        raise TypeError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+    for dim in ("repeat", "time"):
+        if dim not in obj.dims:
+            raise ValueError(f"response has dims {obj.dims}; a {dim!r} dimension is required")
+    return obj
+
+
+def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    """Peri-stimulus time histogram: the mean over repeats, ignoring NaN.
+
+    Parameters
+    ----------
+    obj : Dataset or DataArray
+        A nat4xr Dataset or its ``response``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(stim, neuron, time)``; NaN where the cell has no data for the stim.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3)
+    >>> psth(ds).dims
+    ('stim', 'neuron', 'time')
+    """
+    resp = _response(obj)
+    out = resp.mean("repeat", skipna=True, keep_attrs=True)
+    out.attrs["long_name"] = "mean response over repeats"
+    return out.rename("psth")
+
+
+# -- noise ceiling ----------------------------------------------------------------------------
+
+
+def split_keys(n_splits: int, n_repeats: int, seed: int = 0) -> np.ndarray:
+    """Random sort keys ``(n_splits, n_repeats)`` that define the split halves.
+
+    In split ``k``, the ``n // 2`` valid repeats with the smallest
+    ``keys[k]`` form the first half and the other valid repeats the second
+    (``n`` = number of repeats with data for that stim and cell).
+
+    Examples
+    --------
+    >>> split_keys(2, 4).shape
+    (2, 4)
+    """
+    return np.random.default_rng(seed).random((n_splits, n_repeats))
+
+
+def _halves(resp: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-PSTHs ``(..., K, T)`` of ``resp (..., R, T)`` for every split in ``keys (K, R)``."""
+    finite = ~np.isnan(resp)
+    valid = finite.any(axis=-1)  # (..., R): a repeat with data
+    n = valid.sum(axis=-1)[..., None, None]
+    k = np.where(valid[..., None, :], keys, np.inf)  # (..., K, R): invalid repeats sort last
+    rank = np.argsort(np.argsort(k, axis=-1, kind="stable"), axis=-1, kind="stable")
+    in_a = rank < n // 2
+    in_b = valid[..., None, :] & ~in_a
+    x = np.where(finite, resp, 0.0).astype(np.float64)
+    f = finite.astype(np.float64)
+    out = []
+    for w in (in_a.astype(np.float64), in_b.astype(np.float64)):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append((w @ x) / (w @ f))
+    return out[0], out[1]
+
+
+def _corr(a: xr.DataArray, b: xr.DataArray, dims: list[str]) -> xr.DataArray:
+    """Pearson correlation over ``dims`` on the bins where both are finite."""
+    both = a.notnull() & b.notnull()
+    a, b = a.where(both), b.where(both)
+    da, db = a - a.mean(dims), b - b.mean(dims)
+    cov = (da * db).mean(dims)
+    var = (da**2).mean(dims) * (db**2).mean(dims)
+    return cov / np.sqrt(var.where(var > 0))
+
+
+def _spearman_brown(r: xr.DataArray) -> xr.DataArray:
+    return 2 * r / (1 + r)
+
+
+def _ccmax(r_half: xr.DataArray) -> xr.DataArray:
+    return np.sqrt(_spearman_brown(r_half.clip(min=0.0)))
+
+
+def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Dataset:
+    """Noise ceiling of each cell from its repeats: CCmax and Sahani-Linden SNR.
+
+    CCmax estimator: for each of ``n_splits`` fixed random splits of the
+    valid repeats into two halves (see :func:`split_keys`), the PSTHs of the
+    halves are correlated over time (per stim and cell) or over stim and time
+    (per cell, pooling every stim with at least 2 repeats); the correlations
+    are averaged over the splits to ``cc_half``, corrected with
+    Spearman-Brown to the full set of repeats, ``r = 2 cc / (1 + cc)``, and
+    ``ccmax = sqrt(r)`` (the expected correlation between the true response
+    and the recorded PSTH; Hsu, Borst & Theunissen 2004). A negative
+    ``cc_half`` gives ``ccmax = 0``.
+
+    SNR (Sahani & Linden 2003): with ``N`` repeats, trial power ``P_tot``
+    (mean over repeats of the power of each trial) and power of the PSTH
+    ``P_avg``, signal power is ``(N P_avg - P_tot) / (N - 1)`` and noise power
+    ``P_tot - P_sig``. Per stim and cell, powers are variances over time;
+    per cell, they are taken about the cell's mean over all its stims and
+    summed over stims before the ratio. The SNR can be negative when the
+    noise dominates.
+
+    Every value is NaN where fewer than 2 repeats have data (estimation
+    sounds) or the response is constant.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A nat4xr Dataset (numpy or dask).
+    n_splits : int
+        Number of random split-halves averaged.
+    seed : int
+        Seed of the split-halves.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ccmax``, ``cc_half``, ``snr``, ``n_valid`` on ``(stim, neuron)``;
+        ``ccmax_neuron``, ``snr_neuron`` on ``neuron``. Lazy when ``ds`` is.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=2, n_neurons=3, p_missing=0.0)
+    >>> nc = noise_ceiling(ds)
+    >>> bool(nc["ccmax"].isel(stim=slice(0, 2)).isnull().all())  # 1 repeat: undefined
+    True
+    """
+    resp = _response(ds).transpose(..., "repeat", "time")
+    if resp.chunks is not None:
+        resp = resp.chunk({"repeat": -1, "time": -1})
+    keys = split_keys(n_splits, resp.sizes["repeat"], seed)
+    ha, hb = xr.apply_ufunc(
+        _halves,
+        resp,
+        kwargs={"keys": keys},
+        input_core_dims=[["repeat", "time"]],
+        output_core_dims=[["split", "time"], ["split", "time"]],
+        dask="parallelized",
+        output_dtypes=[np.float64, np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"split": n_splits}},
+    )
+    valid = resp.notnull().any("time")
+    n = valid.sum("repeat")
+    enough = n >= 2
+    cc_half = _corr(ha, hb, ["time"]).mean("split", skipna=True).where(enough)
+    other = [d for d in ha.dims if d not in ("neuron", "split", "time")]
+    cc_cell = _corr(ha.where(enough), hb.where(enough), [*other, "time"]).mean("split", skipna=True)
+
+    # Sahani-Linden powers; trials are taken about a reference mean mu
+    x = resp.where(valid).astype(np.float64)
+    avg = x.mean("repeat", skipna=True)
+
+    def powers(mu: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+        p_tot = ((x - mu) ** 2).mean(["repeat", "time"], skipna=True)
+        p_avg = ((avg - mu) ** 2).mean("time", skipna=True)
+        p_sig = (n * p_avg - p_tot) / (n - 1).where(enough)
+        return p_sig, p_tot - p_sig
+
+    sig, noise = powers(avg.mean("time", skipna=True))
+    snr = sig / noise.where(noise > 0)
+    sig_c, noise_c = powers(avg.where(enough).mean([*other, "time"], skipna=True))
+    sig_c, noise_c = sig_c.where(enough).sum(other), noise_c.where(enough).sum(other)
+    has = enough.any(other)
+    snr_cell = (sig_c / noise_c.where(noise_c > 0)).where(has)
+
+    out = xr.Dataset(
+        {
+            "ccmax": _ccmax(cc_half),
+            "cc_half": cc_half,
+            "snr": snr,
+            "n_valid": n.astype(np.int64),
+            "ccmax_neuron": _ccmax(cc_cell).where(has),
+            "snr_neuron": snr_cell,
+        }
+    )
+    out.attrs.update(
+        estimator=json.dumps(
+            {
+                "ccmax": "split-half, Spearman-Brown",
+                "n_splits": n_splits,
+                "seed": seed,
+                "snr": "Sahani-Linden",
+            }
+        )
+    )
+    return out
+
+
+# -- smoothing --------------------------------------------------------------------------------
+
+
+def smooth(ds: xr.Dataset, window_ms: float) -> xr.Dataset:
+    """Smooth every trial of ``response`` along time with a Hanning window.
+
+    Each bin becomes the weighted mean of the finite bins in the window
+    (weights renormalized at trial edges and around NaN), so the units stay
+    spikes per bin and NaN stays NaN. The ``smoothing`` attribute records the
+    window (JSON).
+
+    Parameters
+    ----------
+    ds : Dataset
+        A nat4xr Dataset (numpy or dask; the result is lazy when ``ds`` is).
+    window_ms : float
+        Window length in milliseconds (rounded to an odd number of bins).
+
+    Returns
+    -------
+    xarray.Dataset
+        A new Dataset; the input is unchanged.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+    >>> sm = smooth(ds, 30)
+    >>> bool((sm["response"].isnull() == ds["response"].isnull()).all())
+    True
+    """
+    resp = _response(ds)
+    dt = float(ds.attrs.get("dt", 0.01))
+    width = window_ms / 1000.0 / dt
+    w = hanning_window(width)
+    if resp.chunks is not None:
+        resp = resp.chunk({"time": -1})
+    out = xr.apply_ufunc(
+        hanning_smooth,
+        resp,
+        kwargs={"width_bins": width, "axis": -1},
+        input_core_dims=[["time"]],
+        output_core_dims=[["time"]],
+        dask="parallelized",
+        output_dtypes=[resp.dtype],
+        keep_attrs=True,
+    ).transpose(*resp.dims)
+    record: dict[str, Any] = {"method": "hanning", "window_ms": float(window_ms), "bins": len(w)}
+    previous = ds.attrs.get("smoothing", "none")
+    if previous not in ("none", None):
+        record["previous"] = previous
+    res = ds.assign(response=out)
+    res.attrs = {**ds.attrs, "smoothing": json.dumps(record, sort_keys=True)}
+    return res
+
+
+# -- normalization ----------------------------------------------------------------------------
+
+
+def _chosen_stims(ds: xr.Dataset, stims: Any) -> np.ndarray:
+    ids = ds["stim"].values
+    if stims is None:
+        return np.arange(len(ids))
+    if isinstance(stims, str):
+        subset = ds["subset"].values if "subset" in ds.coords else np.array([])
+        if stims in set(subset.tolist()):
+            return np.flatnonzero(subset == stims)
+        stims = [stims]
+    arr = np.asarray(stims)
+    if arr.dtype == bool:
+        if arr.shape != ids.shape:
+            raise ValueError(f"stims mask has shape {arr.shape}, expected {ids.shape}")
+        return np.flatnonzero(arr)
+    missing = sorted(set(arr.astype(str).tolist()) - set(ids.astype(str).tolist()))
+    if missing:
+        raise KeyError(f"stims not in this Dataset: {missing[:5]}; use ids from ds.stim")
+    return np.flatnonzero(np.isin(ids.astype(str), arr.astype(str)))
+
+
+def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Offset and scale per remaining dim, computed (a reduction, never the full array)."""
+    x = x.astype(np.float64)  # float32 sums would depend on the chunking
+    if method == "zscore":
+        lo, hi = x.mean(dims, skipna=True), x.std(dims, skipna=True)
+    else:
+        lo, hi = x.min(dims, skipna=True), x.max(dims, skipna=True)
+    lo, hi = xr.align(lo, hi)
+    lo, hi = (v.values for v in xr.Dataset({"lo": lo, "hi": hi}).compute().data_vars.values())
+    scale = hi if method == "zscore" else hi - lo
+    ok = np.isfinite(lo) & np.isfinite(scale) & (scale > 0)
+    # cells without data in the chosen stims, or constant ones, keep their units
+    offset = np.where(np.isfinite(lo), lo, 0.0)
+    return offset, np.where(ok, scale, 1.0)
+
+
+def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.Dataset:
+    """Scale each neuron's responses with statistics from the chosen stims.
+
+    The statistics (per neuron, over the chosen stims, repeats and time)
+    are computed once — a streamed reduction, the full array is never held
+    in memory — and the same scale is applied to every stim, estimation and
+    validation alike, so units stay consistent. NaN stays NaN. The
+    ``normalization`` attribute records method, stims and statistics (JSON).
+
+    Parameters
+    ----------
+    ds : Dataset
+        A raw nat4xr Dataset (``normalization == 'none'``).
+    method : {'minmax', 'zscore', 'nems'}
+        ``'minmax'``: ``(x - min) / (max - min)``; ``'zscore'``:
+        ``(x - mean) / std``; ``'nems'`` (the published NEMS pipeline):
+        per-cell min-max of the responses, and spectrogram
+        ``log((s + 0.1) / 0.1)`` then per-band min-max with values below
+        1e-6 set to 0. A cell without data in the chosen stims, or constant
+        there, is shifted/scaled by 0/1.
+    stims : None, str, sequence of str or bool mask
+        Stims the statistics come from: all (default), a ``subset`` value
+        (``'est'``), stim ids, or a mask over ``stim``.
+
+    Returns
+    -------
+    xarray.Dataset
+        A new Dataset; a lazy ``response`` stays lazy.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, p_missing=0.0)
+    >>> est = normalize(ds, "minmax", stims="est")
+    >>> float(est["response"].isel(stim=slice(0, 3)).max())
+    1.0
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    previous = ds.attrs.get("normalization", "none")
+    if previous not in ("none", None):
+        raise ValueError(
+            f"this Dataset is already normalized ({previous}); normalize the raw Dataset "
+            "(nat4xr.open_nat4 without normalize=) instead"
+        )
+    resp = _response(ds)
+    chosen = _chosen_stims(ds, stims)
+    ref = resp.isel(stim=chosen)
+    offset, scale = _stats(ref, [d for d in resp.dims if d != "neuron"], method)
+    shape = [resp.sizes["neuron"] if d == "neuron" else 1 for d in resp.dims]
+    off = offset.astype(resp.dtype).reshape(shape)
+    sc = scale.astype(resp.dtype).reshape(shape)
+    new_resp = resp.copy(data=(resp.data - off) / sc)
+    new_resp.attrs["units"] = f"normalized ({method})"
+    record: dict[str, Any] = {
+        "method": method,
+        "stims": "all" if stims is None else [str(s) for s in ds["stim"].values[chosen]],
+        "response": {
+            "neuron": [str(v) for v in ds["neuron"].values],
+            "offset": offset.tolist(),
+            "scale": scale.tolist(),
+        },
+    }
+    out = ds.assign(response=new_resp)
+    if method == "nems":
+        spec = ds["spectrogram"]
+        logged = np.log((spec + 0.1) / 0.1)
+        s_off, s_scale = _stats(logged.isel(stim=chosen), ["stim", "time"], "minmax")
+        fshape = [spec.sizes["freq"] if d == "freq" else 1 for d in spec.dims]
+        scaled = (logged.data - s_off.astype(spec.dtype).reshape(fshape)) / s_scale.astype(
+            spec.dtype
+        ).reshape(fshape)
+        scaled = np.where(scaled < 1e-6, 0.0, scaled).astype(spec.dtype)
+        out["spectrogram"] = spec.copy(data=scaled)
+        record["spectrogram"] = {
+            "offset": s_off.tolist(),
+            "scale": s_scale.tolist(),
+            "transform": "log((x + 0.1) / 0.1)",
+        }
+    out.attrs = {**ds.attrs, "normalization": json.dumps(record, sort_keys=True)}
+    return out

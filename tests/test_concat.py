@@ -1,0 +1,204 @@
+"""Block-diagonal concatenation: structure, laziness, dtypes, netCDF, shared sounds."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import nat4xr
+from nat4xr.schema import make_dataset
+
+
+@contextmanager
+def raise_if_dask_computes():
+    def scheduler(dsk, keys, **kwargs):
+        raise AssertionError(f"dask computed {str(keys)[:200]}")
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
+def _pair(lazy: bool):
+    a1 = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=6, area="A1", seed=1)
+    peg = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=4, area="PEG", seed=2)
+    if lazy:
+        a1, peg = a1.chunk({"stim": 3}), peg.chunk({"stim": 2})
+    return a1, peg
+
+
+@pytest.fixture(params=["eager", "dask"])
+def pair(request):
+    return _pair(request.param == "dask")
+
+
+def test_block_structure_and_counts(pair):
+    a1, peg = pair
+    joint = nat4xr.concat([a1, peg])
+    nat4xr.check_dataset(joint)
+    assert joint.sizes["stim"] == 14 and joint.sizes["neuron"] == 10
+    cov = joint["coverage"].values
+    np.testing.assert_array_equal(cov[:7, :6], a1["coverage"].values)
+    np.testing.assert_array_equal(cov[7:, 6:], peg["coverage"].values)
+    assert not cov[:7, 6:].any() and not cov[7:, :6].any()
+    assert cov.sum() == a1["coverage"].values.sum() + peg["coverage"].values.sum()
+    resp = joint["response"].values
+    np.testing.assert_array_equal(resp[:7, :6], a1["response"].values)
+    np.testing.assert_array_equal(resp[7:, 6:], peg["response"].values)
+    assert np.isnan(resp[:7, 6:]).all() and np.isnan(resp[7:, :6]).all()
+    np.testing.assert_array_equal(
+        joint["spectrogram"].values,
+        np.concatenate([a1["spectrogram"].values, peg["spectrogram"].values]),
+    )
+    # ids: every stim name clashes (same sounds), the cell ids do not
+    assert joint["stim"].values[0] == "A1:" + a1["stim"].values[0]
+    assert joint["stim"].values[7] == "PEG:" + peg["stim"].values[0]
+    assert joint["neuron"].values.tolist() == (
+        a1["neuron"].values.tolist() + peg["neuron"].values.tolist()
+    )
+    assert joint["stim_source"].values.tolist() == ["A1"] * 7 + ["PEG"] * 7
+    assert joint["neuron_source"].values.tolist() == ["A1"] * 6 + ["PEG"] * 4
+    assert joint.attrs["area"] == "A1+PEG"
+    assert json.loads(joint.attrs["sources"]) == ["A1", "PEG"]
+    assert joint.attrs["dt"] == a1.attrs["dt"] and "title" in joint.attrs
+    # selection by source through the accessor
+    assert joint.nat4.sel_neurons(source="PEG").sizes["neuron"] == 4
+    peg_back = joint.nat4.sel_stims(source="PEG")
+    assert peg_back["neuron"].values.tolist() == peg.nat4.prune()["neuron"].values.tolist()
+
+
+def test_dtypes_preserved_and_missing_coords_typed(pair):
+    a1, peg = pair
+    a1 = a1.assign_coords(
+        depth=("neuron", np.arange(6, dtype=np.int64)),
+        good=("neuron", np.ones(6, dtype=bool)),
+        layer=("neuron", np.array(["L2"] * 6)),
+        loud=("stim", np.ones(7, dtype=bool)),
+    )
+    joint = nat4xr.concat([a1, peg])
+    assert joint["auditory"].dtype == bool and joint["coverage"].dtype == bool
+    assert joint["electrode"].dtype == np.int64 and joint["n_repeats"].dtype == np.int64
+    assert joint["animal"].dtype.kind == "U" and joint["subset"].dtype.kind == "U"
+    assert joint["depth"].values.tolist() == [0, 1, 2, 3, 4, 5, -1, -1, -1, -1]
+    assert joint["good"].dtype == bool and joint["good"].values.tolist() == [True] * 6 + [False] * 4
+    assert joint["layer"].values.tolist() == ["L2"] * 6 + [""] * 4
+    assert joint["loud"].dtype == bool and joint["loud"].values.sum() == 7
+
+
+def test_netcdf_round_trip(pair, tmp_path):
+    joint = nat4xr.concat(list(pair))
+    path = tmp_path / "joint.nc"
+    joint.to_netcdf(path)
+    with xr.open_dataset(path) as back:
+        back = back.load()
+    xr.testing.assert_identical(back, joint.compute())
+    assert back["coverage"].dtype == bool and back["auditory"].dtype == bool
+    assert back["electrode"].dtype == np.int64
+
+
+def test_concat_is_lazy_at_full_scale():
+    """A1 (593 x 849) and PEG (593 x 398): no compute, no chunk bigger than an input chunk."""
+    rng = np.random.default_rng(0)
+
+    def full(area: str, n_cell: int) -> xr.Dataset:
+        stims = pd.DataFrame(
+            {"subset": ["est"] * 575 + ["val"] * 18, "n_repeats": [1] * 575 + [20] * 18},
+            index=[f"STIM_{i:03d}" for i in range(593)],
+        )
+        neurons = pd.DataFrame(
+            {
+                "area": [area] * n_cell,
+                "site": ["ARM029a"] * n_cell,
+                "animal": ["ARM"] * n_cell,
+                "electrode": np.ones(n_cell, dtype=np.int64),
+                "unit": np.arange(n_cell, dtype=np.int64),
+                "auditory": rng.random(n_cell) < 0.9,
+            },
+            index=[f"{area}-{i}" for i in range(n_cell)],
+        )
+        resp = da.zeros((593, n_cell, 20, 150), dtype="float32", chunks=(10, n_cell, 20, 150))
+        spec = da.zeros((593, 18, 150), dtype="float32", chunks=(10, 18, 150))
+        cov = rng.random((593, n_cell)) < 0.99
+        return make_dataset(resp, spec, stims, neurons, coverage=cov, attrs={"area": area})
+
+    a1, peg = full("A1", 849), full("PEG", 398)
+    with raise_if_dask_computes():
+        joint = nat4xr.concat([a1, peg])
+        cov_sum = int(joint["coverage"].values.sum())
+    resp = joint["response"].data
+    assert isinstance(resp, da.Array) and resp.shape == (1186, 1247, 20, 150)
+    biggest_input = 10 * 849 * 20 * 150 * 4
+    biggest = max(np.prod(c) for c in _block_shapes(resp)) * 4
+    assert biggest <= biggest_input
+    assert cov_sum == int(a1["coverage"].values.sum() + peg["coverage"].values.sum())
+    # no task in the graph produces an array as big as the dense joint response
+    assert biggest < resp.nbytes / 50
+
+
+def _block_shapes(arr: da.Array):
+    from itertools import product
+
+    blocks = product(*map(range, arr.numblocks))
+    return [tuple(c[i] for c, i in zip(arr.chunks, idx)) for idx in blocks]
+
+
+def test_shared_join_merges_identical_sounds(pair):
+    a1, peg = pair
+    peg = peg.assign_coords(stim=a1["stim"].values)  # the same sound names in both areas
+    spec = peg["spectrogram"].values.copy()
+    spec[:] = a1["spectrogram"].values
+    spec[2] += 1.0  # same name, different sound
+    peg = peg.assign(spectrogram=(("stim", "freq", "time"), spec))
+    joint = nat4xr.concat([a1, peg], join="shared")
+    names = a1["stim"].values.tolist()
+    expected = [*names[:2], "A1:" + names[2], *names[3:], "PEG:" + names[2]]
+    assert joint["stim"].values.tolist() == expected
+    assert joint.sizes["neuron"] == 10
+    src = joint["stim_source"].values.tolist()
+    assert src == ["A1+PEG"] * 2 + ["A1"] + ["A1+PEG"] * 4 + ["PEG"]
+    cov = joint["coverage"].values
+    a1_cov, peg_cov = a1["coverage"].values, peg["coverage"].values
+    shared_rows = [0, 1, 3, 4, 5, 6]
+    np.testing.assert_array_equal(cov[:7, :6], a1_cov)
+    np.testing.assert_array_equal(cov[shared_rows, 6:], peg_cov[shared_rows])
+    np.testing.assert_array_equal(cov[7, 6:], peg_cov[2])
+    assert not cov[2, 6:].any() and not cov[7, :6].any()
+    resp = joint["response"].values
+    np.testing.assert_array_equal(resp[shared_rows, 6:], peg["response"].values[shared_rows])
+    np.testing.assert_array_equal(resp[:7, :6], a1["response"].values)
+    np.testing.assert_array_equal(joint["spectrogram"].values[7], spec[2])
+    reps = np.maximum(a1["n_repeats"].values, peg["n_repeats"].values)
+    np.testing.assert_array_equal(joint["n_repeats"].values[shared_rows], reps[shared_rows])
+
+
+def test_names_are_made_unique_and_ids_prefixed_only_on_clash():
+    a = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, area="A1", seed=1)
+    joint = nat4xr.concat([a, a])
+    assert json.loads(joint.attrs["sources"]) == ["A1", "A1-2"]
+    assert joint["neuron"].values[3].startswith("A1-2:")
+    b = a.assign_coords(stim=[f"other{i}" for i in range(3)], neuron=["x", "y", "z"])
+    mixed = nat4xr.concat([a, b], names=["one", "two"])
+    assert mixed["stim"].values.tolist()[3:] == ["other0", "other1", "other2"]
+    assert mixed["neuron"].values.tolist()[3:] == ["x", "y", "z"]
+
+
+def test_incompatible_inputs_raise_saying_what_differs():
+    a = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3)
+    with pytest.raises(ValueError, match="dt"):
+        nat4xr.concat([a, a.assign_attrs(dt=0.005)])
+    with pytest.raises(ValueError, match="freq bands"):
+        nat4xr.concat([a, a.assign_coords(freq=a["freq"].values + 1)])
+    with pytest.raises(ValueError, match="time axis"):
+        nat4xr.concat([a, a.isel(time=slice(0, 10))])
+    with pytest.raises(ValueError, match="repeat length"):
+        nat4xr.concat([a, a.isel(repeat=slice(0, 5))])
+    with pytest.raises(ValueError, match="join"):
+        nat4xr.concat([a, a], join="outer")
+    with pytest.raises(ValueError, match="at least one"):
+        nat4xr.concat([])
