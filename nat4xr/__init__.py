@@ -8,10 +8,14 @@ Examples
 6
 """
 
-from . import synthetic
+from . import accessor, synthetic
 from ._version import __version__
+from .concat import concat
 from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
+from .fetch import data_dir
 from .schema import check_dataset, make_dataset
+from .store import cache_dir, open_cache, open_demo, open_nat4
+from .waveform import add_waveforms
 
 __all__ = [
     "CacheError",
@@ -21,7 +25,15 @@ __all__ = [
     "Nat4Error",
     "Nat4Warning",
     "__version__",
+    "accessor",
+    "add_waveforms",
+    "cache_dir",
     "check_dataset",
+    "concat",
+    "data_dir",
     "make_dataset",
+    "open_cache",
+    "open_demo",
+    "open_nat4",
     "synthetic",
 ]

@@ -65,11 +65,11 @@ def _check_compatible(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> N
                     f"({coord} has {a.size} values {a[:3].tolist()}... vs {b.size} values "
                     f"{b[:3].tolist()}...)"
                 )
-        if ref.sizes["repeat"] != ds.sizes["repeat"]:
-            raise ValueError(
-                f"cannot concat {ref_name!r} and {name!r}: different repeat length "
-                f"({ref.sizes['repeat']} vs {ds.sizes['repeat']})"
-            )
+
+
+def _pad_repeats(ds: xr.Dataset, n_repeat: int) -> xr.Dataset:
+    """``ds`` with ``n_repeat`` repeats, the new ones NaN (lazy on dask data)."""
+    return ds.reindex(repeat=np.arange(n_repeat, dtype=ds["repeat"].dtype), fill_value=np.nan)
 
 
 def _fill_value(dtype: np.dtype) -> Any:
@@ -257,8 +257,8 @@ def concat(
     Parameters
     ----------
     datasets : sequence of xarray.Dataset
-        nat4xr Datasets with the same ``dt``, time axis, freq bands and
-        repeat length.
+        nat4xr Datasets with the same ``dt``, time axis and freq bands. Inputs
+        with fewer repeats (an est-only build has one) are padded with NaN.
     names : sequence of str, optional
         One name per input, stored in the ``stim_source`` and
         ``neuron_source`` coordinates (a stim shared by several inputs gets
@@ -315,6 +315,11 @@ def concat(
         raise ValueError(f"{len(names)} names for {len(datasets)} datasets")
     names = _unique_names([str(n) for n in names])
     _check_compatible(datasets, names)
+    # an est-only build has one repeat: pad every input (lazily, with NaN) to the longest
+    n_repeat = max(ds.sizes["repeat"] for ds in datasets)
+    datasets = [
+        ds if ds.sizes["repeat"] == n_repeat else _pad_repeats(ds, n_repeat) for ds in datasets
+    ]
 
     # stims
     stim_ids, owner, pos, rows, _ = _stim_union(datasets, names, join)

@@ -196,9 +196,23 @@ def test_incompatible_inputs_raise_saying_what_differs():
         nat4xr.concat([a, a.assign_coords(freq=a["freq"].values + 1)])
     with pytest.raises(ValueError, match="time axis"):
         nat4xr.concat([a, a.isel(time=slice(0, 10))])
-    with pytest.raises(ValueError, match="repeat length"):
-        nat4xr.concat([a, a.isel(repeat=slice(0, 5))])
     with pytest.raises(ValueError, match="join"):
         nat4xr.concat([a, a], join="outer")
     with pytest.raises(ValueError, match="at least one"):
         nat4xr.concat([])
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fewer_repeats_are_padded_with_nan(chunked):
+    a = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=3, area="A1", seed=4)
+    est_only = nat4xr.synthetic.random_dataset(n_est=4, n_val=0, n_neurons=2, area="PEG", seed=5)
+    est_only = est_only.isel(repeat=slice(0, 1))  # what an est-only build looks like
+    if chunked:
+        a, est_only = a.chunk({"stim": 2}), est_only.chunk({"stim": 2})
+    joint = nat4xr.concat([a, est_only])
+    assert joint.sizes["repeat"] == 20
+    assert joint["repeat"].dtype == np.int64
+    block = joint["response"].values[5:, 3:]  # PEG stims x PEG neurons
+    np.testing.assert_array_equal(block[:, :, :1], est_only["response"].values)
+    assert np.isnan(block[:, :, 1:]).all()
+    np.testing.assert_array_equal(joint["coverage"].values[5:, 3:], est_only["coverage"].values)
