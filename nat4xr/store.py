@@ -564,6 +564,10 @@ def open_nat4(
         "waveform": bool(waveform),
         "audio_fs": int(audio_fs) if waveform else None,
     }
+    if waveform:  # the two resamplers give different samples: never share a cache file
+        from .waveform import default_resampler
+
+        options["resampler"] = default_resampler()
 
     def _build() -> xr.Dataset:
         return build.build_dataset(
