@@ -1,0 +1,838 @@
+"""Masked batches for PyTorch: a map-style Dataset over stims and a DataLoader factory.
+
+Each batch is read with a single indexing call into the xarray Dataset (the
+batch's stims only, up to the largest repeat count among them), so an
+estimation-only batch never reads the repeat padding. Batches carry the keys of
+deepSTRF's ``neural_collate``: ``stims``, ``responses`` (NaN-padded),
+``valid_mask`` and ``stim_meta``, plus the ``stim`` and ``neuron`` ids.
+
+Datasets backed by a netCDF file travel to worker processes as the file path
+plus the selection, and each worker opens its own handle.
+
+Examples
+--------
+>>> import nat4xr
+>>> from nat4xr.torch import to_torch
+>>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=5, n_time=10)
+>>> batch = next(iter(to_torch(ds, batch_size=3)))
+>>> tuple(batch["responses"].shape), batch["stim_meta"][0]["subset"]
+((3, 5, 1, 10), 'est')
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .schema import RESPONSE_DIMS
+
+try:
+    import torch
+    from torch.utils.data import DataLoader, Sampler, get_worker_info
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError as err:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "nat4xr.torch needs PyTorch, which is not installed: pip install nat4xr[torch]"
+    ) from err
+
+__all__ = [
+    "NAT4TorchDataset",
+    "StimBatchSampler",
+    "collate",
+    "masked_mse",
+    "masked_poisson_nll",
+    "to_torch",
+]
+
+# Dask layers that only re-slice an array: with these alone on top of a
+# from_array layer over a file variable, the Dataset holds the file's values.
+# ("nat4-take-" is the accessor's selection along stim/neuron.)
+_SLICING_LAYERS = ("getitem-", "rechunk-", "transpose-", "take-", "nat4-take-")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _MemorySource:
+    """Reads batches from the Dataset itself (numpy or dask, pickled whole)."""
+
+    def __init__(self, ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> None:
+        self.ds = ds[list(dims)]
+        self.dims = dims
+        self._pid = os.getpid()
+
+    def read(self, positions: np.ndarray, n_rep: int) -> dict[str, np.ndarray]:
+        if self._pid != os.getpid():
+            _forget_inherited_files()
+            self._pid = os.getpid()
+        sub = self.ds.isel(stim=positions, repeat=slice(0, n_rep), missing_dims="ignore")
+        arrays = {name: sub[name].transpose(*dims).data for name, dims in self.dims.items()}
+        lazy = {k: v for k, v in arrays.items() if hasattr(v, "dask")}
+        if lazy:
+            import dask
+
+            # A forked worker must not reach the parent's thread pool or cluster.
+            scheduler = "synchronous" if get_worker_info() is not None else None
+            arrays.update(zip(lazy, dask.compute(*lazy.values(), scheduler=scheduler)))
+        return {k: np.asarray(v) for k, v in arrays.items()}
+
+
+class _FileSource:
+    """Reads batches from a netCDF file reopened in each process.
+
+    Pickles as the path, the variable names and the integer positions of the
+    selection in the file; the handle is opened on first use in each process.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        dims: dict[str, tuple[str, ...]],
+        stim_pos: np.ndarray,
+        neuron_pos: np.ndarray,
+        open_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.dims = dict(dims)
+        self.stim_pos = np.asarray(stim_pos, dtype=np.int64)
+        self.neuron_pos = np.asarray(neuron_pos, dtype=np.int64)
+        self.open_kwargs = dict(open_kwargs or {})
+        lo, hi = int(self.neuron_pos.min()), int(self.neuron_pos.max()) + 1
+        self._span = slice(lo, hi)
+        whole = np.array_equal(self.neuron_pos, np.arange(lo, hi))
+        # Chunks span every neuron, so reading the covering span costs no extra
+        # I/O and avoids one read call per selected neuron.
+        self._take = None if whole else self.neuron_pos - lo
+        self._base: xr.Dataset | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_base"] = None
+        state["_pid"] = -1
+        return state
+
+    def _open(self) -> xr.Dataset:
+        if self._base is None or self._pid != os.getpid():
+            self._base = _shared_handle(self.path)[list(self.dims)]
+            self._pid = os.getpid()
+        return self._base
+
+    def close(self) -> None:
+        if self._base is not None and self._pid == os.getpid():
+            _close_shared_handle(self.path)
+        self._base = None
+
+    def read(self, positions: np.ndarray, n_rep: int) -> dict[str, np.ndarray]:
+        file_pos = self.stim_pos[positions]
+        order = np.argsort(file_pos, kind="stable")
+        sorted_pos = file_pos[order]
+        sub = self._open().isel(stim=sorted_pos, repeat=slice(0, n_rep), neuron=self._span)
+        out = {}
+        for name, dims in self.dims.items():
+            values = sub[name].transpose(*dims).values
+            if "neuron" in dims and self._take is not None:
+                values = np.take(values, self._take, axis=dims.index("neuron"))
+            if not np.array_equal(order, np.arange(len(order))):
+                values = values[np.argsort(order)]
+            out[name] = values
+        return out
+
+
+# One handle per file and process, shared by every source reading that file:
+# HDF5 can crash when several handles to one file are opened and closed in turn
+# (seen with variable-length string fill values), so handles are never cycled.
+_HANDLES: dict[tuple[int, str], tuple[tuple[int, int], xr.Dataset]] = {}
+
+
+def _shared_handle(path: str) -> xr.Dataset:
+    """This process's lazily opened Dataset of ``path`` (reopened if the file changed)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"netCDF file {path} backing the Dataset is gone; reopen the Dataset "
+            "(nat4xr.open_nat4 rebuilds a missing cache)"
+        )
+    stat = os.stat(path)
+    key, stamp = (os.getpid(), os.path.realpath(path)), (stat.st_mtime_ns, stat.st_size)
+    entry = _HANDLES.get(key)
+    if entry is None or entry[0] != stamp:
+        _HANDLES[key] = (stamp, xr.open_dataset(path, cache=False))
+    return _HANDLES[key][1]
+
+
+def _close_shared_handle(path: str) -> None:
+    entry = _HANDLES.pop((os.getpid(), os.path.realpath(path)), None)
+    if entry is not None:
+        entry[1].close()
+
+
+def _forget_inherited_files() -> None:
+    """Drop file handles a forked process inherited from xarray's file cache.
+
+    Lazy arrays reopen their file on next use; the inherited handles are kept
+    referenced (never closed here) so the parent's HDF5 state is not touched.
+    """
+    try:
+        from xarray.backends.file_manager import FILE_CACHE
+    except ImportError:  # pragma: no cover - layout of older xarray
+        return
+    for key in list(FILE_CACHE):
+        _INHERITED.append(FILE_CACHE[key])
+        del FILE_CACHE[key]
+
+
+_INHERITED: list[Any] = []
+
+
+def _file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> _FileSource | None:
+    """A `_FileSource` for the variables that are unchanged selections of a netCDF file.
+
+    None unless ``response`` is one of them; the others stay with the Dataset.
+    """
+    source = ds.encoding.get("source")
+    if not source or not os.path.isfile(str(source)):
+        return None
+    names = [name for name in dims if _reads_file(ds[name].variable, str(source))]
+    if "response" not in names:
+        return None
+    dims = {name: dims[name] for name in names}
+    try:
+        base = _shared_handle(str(source))
+    except Exception:  # not readable as netCDF here: read through the Dataset instead
+        return None
+    for name in names:
+        if name not in base.data_vars or set(base[name].dims) != set(ds[name].dims):
+            return None
+        for dim in ds[name].dims:
+            if dim not in ("stim", "neuron") and not _same_or_prefix(base, ds, dim):
+                return None
+    pos = {}
+    for dim in ("stim", "neuron"):
+        if dim not in base.indexes or dim not in ds.indexes:
+            return None
+        pos[dim] = base.indexes[dim].get_indexer(ds.indexes[dim])
+        if (pos[dim] < 0).any() or len(pos[dim]) == 0:
+            return None
+    return _FileSource(str(source), dims, pos["stim"], pos["neuron"])
+
+
+def _same_or_prefix(base: xr.Dataset, ds: xr.Dataset, dim: str) -> bool:
+    """``dim`` of ``ds`` is the file's, or (``repeat`` only) its first entries."""
+    if base.sizes[dim] == ds.sizes[dim]:
+        return True
+    if dim != "repeat" or ds.sizes[dim] > base.sizes[dim] or dim not in ds.coords:
+        return False
+    return bool(np.array_equal(ds[dim].values, base[dim].values[: ds.sizes[dim]]))
+
+
+def _reads_file(var: xr.Variable, source: str) -> bool:
+    """True when ``var`` is an unmodified, not yet loaded selection of ``source``."""
+    data = var._data
+    if not hasattr(data, "dask"):
+        return _backend_file(data) == os.path.realpath(source)
+    layers = data.dask.layers
+    originals = {n[len("original-") :] for n in layers if n.startswith("original-")}
+    if not originals:
+        return False
+    for name, layer in layers.items():
+        if name.startswith("original-"):
+            if any(_backend_file(v) != os.path.realpath(source) for v in dict(layer).values()):
+                return False
+        elif name not in originals and not name.startswith(_SLICING_LAYERS):
+            return False
+    return True
+
+
+def _backend_file(array: Any) -> str | None:
+    """Path of the file under xarray's lazy array wrappers, None if in memory."""
+    from xarray.backends.common import BackendArray
+
+    for _ in range(16):
+        if isinstance(array, BackendArray):
+            name = getattr(getattr(array, "datastore", None), "_filename", None)
+            return os.path.realpath(str(name)) if name else None
+        array = getattr(array, "array", None)
+        if array is None:
+            return None
+    return None
+
+
+def _storage_groups(ds: xr.Dataset, file_src: _FileSource | None) -> list[np.ndarray] | None:
+    """Stim positions grouped by storage chunk, or None when the data are in memory."""
+    resp = ds["response"]
+    axis = resp.dims.index("stim")
+    if resp.chunks is not None:
+        bounds = np.cumsum((0, *resp.chunks[axis]))
+        return [np.arange(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+    if file_src is None:
+        return None
+    sizes = resp.encoding.get("chunksizes") or ()
+    step = int(sizes[axis]) if len(sizes) > axis and sizes[axis] else 1
+    keys = file_src.stim_pos // step
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return [np.flatnonzero(inverse == k) for k in range(len(uniq))]
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class _Batch(list):
+    """Per-item dicts of one batch, plus the assembled batch for :func:`collate`."""
+
+    batch: dict[str, Any]
+
+
+class NAT4TorchDataset(_TorchDataset):
+    """Map-style PyTorch Dataset over the stims of a nat4xr Dataset.
+
+    Works on any Dataset of the contract: eager, dask-backed or lazily backed
+    by a netCDF file, selected or concatenated. Nothing is read until items are
+    asked for, and :meth:`__getitems__` reads a whole batch with one indexing
+    call (the batch's stims, repeats up to the largest ``n_repeats`` among them).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A nat4xr Dataset.
+    waveform : bool or "auto"
+        Give waveforms ``(1, T_audio)`` as ``stims`` instead of spectrograms.
+        ``"auto"`` uses the ``waveform`` variable when the Dataset has one.
+    dtype : torch.dtype
+        Floating dtype of ``stims`` and ``responses``.
+    fill : float
+        Value of responses where there is no data (NaN by default);
+        ``valid_mask`` is exact either way.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=4, n_time=6)
+    >>> data = NAT4TorchDataset(ds)
+    >>> len(data), tuple(data[4]["responses"].shape) == (4, int(ds.n_repeats[4]), 6)
+    (5, True)
+    >>> batch = collate(data.__getitems__([0, 3]))
+    >>> batch["stim"] == [str(ds.stim[0].values), str(ds.stim[3].values)]
+    True
+    """
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        *,
+        waveform: bool | str = "auto",
+        dtype: torch.dtype = torch.float32,
+        fill: float = float("nan"),
+    ) -> None:
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f"expected an xarray.Dataset, got {type(ds).__name__}")
+        if "response" not in ds.data_vars or set(ds["response"].dims) != set(RESPONSE_DIMS):
+            raise ValueError(
+                "not a nat4xr Dataset: need response (stim, neuron, repeat, time); "
+                "open it with nat4xr.open_nat4"
+            )
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype, got {dtype}")
+        if waveform not in (True, False, "auto"):
+            raise ValueError(f"waveform must be True, False or 'auto', got {waveform!r}")
+        use_wave = "waveform" in ds.data_vars if waveform == "auto" else bool(waveform)
+        self.stim_var = "waveform" if use_wave else "spectrogram"
+        if self.stim_var not in ds.data_vars:
+            remedy = (
+                "build the Dataset with waveform=True"
+                if use_wave
+                else "the Dataset needs a spectrogram (stim, freq, time) variable"
+            )
+            raise ValueError(f"Dataset has no {self.stim_var!r} variable: {remedy}")
+        self.dtype = dtype
+        self.fill = float(fill)
+        stim_dims = ds[self.stim_var].dims
+        if "stim" not in stim_dims:
+            raise ValueError(f"{self.stim_var} has dims {stim_dims}, expected a 'stim' dim")
+        if self.stim_var == "spectrogram":
+            stim_dims = ("stim", "freq", "time")
+        else:
+            stim_dims = ("stim", *(d for d in stim_dims if d != "stim"))
+        dims = {"response": RESPONSE_DIMS, self.stim_var: stim_dims}
+        self.stims: list[str] = [str(s) for s in ds["stim"].values]
+        self.neurons: list[str] = [str(n) for n in ds["neuron"].values]
+        n_rep = ds.sizes["repeat"]
+        if "n_repeats" in ds.coords:
+            reps = np.asarray(ds["n_repeats"].values, dtype=np.int64)
+            self._n_repeats = np.clip(reps, 1, n_rep)
+        else:
+            self._n_repeats = np.full(len(self.stims), n_rep, dtype=np.int64)
+        self.stim_meta = _stim_meta(ds)
+        file_src = _file_source(ds, dims)
+        rest = {k: v for k, v in dims.items() if file_src is None or k not in file_src.dims}
+        self._sources: list[_FileSource | _MemorySource] = [file_src] if file_src else []
+        if rest:
+            self._sources.append(_MemorySource(ds, rest))
+        self.storage_groups = _storage_groups(ds, file_src)
+
+    @property
+    def file_backed(self) -> bool:
+        """True when responses are read from the netCDF file (reopened per process)."""
+        return isinstance(self._sources[0], _FileSource)
+
+    def __len__(self) -> int:
+        return len(self.stims)
+
+    def close(self) -> None:
+        """Close the file handle this process opened, if any (reopened on next read)."""
+        for source in self._sources:
+            if isinstance(source, _FileSource):
+                source.close()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> _Batch:
+        """Read the stims ``indices`` with one indexing call; see :func:`collate`."""
+        batch, positions = self._read(indices)
+        items = _Batch()
+        for i, pos in enumerate(positions):
+            reps = int(self._n_repeats[pos])
+            items.append(
+                {
+                    "stims": batch["stims"][i],
+                    "responses": batch["responses"][i, :, :reps],
+                    "valid_mask": batch["valid_mask"][i, :, :reps],
+                    "stim_meta": batch["stim_meta"][i],
+                    "stim": batch["stim"][i],
+                    "neuron": batch["neuron"],
+                }
+            )
+        items.batch = batch
+        return items
+
+    def read_batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The batch of stims ``indices`` as a dict of tensors (one read).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Stim positions; the batch keeps this order.
+
+        Returns
+        -------
+        dict
+            ``stims``, ``responses``, ``valid_mask``, ``stim_meta``, ``stim``,
+            ``neuron``.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=5)
+        >>> b = NAT4TorchDataset(ds).read_batch([2, 0])
+        >>> b["responses"].shape[2] == int(ds.n_repeats[2]), b["stim_meta"][0]["subset"]
+        (True, 'val')
+        """
+        return self._read(indices)[0]
+
+    def _read(self, indices: Sequence[int]) -> tuple[dict[str, Any], np.ndarray]:
+        n = len(self.stims)
+        idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise IndexError("empty batch: no stim index given")
+        if (idx >= n).any() or (idx < -n).any():
+            raise IndexError(f"stim index out of range for {n} stims: {idx.tolist()}")
+        idx = np.where(idx < 0, idx + n, idx)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        n_rep = int(self._n_repeats[uniq].max())
+        arrays = {}
+        for source in self._sources:
+            arrays.update(source.read(uniq, n_rep))
+        if not np.array_equal(uniq, idx):
+            arrays = {k: v[inverse] for k, v in arrays.items()}
+        resp = _writable(arrays["response"])
+        mask = np.equal(resp, resp)  # False exactly at NaN, in one pass
+        if not math.isnan(self.fill):
+            np.copyto(resp, np.float32(self.fill), where=~mask)
+        stims = torch.from_numpy(_writable(arrays[self.stim_var])).to(self.dtype).unsqueeze(1)
+        return {
+            "stims": stims,
+            "responses": torch.from_numpy(resp).to(self.dtype),
+            "valid_mask": torch.from_numpy(mask),
+            "stim_meta": [dict(self.stim_meta[i]) for i in idx],
+            "stim": [self.stims[i] for i in idx],
+            "neuron": list(self.neurons),
+        }, idx
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """C-contiguous, writable float32 (torch shares its memory)."""
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
+
+
+def _stim_meta(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """One dict per stim: ``name``, ``subset`` and every other stim coordinate."""
+    names = [c for c in ds.coords if ds[c].dims == ("stim",) and c != "stim"]
+    names.sort(key=lambda c: (c != "subset", list(ds.coords).index(c)))
+    columns = {c: np.asarray(ds[c].values) for c in names}
+    meta = []
+    for i, stim in enumerate(ds["stim"].values):
+        entry: dict[str, Any] = {"name": str(stim)}
+        for c, values in columns.items():
+            value = values[i]
+            entry[c] = value.item() if hasattr(value, "item") else value
+        meta.append(entry)
+    return meta
+
+
+def collate(data: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Assemble a batch dict from :meth:`NAT4TorchDataset.__getitems__` output or items.
+
+    A list returned by ``__getitems__`` already holds its batch (read in one
+    call) and is passed through. A plain list of items (from ``dataset[i]``)
+    is stacked, with responses NaN-padded to the largest repeat count.
+
+    Parameters
+    ----------
+    data : sequence of dict
+        Items, or the result of ``__getitems__``.
+
+    Returns
+    -------
+    dict
+        ``stims`` (B, 1, F, T), ``responses`` (B, N, R, T), ``valid_mask``
+        (B, N, R, T), ``stim_meta``, ``stim``, ``neuron``.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=5)
+    >>> data = NAT4TorchDataset(ds)
+    >>> b = collate([data[0], data[2]])
+    >>> b["responses"].shape[2] == int(ds.n_repeats[2]), bool(b["valid_mask"][0, :, 1:].any())
+    (True, False)
+    """
+    batch = getattr(data, "batch", None)
+    if batch is not None:
+        return batch
+    if not data:
+        raise ValueError("collate got an empty batch")
+    n_rep = max(item["responses"].shape[1] for item in data)
+    responses, masks = [], []
+    for item in data:
+        resp, mask = item["responses"], item["valid_mask"]
+        pad = n_rep - resp.shape[1]
+        if pad:
+            shape = (resp.shape[0], pad, resp.shape[2])
+            resp = torch.cat([resp, torch.full(shape, float("nan"), dtype=resp.dtype)], 1)
+            mask = torch.cat([mask, torch.zeros(shape, dtype=torch.bool)], 1)
+        responses.append(resp)
+        masks.append(mask)
+    return {
+        "stims": torch.stack([item["stims"] for item in data]),
+        "responses": torch.stack(responses),
+        "valid_mask": torch.stack(masks),
+        "stim_meta": [dict(item["stim_meta"]) for item in data],
+        "stim": [item["stim"] for item in data],
+        "neuron": list(data[0]["neuron"]),
+    }
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class StimBatchSampler(Sampler):
+    """Yields lists of stim positions, one list per batch, each sorted.
+
+    Without ``sampler``: sequential, or shuffled when ``shuffle`` is set. A
+    shuffle is an exact permutation when the data are in memory; when they are
+    lazily backed (``groups`` given), the order of the storage chunks is
+    shuffled and stims are shuffled within windows of ``shuffle_buffer``
+    chunks, so each read touches few chunks. Every epoch (each ``iter``) gets
+    a new order derived from ``seed`` and the epoch number.
+
+    Parameters
+    ----------
+    n : int
+        Number of stims.
+    batch_size : int
+        Stims per batch.
+    shuffle : bool
+        Shuffle each epoch.
+    seed : int, optional
+        Seed of the shuffle; drawn from torch's generator when omitted (so
+        ``torch.manual_seed`` makes it reproducible).
+    drop_last : bool
+        Drop the last, incomplete batch.
+    sampler : iterable of int, optional
+        Gives the stim order instead (e.g. a ``DistributedSampler``).
+    groups : list of ndarray, optional
+        Stim positions per storage chunk.
+    shuffle_buffer : int or None
+        Chunks shuffled together; None for an exact permutation.
+
+    Examples
+    --------
+    >>> s = StimBatchSampler(5, 2, shuffle=True, seed=0)
+    >>> sorted(i for b in s for i in b)
+    [0, 1, 2, 3, 4]
+    >>> list(StimBatchSampler(5, 2))
+    [[0, 1], [2, 3], [4]]
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        drop_last: bool = False,
+        sampler: Any = None,
+        groups: list[np.ndarray] | None = None,
+        shuffle_buffer: int | None = 4,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if sampler is not None and shuffle:
+            raise ValueError(
+                "shuffle=True cannot be combined with sampler=: shuffle in the sampler"
+            )
+        if shuffle_buffer is not None and shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1 or None, got {shuffle_buffer!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.n = int(n)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.sampler = sampler
+        self.groups = groups
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the next iteration (forwarded to ``sampler``)."""
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Stim positions of one epoch, before batching."""
+        if self.sampler is not None:
+            return np.fromiter((int(i) for i in self.sampler), dtype=np.int64)
+        if not self.shuffle:
+            return np.arange(self.n)
+        seed = self.seed
+        if seed is None:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        rng = np.random.default_rng([seed, epoch])
+        if self.groups is None or self.shuffle_buffer is None:
+            return rng.permutation(self.n)
+        groups = [self.groups[g] for g in rng.permutation(len(self.groups))]
+        parts = []
+        for start in range(0, len(groups), self.shuffle_buffer):
+            window = np.concatenate(groups[start : start + self.shuffle_buffer])
+            parts.append(rng.permutation(window))
+        return np.concatenate(parts) if parts else np.arange(0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        order = self.order(epoch)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            if len(chunk) < self.batch_size and self.drop_last:
+                return
+            yield sorted(int(i) for i in chunk)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else self.n
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def to_torch(
+    ds: xr.Dataset,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    seed: int | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    dtype: torch.dtype = torch.float32,
+    fill: float = float("nan"),
+    sampler: Any = None,
+    shuffle_buffer: int | None = 4,
+    multiprocessing_context: Any = None,
+    waveform: bool | str = "auto",
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """A ``torch.utils.data.DataLoader`` of masked batches over the stims of ``ds``.
+
+    Each batch is read with one indexing call (see :class:`NAT4TorchDataset`)
+    and is a dict with ``stims`` (B, 1, F, T) (or waveforms (B, 1, T_audio)),
+    ``responses`` (B, N, R, T) NaN-padded with R the largest repeat count in
+    the batch, ``valid_mask`` (B, N, R, T) bool, ``stim_meta`` (B dicts),
+    ``stim`` and ``neuron`` (ids).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A nat4xr Dataset, in memory, dask-backed or lazily backed by netCDF.
+    batch_size : int
+        Stims per batch.
+    shuffle : bool
+        Shuffle the stims every epoch (chunk-aware on lazily backed data).
+    seed : int, optional
+        Seed of the shuffle; each epoch derives its order from seed and epoch.
+    drop_last : bool
+        Drop the last, incomplete batch.
+    num_workers : int
+        Worker processes; file-backed data are reopened in each of them.
+    pin_memory : bool
+        Passed to the DataLoader.
+    dtype : torch.dtype
+        Floating dtype of ``stims`` and ``responses``.
+    fill : float
+        Value of responses where there is no data; ``valid_mask`` stays exact.
+    sampler : iterable of int, optional
+        Stim order, e.g. ``DistributedSampler(range(ds.sizes["stim"]), ...)``.
+    shuffle_buffer : int or None
+        Storage chunks shuffled together on lazily backed data; None gives an
+        exact permutation always.
+    multiprocessing_context : str or context, optional
+        'fork', 'spawn', ...; used when ``num_workers > 0``.
+    waveform : bool or "auto"
+        Give waveforms instead of spectrograms (``"auto"``: when present).
+    **loader_kwargs
+        Other DataLoader arguments (``persistent_workers``, ``prefetch_factor``...).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        ``loader.dataset`` is the :class:`NAT4TorchDataset`, ``loader.batch_sampler``
+        the :class:`StimBatchSampler` (``set_epoch`` available).
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=4, n_time=6)
+    >>> loader = to_torch(ds, batch_size=2, shuffle=True, seed=0)
+    >>> sorted(s for b in loader for s in b["stim"]) == sorted(ds.stim.values.tolist())
+    True
+    """
+    for key in ("batch_sampler", "collate_fn", "dataset"):
+        if key in loader_kwargs:
+            raise TypeError(f"to_torch sets {key} itself; build a DataLoader directly instead")
+    data = NAT4TorchDataset(ds, waveform=waveform, dtype=dtype, fill=fill)
+    batches = StimBatchSampler(
+        len(data),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        sampler=sampler,
+        groups=data.storage_groups,
+        shuffle_buffer=shuffle_buffer,
+    )
+    if num_workers > 0 and multiprocessing_context is not None:
+        loader_kwargs["multiprocessing_context"] = multiprocessing_context
+    return DataLoader(
+        data,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        **loader_kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp_min(1).to(values.dtype)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where ``mask`` is True.
+
+    NaN in ``target`` (or anything in ``pred``) where the mask is False
+    changes neither the loss nor its gradient. ``pred`` broadcasts against
+    ``target`` (e.g. one prediction for all repeats). Zero when nothing is valid.
+
+    Parameters
+    ----------
+    pred, target : Tensor
+        Prediction and observed responses.
+    mask : Tensor of bool
+        True where ``target`` is valid (``batch["valid_mask"]``).
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> t = torch.tensor([1.0, float("nan"), 3.0])
+    >>> masked_mse(torch.tensor([2.0, 0.0, 3.0]), t, ~torch.isnan(t))
+    tensor(0.5000)
+    """
+    pred, target, mask = torch.broadcast_tensors(pred, target, mask)
+    zero = torch.zeros((), dtype=target.dtype, device=target.device)
+    diff = torch.where(mask, pred, zero) - torch.where(mask, target, zero)
+    return _masked_mean(diff * diff, mask)
+
+
+def masked_poisson_nll(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    log_input: bool = False,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Poisson negative log-likelihood over the entries where ``mask`` is True.
+
+    Same terms as ``torch.nn.functional.poisson_nll_loss`` (without the
+    Stirling term): ``exp(pred) - target * pred`` when ``log_input``, else
+    ``pred - target * log(pred + eps)``, averaged over valid entries. Invalid
+    entries affect neither the loss nor the gradient.
+
+    Parameters
+    ----------
+    pred : Tensor
+        Predicted rate (or log-rate when ``log_input``).
+    target : Tensor
+        Observed counts; NaN allowed where ``mask`` is False.
+    mask : Tensor of bool
+        True where ``target`` is valid.
+    log_input : bool
+        ``pred`` is a log-rate.
+    eps : float
+        Added inside the log when ``log_input`` is False.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> t = torch.tensor([2.0, float("nan")])
+    >>> masked_poisson_nll(torch.tensor([0.0, 5.0]), t, ~torch.isnan(t), log_input=True)
+    tensor(1.)
+    """
+    pred, target, mask = torch.broadcast_tensors(pred, target, mask)
+    zero = torch.zeros((), dtype=target.dtype, device=target.device)
+    target = torch.where(mask, target, zero)
+    if log_input:
+        pred = torch.where(mask, pred, zero)
+        values = torch.exp(pred) - target * pred
+    else:
+        pred = torch.where(mask, pred, torch.ones((), dtype=pred.dtype, device=pred.device))
+        values = pred - target * torch.log(pred + eps)
+    return _masked_mean(values, mask)

@@ -1,0 +1,453 @@
+"""The PyTorch adapter: batches against the Dataset's own values, workers, shuffling, losses."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+torch = pytest.importorskip("torch")
+
+import nat4xr  # noqa: E402
+from nat4xr.torch import (  # noqa: E402
+    NAT4TorchDataset,
+    StimBatchSampler,
+    collate,
+    masked_mse,
+    masked_poisson_nll,
+    to_torch,
+)
+
+N_EST, N_VAL = 10, 4
+
+
+def _random(**kw):
+    kw = {"n_est": N_EST, "n_val": N_VAL, "n_neurons": 9, "n_time": 12, "seed": 3, **kw}
+    return nat4xr.synthetic.random_dataset(**kw)
+
+
+@pytest.fixture(scope="module")
+def nc_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("torch") / "random.nc"
+    _random().to_netcdf(path)
+    return str(path)
+
+
+@pytest.fixture(params=["eager", "dask", "file", "file-chunked"])
+def any_ds(request, nc_path):
+    """The same Dataset in memory, dask-backed and lazily backed by a netCDF file."""
+    if request.param == "eager":
+        yield _random()
+    elif request.param == "dask":
+        yield _random().chunk({"stim": 4})
+    else:
+        chunks = {"stim": 4} if request.param == "file-chunked" else None
+        with xr.open_dataset(nc_path, chunks=chunks) as ds:
+            yield ds
+
+
+def _expected(ds: xr.Dataset, idx: list[int]) -> dict:
+    """A batch computed by hand from the Dataset's values."""
+    reps = ds["n_repeats"].values[idx]
+    n_rep = int(reps.max())
+    resp = ds["response"].values[idx][:, :, :n_rep]
+    meta = [
+        {
+            "name": str(ds.stim.values[i]),
+            "subset": str(ds.subset.values[i]),
+            "n_repeats": int(ds.n_repeats.values[i]),
+        }
+        for i in idx
+    ]
+    return {
+        "stims": ds["spectrogram"].values[idx][:, None],
+        "responses": resp,
+        "valid_mask": ~np.isnan(resp),
+        "stim_meta": meta,
+        "stim": [str(s) for s in ds.stim.values[idx]],
+        "neuron": [str(n) for n in ds.neuron.values],
+    }
+
+
+def _assert_batch(batch: dict, expected: dict) -> None:
+    assert set(batch) == set(expected)
+    assert batch["stims"].dtype == torch.float32
+    assert batch["responses"].dtype == torch.float32
+    assert batch["valid_mask"].dtype == torch.bool
+    np.testing.assert_array_equal(batch["stims"].numpy(), expected["stims"])
+    np.testing.assert_array_equal(batch["responses"].numpy(), expected["responses"])
+    np.testing.assert_array_equal(batch["valid_mask"].numpy(), expected["valid_mask"])
+    assert batch["stim_meta"] == expected["stim_meta"]
+    for entry in batch["stim_meta"]:
+        assert all(type(v) in (str, int, float, bool) for v in entry.values())
+    assert batch["stim"] == expected["stim"]
+    assert batch["neuron"] == expected["neuron"]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batches_match_dataset(any_ds):
+    loader = to_torch(any_ds, batch_size=3)
+    assert loader.dataset.file_backed == ("source" in any_ds.encoding)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 5
+    for k, batch in enumerate(batches):
+        idx = list(range(3 * k, min(3 * k + 3, N_EST + N_VAL)))
+        _assert_batch(batch, _expected(any_ds, idx))
+    # est-only batches read one repeat; the batch with val stims reads the largest count
+    assert batches[0]["responses"].shape == (3, 9, 1, 12)
+    reps = any_ds.n_repeats.values
+    assert batches[3]["responses"].shape[2] == max(reps[9:12]) > 1
+    assert batches[3]["valid_mask"][0, :, 1:].sum() == 0  # est stim in a mixed batch: padding
+
+
+def test_selected_and_reordered_file_dataset(nc_path):
+    with xr.open_dataset(nc_path) as ds:
+        sel = ds.isel(stim=[12, 3, 0, 11], neuron=[7, 2, 5])
+        data = NAT4TorchDataset(sel)
+        assert data.file_backed
+        batch = data.read_batch([3, 0, 1])
+        data.close()
+        _assert_batch(batch, _expected(sel.load(), [3, 0, 1]))
+        _assert_batch(data.read_batch([2]), _expected(sel.load(), [2]))
+
+
+def test_file_response_with_computed_spectrogram(nc_path):
+    with xr.open_dataset(nc_path) as ds:
+        mixed = ds.assign(spectrogram=ds.spectrogram * 1)  # computed: held in memory
+        data = NAT4TorchDataset(mixed)
+        assert data.file_backed
+        _assert_batch(data.read_batch([12, 1]), _expected(mixed.load(), [12, 1]))
+
+
+def test_modified_lazy_dataset_is_read_as_is(nc_path):
+    with xr.open_dataset(nc_path, chunks={"stim": 4}) as ds:
+        doubled = ds.assign(response=ds.response * 2)
+        data = NAT4TorchDataset(doubled)
+        assert not data.file_backed
+        batch = data.read_batch([10, 11])
+        _assert_batch(batch, _expected(doubled.load(), [10, 11]))
+
+
+def test_getitem_and_item_collate(any_ds):
+    data = NAT4TorchDataset(any_ds)
+    item = data[N_EST + 1]
+    reps = int(any_ds.n_repeats[N_EST + 1])
+    assert item["responses"].shape == (9, reps, 12)
+    assert item["stims"].shape == (1, 4, 12)
+    assert item["stim_meta"]["name"] == item["stim"] == str(any_ds.stim.values[N_EST + 1])
+    assert data[-1]["stim"] == str(any_ds.stim.values[-1])
+    stacked = collate([data[i] for i in [1, N_EST + 1, N_EST]])
+    _assert_batch(stacked, _expected(any_ds, [1, N_EST + 1, N_EST]))
+    with pytest.raises(IndexError, match="out of range"):
+        data[N_EST + N_VAL]
+
+
+def test_fill_and_dtype():
+    ds = _random()
+    batch = next(iter(to_torch(ds, batch_size=4, fill=-1.5, dtype=torch.float64)))
+    exp = _expected(ds, [0, 1, 2, 3])
+    assert batch["responses"].dtype == batch["stims"].dtype == torch.float64
+    np.testing.assert_array_equal(batch["valid_mask"].numpy(), exp["valid_mask"])
+    resp = batch["responses"].numpy()
+    assert (resp[~exp["valid_mask"]] == -1.5).all()
+    np.testing.assert_array_equal(resp[exp["valid_mask"]], exp["responses"][exp["valid_mask"]])
+    with pytest.raises(TypeError, match="floating"):
+        to_torch(ds, dtype=torch.int32)
+
+
+def test_unsorted_and_duplicate_indices(any_ds):
+    data = NAT4TorchDataset(any_ds)
+    idx = [12, 2, 12, 0]
+    _assert_batch(collate(data.__getitems__(idx)), _expected(any_ds, idx))
+
+
+def test_waveform_variable():
+    ds = _random()
+    wave = np.random.default_rng(0).standard_normal((ds.sizes["stim"], 40)).astype("float32")
+    ds["waveform"] = (("stim", "sample"), wave)
+    batch = next(iter(to_torch(ds, batch_size=2)))
+    np.testing.assert_array_equal(batch["stims"].numpy(), wave[:2, None])
+    spec = next(iter(to_torch(ds, batch_size=2, waveform=False)))
+    assert spec["stims"].shape == (2, 1, 4, 12)
+    with pytest.raises(ValueError, match="waveform=True"):
+        to_torch(_random(), waveform=True)
+
+
+def test_one_indexing_call_per_batch(nc_path, monkeypatch):
+    calls = []
+    original = xr.Dataset.isel
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    with xr.open_dataset(nc_path) as lazy:
+        for ds in (_random(), _random().chunk({"stim": 2}), lazy):
+            data = NAT4TorchDataset(ds)
+            monkeypatch.setattr(xr.Dataset, "isel", counting)
+            calls.clear()
+            data.__getitems__([1, 4, 5])
+            monkeypatch.setattr(xr.Dataset, "isel", original)
+            assert len(calls) == 1
+            assert calls[0]["repeat"] == slice(0, 1)
+            assert list(np.asarray(calls[0]["stim"])) == sorted(np.asarray(calls[0]["stim"]))
+
+
+def test_reads_only_the_batch_stims():
+    ds = _random()
+    computed: list[int] = []
+
+    def record(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(ds.response.values, chunks=(1, -1, -1, -1))
+    ds = ds.assign(response=(ds.response.dims, lazy.map_blocks(record, dtype="float32")))
+    data = NAT4TorchDataset(ds)
+    assert computed == []
+    loader = to_torch(ds, batch_size=2)
+    assert computed == []
+    data.read_batch([3, 11])
+    assert sorted(set(computed)) == [3, 11]
+    computed.clear()
+    next(iter(loader))
+    assert sorted(set(computed)) == [0, 1]
+
+
+def test_missing_torch_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "nat4xr.torch")
+    with pytest.raises(ImportError, match=r"pip install nat4xr\[torch\]"):
+        importlib.import_module("nat4xr.torch")
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_file_backed_pickles_small(nc_path):
+    with xr.open_dataset(nc_path, chunks={"stim": 4}) as ds:
+        data = NAT4TorchDataset(ds)
+        size = len(pickle.dumps(data))
+        assert data.file_backed
+        assert size < 8_000 < ds.response.nbytes
+        clone = pickle.loads(pickle.dumps(data))
+        _assert_batch(clone.read_batch([0, 13]), _expected(ds.load(), [0, 13]))
+    in_memory = NAT4TorchDataset(_random())
+    assert len(pickle.dumps(in_memory)) > _random().response.nbytes
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_workers(nc_path, context):
+    with xr.open_dataset(nc_path, chunks={"stim": 4}) as ds:
+        sel = ds.isel(neuron=[0, 3, 4, 8])
+        loader = to_torch(sel, batch_size=4, num_workers=2, multiprocessing_context=context)
+        batches = list(loader)
+        expected = sel.load()
+    assert loader.dataset._sources[0]._base is None  # the parent never opened the file
+    assert len(batches) == 4
+    for k, batch in enumerate(batches):
+        idx = list(range(4 * k, min(4 * k + 4, N_EST + N_VAL)))
+        _assert_batch(batch, _expected(expected, idx))
+
+
+def test_two_forked_workers_in_memory_dask():
+    ds = _random().chunk({"stim": 3})
+    batches = list(to_torch(ds, batch_size=5, num_workers=2, multiprocessing_context="fork"))
+    for k, batch in enumerate(batches):
+        idx = list(range(5 * k, min(5 * k + 5, N_EST + N_VAL)))
+        _assert_batch(batch, _expected(ds, idx))
+
+
+# --------------------------------------------------------------------------- shuffling
+
+
+def _epoch_orders(loader, n_epochs: int) -> list[list[str]]:
+    return [[s for batch in loader for s in batch["stim"]] for _ in range(n_epochs)]
+
+
+@pytest.mark.parametrize("kind", ["eager", "file-chunked"])
+def test_shuffle_is_seeded_permutation_per_epoch(kind, nc_path):
+    ds = _random() if kind == "eager" else xr.open_dataset(nc_path, chunks={"stim": 3})
+    names = sorted(str(s) for s in ds.stim.values)
+    orders = _epoch_orders(to_torch(ds, batch_size=4, shuffle=True, seed=7), 3)
+    again = _epoch_orders(to_torch(ds, batch_size=4, shuffle=True, seed=7), 3)
+    other = _epoch_orders(to_torch(ds, batch_size=4, shuffle=True, seed=8), 1)
+    for order in orders:
+        assert sorted(order) == names
+    assert orders == again
+    assert orders[0] != orders[1] != orders[2]
+    assert other[0] != orders[0]
+    ds.close()
+
+
+def test_shuffle_without_seed_follows_torch_seed():
+    ds = _random()
+    torch.manual_seed(1)
+    first = _epoch_orders(to_torch(ds, batch_size=2, shuffle=True), 2)
+    torch.manual_seed(1)
+    assert _epoch_orders(to_torch(ds, batch_size=2, shuffle=True), 2) == first
+    assert first[0] != first[1]
+
+
+def test_chunk_buffer_shuffle_on_lazy_file(nc_path):
+    with xr.open_dataset(nc_path, chunks={"stim": 3}) as ds:
+        data = NAT4TorchDataset(ds)
+        groups = [list(g) for g in data.storage_groups]
+        assert groups == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13]]
+        sampler = StimBatchSampler(
+            len(data), 1, shuffle=True, seed=3, groups=data.storage_groups, shuffle_buffer=1
+        )
+        for _ in range(3):
+            order = [b[0] for b in sampler]
+            assert sorted(order) == list(range(14))  # every stim exactly once
+            # one chunk in the buffer: each chunk's stims come out together
+            starts = [k for k in range(14) if k == 0 or order[k] // 3 != order[k - 1] // 3]
+            assert len(starts) == 5, order
+        loader = to_torch(ds, batch_size=4, shuffle=True, seed=0, shuffle_buffer=2)
+        for order in _epoch_orders(loader, 2):
+            assert sorted(order) == sorted(str(s) for s in ds.stim.values)
+
+
+def test_in_memory_shuffle_is_exact_permutation():
+    ds = _random()
+    data = NAT4TorchDataset(ds)
+    assert data.storage_groups is None
+    sampler = StimBatchSampler(len(data), 14, shuffle=True, seed=5, groups=data.storage_groups)
+    expected = np.random.default_rng([5, 0]).permutation(14)
+    assert next(iter(sampler)) == sorted(expected.tolist())
+    assert sampler.order(0).tolist() == expected.tolist()
+
+
+def test_distributed_sampler_shards_without_overlap():
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = _random()
+    n = ds.sizes["stim"]
+    for shuffle in (False, True):
+        seen = []
+        for rank in range(2):
+            sampler = DistributedSampler(range(n), num_replicas=2, rank=rank, shuffle=shuffle)
+            sampler.set_epoch(1)
+            loader = to_torch(ds, batch_size=3, sampler=sampler)
+            ids = [s for batch in loader for s in batch["stim"]]
+            assert len(ids) == n // 2
+            seen += ids
+        assert sorted(seen) == sorted(str(s) for s in ds.stim.values)
+    with pytest.raises(ValueError, match="sampler"):
+        to_torch(ds, shuffle=True, sampler=range(n))
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_loss_helpers_against_hand_values():
+    nan = float("nan")
+    target = torch.tensor([[1.0, nan], [3.0, 0.0]])
+    mask = ~torch.isnan(target)
+    pred = torch.tensor([[2.0, 7.0], [1.0, 0.5]])
+    assert masked_mse(pred, target, mask).item() == pytest.approx((1 + 4 + 0.25) / 3)
+    rate = np.array([2.0, 1.0, 0.5])
+    counts = np.array([1.0, 3.0, 0.0])
+    hand = np.mean(rate - counts * np.log(rate + 1e-8))
+    assert masked_poisson_nll(pred, target, mask).item() == pytest.approx(hand, rel=1e-6)
+    log_rate = torch.log(pred)
+    hand_log = np.mean(np.exp(np.log(rate)) - counts * np.log(rate))
+    got = masked_poisson_nll(log_rate, target, mask, log_input=True).item()
+    assert got == pytest.approx(hand_log, rel=1e-6)
+    ref = torch.nn.functional.poisson_nll_loss(pred[mask], target[mask], log_input=False)
+    assert masked_poisson_nll(pred, target, mask).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert masked_mse(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        masked_mse,
+        masked_poisson_nll,
+        lambda p, t, m: masked_poisson_nll(p, t, m, log_input=True),
+    ],
+)
+def test_loss_gradients_finite_with_nan_targets(loss):
+    target = torch.tensor([[1.0, float("nan")], [float("nan"), 2.0]])
+    mask = ~torch.isnan(target)
+    pred = torch.tensor([[0.5, 0.0], [-1.0, 1.5]], requires_grad=True)
+    value = loss(pred, target, mask)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(pred.grad).all()
+    assert (pred.grad[~mask] == 0).all()
+    assert (pred.grad[mask] != 0).all()
+
+
+def test_linear_model_loss_decreases():
+    ds = _random(n_est=24, n_val=6, n_neurons=5, n_time=20, seed=11)
+    loader = to_torch(ds, batch_size=6, shuffle=True, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 5)  # freq bands -> neurons, per time bin
+
+    def epoch_loss(train: bool) -> float:
+        total = 0.0
+        for batch in loader:
+            spec = batch["stims"][:, 0].transpose(1, 2)  # (B, T, F)
+            rate = torch.nn.functional.softplus(model(spec)).transpose(1, 2)  # (B, N, T)
+            loss = masked_poisson_nll(rate[:, :, None, :], batch["responses"], batch["valid_mask"])
+            if train:
+                model.zero_grad()
+                loss.backward()
+                with torch.no_grad():  # plain gradient descent
+                    for p in model.parameters():
+                        assert torch.isfinite(p.grad).all()
+                        p -= 0.1 * p.grad
+            total += loss.item()
+        return total / len(loader)
+
+    with torch.no_grad():
+        before = epoch_loss(False)
+    for _ in range(6):
+        epoch_loss(True)
+    with torch.no_grad():
+        after = epoch_loss(False)
+    assert np.isfinite(before) and after < before - 0.05
+
+
+def test_no_compute_while_building_loader(nc_path):
+    with xr.open_dataset(nc_path, chunks={"stim": 2}) as ds:
+
+        def refuse_response(dsk, keys, **kwargs):
+            # small coordinates may be read; the response never
+            if "response" in repr(keys):
+                raise AssertionError("response computed while building the loader")
+            return dask.get(dsk, keys, **kwargs)
+
+        with dask.config.set(scheduler=refuse_response):
+            to_torch(ds.assign(response=ds.response + 0), batch_size=2, shuffle=True)
+
+
+def test_cache_opened_by_store_is_file_backed(tmp_path):
+    store = pytest.importorskip("nat4xr.store")
+    path = store.write_cache(_random(), tmp_path / "cache.nc")
+    ds = store.open_cache(path, chunks=4)
+    sel = ds.isel(neuron=[1, 4, 6])
+    data = NAT4TorchDataset(sel)
+    assert data.file_backed
+    assert [list(g) for g in data.storage_groups] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10, 11],
+        [12, 13],
+    ]
+    _assert_batch(data.read_batch([2, 12]), _expected(sel.load(), [2, 12]))
+    if hasattr(ds, "nat4"):  # the accessor's selections stay file-backed too
+        val = ds.nat4.sel_stims(subset="val").nat4.sel_neurons(auditory=True)
+        data = NAT4TorchDataset(val)
+        assert data.file_backed
+        _assert_batch(data.read_batch([0, 3]), _expected(val.load(), [0, 3]))
+    ds.close()
