@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from . import release
-from .errors import FormatError, MissingFileError, Nat4Warning
+from .errors import FormatError, MissingFileError, Nat4Error, Nat4Warning
 from .filters import hanning_smooth, hanning_window
 from .nems import Recording, Signal, open_recording
 from .schema import make_dataset
@@ -371,8 +371,17 @@ def _site_recordings(sources: list[Path], progress: bool) -> Iterator[Recording]
     try:
         for label, item in items:
             if isinstance(item, tuple):
-                with zipfile.ZipFile(item[0]) as zf, zf.open(item[1]) as member:
-                    yield open_recording(member, {"resp"}, label=label)
+                try:
+                    with zipfile.ZipFile(item[0]) as zf, zf.open(item[1]) as member:
+                        rec = open_recording(member, {"resp"}, label=label)
+                except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
+                    if isinstance(exc, Nat4Error):
+                        raise
+                    raise FormatError(
+                        f"{label}: unreadable zip member ({exc}); delete {item[0].name} and "
+                        "fetch it again (download=True)"
+                    ) from exc
+                yield rec
             else:
                 yield open_recording(item, {"resp"})
             if bar is not None:
@@ -478,6 +487,14 @@ def _check_consistency(
 
 def _neuron_table(cells: list[str], area: str, pred_path: Path) -> pd.DataFrame:
     auditory = _auditory_flags(pred_path)
+    absent = [c for c in cells if c not in auditory]
+    if absent:
+        warnings.warn(
+            f"{pred_path}: {len(absent)} cells are not in the table; their `auditory` flag "
+            f"is set to False: {', '.join(absent[:20])}" + (" ..." if len(absent) > 20 else ""),
+            Nat4Warning,
+            stacklevel=3,
+        )
     parsed = [release.parse_cell_id(c) for c in cells]
     return pd.DataFrame(
         {

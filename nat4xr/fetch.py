@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import shutil
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -50,8 +51,11 @@ DOI = "10.5281/zenodo.8044773"
 AREAS = ("A1", "PEG")
 #: Extra attempts after a failed download (pooch waits 1 s, 2 s, ... between them).
 RETRIES = 3
-#: Seconds without an answer from the server before a request fails.
+#: Seconds without an answer from the server before a request fails
+#: (``NAT4XR_TIMEOUT`` overrides it).
 TIMEOUT = 60.0
+#: Largest total size a release zip may unpack to; the real ones unpack to < 1 GB.
+MAX_UNZIP_BYTES = 16 * 2**30
 #: Seconds to wait for another process that is fetching into the same folder.
 LOCK_TIMEOUT = 3 * 3600.0
 HEADERS = {"User-Agent": f"nat4xr/{__version__} (+https://doi.org/{DOI})"}
@@ -204,6 +208,20 @@ def _base_url() -> str:
     return mirror.rstrip("/") + "/" if mirror else f"doi:{DOI}/"
 
 
+def _timeout() -> float:
+    """Request timeout in seconds: ``NAT4XR_TIMEOUT`` when set, else :data:`TIMEOUT`."""
+    env = os.environ.get("NAT4XR_TIMEOUT")
+    if not env:
+        return TIMEOUT
+    try:
+        value = float(env)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise DownloadError(f"NAT4XR_TIMEOUT={env!r} is not a positive number of seconds")
+    return value
+
+
 def _source_tag(base_url: str) -> str:
     return hashlib.sha256(base_url.encode()).hexdigest()[:16]
 
@@ -285,7 +303,7 @@ def _mirror_registry(base_url: str) -> dict[str, str] | None:
 
     url = f"{base_url}registry.txt"
     try:
-        reply = requests.get(url, headers=HEADERS, timeout=TIMEOUT)
+        reply = requests.get(url, headers=HEADERS, timeout=_timeout())
     except requests.RequestException as exc:
         raise DownloadError(f"cannot reach the mirror {url}: {exc}; check NAT4XR_BASE_URL") from exc
     if reply.status_code == 404:
@@ -311,13 +329,14 @@ def _fetch_one(pup: pooch.Pooch, name: str, progress: bool) -> None:
     import requests
 
     url = pup.get_url(name)
+    timeout = _timeout()
     if url.startswith("doi:"):
         downloader = pooch.DOIDownloader(
-            progressbar=progress, chunk_size=1 << 20, headers=HEADERS, timeout=TIMEOUT
+            progressbar=progress, chunk_size=1 << 20, headers=HEADERS, timeout=timeout
         )
     else:
         downloader = pooch.HTTPDownloader(
-            progressbar=progress, chunk_size=1 << 20, headers=HEADERS, timeout=TIMEOUT
+            progressbar=progress, chunk_size=1 << 20, headers=HEADERS, timeout=timeout
         )
     folder = name[: -len(".zip")] if name.endswith(".zip") else None
     processor = _AtomicUnzip(folder) if folder else None
@@ -377,7 +396,13 @@ class _AtomicUnzip:
         tmp = archive.parent / f".{self.folder}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         tmp.mkdir()
         try:
-            pooch.Unzip(extract_dir=str(tmp))(fname, "download", pup)
+            _check_unzip_size(archive, tmp)
+            try:  # zipfile strips absolute and '..' parts and never makes links
+                pooch.Unzip(extract_dir=str(tmp))(fname, "download", pup)
+            except zipfile.BadZipFile as exc:
+                raise DownloadError(
+                    f"{archive}: cannot be unpacked ({exc}); delete it and fetch again"
+                ) from exc
             entries = [p for p in tmp.iterdir() if p.name != "__MACOSX"]
             nested = len(entries) == 1 and entries[0].is_dir() and entries[0].name == self.folder
             if dest.exists():
@@ -386,3 +411,25 @@ class _AtomicUnzip:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return str(dest)
+
+
+def _check_unzip_size(archive: Path, dest: Path) -> None:
+    """Refuse a zip whose members would unpack past :data:`MAX_UNZIP_BYTES` or the free space.
+
+    zipfile stops each member at its declared size, so the declared sizes bound
+    what unpacking writes.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(
+            f"{archive}: not a readable zip ({exc}); delete it and fetch again"
+        ) from exc
+    free = shutil.disk_usage(dest).free
+    if total > min(MAX_UNZIP_BYTES, free):
+        raise DownloadError(
+            f"{archive} would unpack to {total / 2**30:.1f} GiB (limit "
+            f"{MAX_UNZIP_BYTES / 2**30:.0f} GiB, {free / 2**30:.1f} GiB free in {dest.parent}); "
+            "it is not a NAT4 release file: delete it"
+        )

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,8 +43,12 @@ __all__ = ["Recording", "Signal", "epoch_samples", "open_recording"]
 RASTERIZED = "rasterized"
 POINT = "point"
 
-#: Largest JSON sidecar or HDF5 member read into memory (bytes).
-MAX_MEMBER_BYTES = 2**31
+#: Largest HDF5 member read into memory (bytes); real spike files are a few MB.
+MAX_MEMBER_BYTES = 2**29
+#: Largest epoch table read (bytes); real ones are well under 10 MB.
+MAX_EPOCH_BYTES = 2**28
+#: Largest CSV matrix parsed (float32 bytes); the A1 population resp is ~0.3 GB.
+MAX_MATRIX_BYTES = 2**32
 #: Read size of the streaming tar reader (its 10 KiB default costs seconds on GB members).
 TAR_BUFSIZE = 1 << 22
 
@@ -299,6 +305,13 @@ def open_recording(
             if kind is None or (wanted is not None and sig not in wanted):
                 continue
             part = parts.setdefault(sig, {})
+            if kind in part:  # a second copy would silently replace the first
+                raise FormatError(
+                    f"{where}: a second {kind} member for signal {sig!r} (the first was "
+                    f"{part.get(kind + '_where', 'read earlier')}); the archive is not a "
+                    "single NEMS recording"
+                )
+            part[kind + "_where"] = where
             if kind == "json":
                 part["json"] = _read_json(opener, where)
                 part["json_where"] = where
@@ -311,7 +324,7 @@ def open_recording(
                 part["h5"] = (_read_bytes(opener, where), where)
     except Nat4Error:
         raise
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+    except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise FormatError(
             f"{source}: the archive is truncated or corrupt ({_short(exc)}); delete it and "
             "fetch it again (download=True)"
@@ -366,7 +379,14 @@ def _archive_members(path: Path) -> Iterator[tuple[str, Opener]]:
 
 
 def _stream_members(fileobj: IO[bytes], source: str) -> Iterator[tuple[str, Opener]]:
-    yield from _tar_members(fileobj, source, mode="r|*")
+    head = fileobj.read(2)
+    stream = io.BufferedReader(_Prefixed(head, fileobj), buffer_size=1 << 20)
+    if head == b"\x1f\x8b":  # gzip's own reader checks the CRC that tarfile's skips
+        import gzip
+
+        yield from _tar_members(gzip.GzipFile(fileobj=stream, mode="rb"), source, mode="r|")
+    else:
+        yield from _tar_members(stream, source, mode="r|*")
 
 
 def _tar_members(raw: IO[bytes], source: str, mode: str) -> Iterator[tuple[str, Opener]]:
@@ -378,7 +398,11 @@ def _tar_members(raw: IO[bytes], source: str, mode: str) -> Iterator[tuple[str, 
                     continue  # links, devices, folders: never followed
                 fobj = tar.extractfile(member)
                 yield member.name, (lambda fobj=fobj: fobj)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            # Checksums (gzip CRC, zip member CRC) are verified only at the end of the
+            # stream, past the tar's end marker: read on to it so corruption is reported.
+            while raw.read(1 << 20):
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, OSError, zipfile.BadZipFile) as exc:
         raise FormatError(
             f"{source}: the archive is truncated or corrupt ({_short(exc)}); delete it and "
             "fetch it again (download=True)"
@@ -432,9 +456,18 @@ class _CheckedPipe(io.RawIOBase):
         super().close()
 
 
-def _read_bytes(opener: Opener, where: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+def _read_bytes(opener: Opener, where: str, limit: int | None = None) -> bytes:
+    limit = MAX_MEMBER_BYTES if limit is None else limit
+    # In pieces: read(limit + 1) would allocate the whole limit up front.
+    pieces, n = [], 0
     with opener() as fh:
-        data = fh.read(limit + 1)
+        while n <= limit:
+            piece = fh.read(min(1 << 22, limit + 1 - n))
+            if not piece:
+                break
+            pieces.append(piece)
+            n += len(piece)
+    data = b"".join(pieces)
     if len(data) > limit:
         raise FormatError(f"{where}: member larger than {limit} bytes; refusing to read it")
     return data
@@ -444,17 +477,18 @@ def _read_json(opener: Opener, where: str) -> dict[str, Any]:
     raw = _read_bytes(opener, where, limit=64 * 2**20)
     try:
         value = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{where}: not valid JSON ({exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax
+        raise FormatError(f"{where}: not valid JSON ({_short(exc)})") from exc
     if not isinstance(value, dict):
         raise FormatError(f"{where}: expected a JSON object, got {type(value).__name__}")
     return value
 
 
 def _read_epochs(opener: Opener, where: str) -> pd.DataFrame:
+    """Epoch table sorted by start time, exact duplicate rows dropped."""
+    raw = _read_bytes(opener, where, limit=MAX_EPOCH_BYTES)
     try:
-        with opener() as fh:
-            table = pd.read_csv(fh, dtype={"name": str})
+        table = pd.read_csv(io.BytesIO(raw), dtype={"name": str}, keep_default_na=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: unreadable epoch table ({exc})") from exc
     missing = {"name", "start", "end"} - set(table.columns)
@@ -470,7 +504,12 @@ def _read_epochs(opener: Opener, where: str) -> pd.DataFrame:
         raise FormatError(f"{where}: non-numeric epoch times ({exc})") from exc
     if not (np.isfinite(start).all() and np.isfinite(end).all()) or (end < start).any():
         raise FormatError(f"{where}: epoch times must be finite with end >= start")
-    return pd.DataFrame({"name": table["name"].astype(str).to_numpy(), "start": start, "end": end})
+    if (start < 0).any():
+        raise FormatError(f"{where}: negative epoch start time {start.min()!r}")
+    out = pd.DataFrame({"name": table["name"].astype(str).to_numpy(), "start": start, "end": end})
+    # Repeats are numbered in playing order; a row listed twice is one epoch, not two.
+    out = out.drop_duplicates().sort_values("start", kind="stable")
+    return out.reset_index(drop=True)
 
 
 def _read_matrix(opener: Opener, where: str, rows_hint: int | None = None) -> np.ndarray:
@@ -497,20 +536,34 @@ def _read_matrix_arrow(opener: Opener, where: str, rows_hint: int | None) -> np.
         if n_cols is None:
             return np.zeros((0, 0), dtype=np.float32)
         names = [f"c{i}" for i in range(n_cols)]
-        out = np.empty((rows_hint, n_cols), dtype=np.float32) if rows_hint else None
+        max_rows = MAX_MATRIX_BYTES // (4 * n_cols)
+        if rows_hint and rows_hint <= max_rows:
+            try:
+                out = np.empty((rows_hint, n_cols), dtype=np.float32)
+            except MemoryError:  # an implausible hint: collect pieces instead
+                out = None
+        else:
+            out = None
         pieces: list[np.ndarray] = []
         filled = 0
         try:
             reader = pcsv.open_csv(
                 _Prefixed(head, fh),
                 read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 23),
+                # Only 'nan' means missing: an empty or 'NA' field is an error, not NaN.
                 convert_options=pcsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.float32())
+                    column_types=dict.fromkeys(names, pa.float32()), null_values=[]
                 ),
             )
             for batch in reader:
                 block = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
                 n = block.shape[0]
+                if filled + n > (rows_hint or max_rows):
+                    raise FormatError(
+                        f"{where}: more than {rows_hint or max_rows} rows "
+                        + ("(the sidecar's segments)" if rows_hint else "(size limit)")
+                        + "; the data and its sidecar do not belong together"
+                    )
                 if out is not None and filled + n <= out.shape[0]:
                     out[filled : filled + n] = block
                 else:
@@ -539,6 +592,8 @@ def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
                 names=range(n_cols),
                 dtype=np.float32,
                 engine="c",
+                keep_default_na=False,
+                na_values=["nan", "NaN", "-nan"],
             )
         except (ValueError, pd.errors.ParserError) as exc:
             raise FormatError(f"{where}: not a numeric CSV matrix ({_short(exc)})") from exc
@@ -548,11 +603,29 @@ def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
 def _rows_hint(sidecar: dict[str, Any] | None) -> int | None:
     """Samples promised by a sidecar's segments (None when unknown or implausible)."""
     try:
-        ends = [int(end) for _, end in (sidecar or {}).get("segments") or []]
-    except (TypeError, ValueError):
+        n = _segments_end((sidecar or {}).get("segments"), "")
+    except FormatError:
         return None
-    n = max(ends, default=0)
-    return n if 0 < n < 2**28 else None
+    return n if n is not None and 0 < n < 2**28 else None
+
+
+def _segments_end(segments: Any, where: str) -> int | None:
+    """Last sample of a sidecar's ``segments`` (None when absent or empty)."""
+    if segments is None or segments == []:
+        return None
+    ok = isinstance(segments, list) and all(
+        isinstance(seg, list)
+        and len(seg) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in seg)
+        and 0 <= seg[0] <= seg[1]
+        for seg in segments
+    )
+    if not ok:
+        raise FormatError(
+            f"{where}: 'segments' must be a list of [start, end] sample pairs, got "
+            f"{str(segments)[:80]}"
+        )
+    return max(end for _, end in segments)
 
 
 def _count_columns(head: bytes, where: str) -> int | None:
@@ -597,13 +670,18 @@ def _make_signal(name: str, part: dict[str, Any], source: str) -> Signal:
     fs = sidecar.get("fs")
     if not isinstance(chans, list) or fs is None:
         raise FormatError(f"{where}: sidecar needs 'chans' (a list) and 'fs'")
+    if not all(isinstance(c, str) for c in chans):
+        bad = next(c for c in chans if not isinstance(c, str))
+        raise FormatError(f"{where}: channel names must be strings, got {bad!r}")
     try:
+        if isinstance(fs, bool):
+            raise TypeError
         fs = float(fs)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FormatError(f"{where}: 'fs' is not a number ({fs!r})") from None
-    if not fs > 0:
-        raise FormatError(f"{where}: 'fs' must be positive ({fs!r})")
-    chans = [str(c) for c in chans]
+    if not (fs > 0 and math.isfinite(fs)):
+        raise FormatError(f"{where}: 'fs' must be a positive number ({fs!r})")
+    n_declared = _segments_end(sidecar.get("segments"), where)
     epochs = part.get("epochs")
     if epochs is None:
         raise FormatError(f"{source}: signal {name!r} has no epoch table ({name}.epoch.csv)")
@@ -621,22 +699,42 @@ def _make_signal(name: str, part: dict[str, Any], source: str) -> Signal:
             f"{part['csv_where']}: {data.shape[1]} columns but the sidecar lists "
             f"{len(chans)} channels; the files do not belong together (re-download)"
         )
+    if n_declared is not None and data.shape[0] != n_declared:
+        raise FormatError(
+            f"{part['csv_where']}: {data.shape[0]} rows but the sidecar's segments end at "
+            f"sample {n_declared}; the files do not belong together (re-download)"
+        )
     return Signal(name, fs, chans, RASTERIZED, epochs, sidecar, where, data=data)
 
 
 def _read_spikes(raw: bytes, where: str, chans: list[str]) -> dict[str, np.ndarray]:
     import h5py
 
+    budget = MAX_MEMBER_BYTES  # compressed datasets can inflate far beyond the file
     try:
         with h5py.File(io.BytesIO(raw), "r") as h5:
             spikes = {}
             for chan in chans:
-                if chan not in h5:
+                node = h5.get(chan)
+                if node is None:
                     continue  # reported on use, naming the channel
-                values = np.asarray(h5[chan][()], dtype=np.float64).ravel()
+                if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "iuf":
+                    raise FormatError(
+                        f"{where}: {chan!r} is not a numeric dataset of spike times "
+                        f"({type(node).__name__}, {getattr(node, 'dtype', None)})"
+                    )
+                budget -= 8 * node.size
+                if budget < 0:
+                    raise FormatError(
+                        f"{where}: spike-time datasets hold more than "
+                        f"{MAX_MEMBER_BYTES // 8} values; refusing to read them"
+                    )
+                values = np.asarray(node[()], dtype=np.float64).ravel()
                 if not np.isfinite(values).all():
                     raise FormatError(f"{where}: non-finite spike times for channel {chan!r}")
                 spikes[chan] = values
-    except OSError as exc:
-        raise FormatError(f"{where}: not a readable HDF5 file ({exc})") from exc
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{where}: not a readable HDF5 file ({_short(exc)})") from exc
     return spikes
