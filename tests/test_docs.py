@@ -1,0 +1,190 @@
+"""The documentation runs: the tutorial notebook, the guide's examples and the Sphinx build."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import nat4xr
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+NOTEBOOK = DOCS / "tutorial.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for the module: the demo release is written and cached once."""
+    return tmp_path_factory.mktemp("nat4xr-data")
+
+
+@pytest.fixture
+def docs_env(monkeypatch: pytest.MonkeyPatch, demo_home: Path, tmp_path: Path) -> Path:
+    """Run in a temp folder, with the data and cache there and no display."""
+    monkeypatch.setenv("NAT4XR_DATA_DIR", str(demo_home))
+    monkeypatch.delenv("NAT4XR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- tutorial
+
+
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_tutorial_is_committed_clean() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    dirty = [i for i, c in enumerate(_code_cells(nb)) if c.outputs or c.execution_count]
+    assert not dirty, f"code cells {dirty} of {NOTEBOOK.name} carry outputs; clear them"
+
+
+def test_tutorial_tours_the_api() -> None:
+    """Each stop of the tour is still there (a removed section fails here, not silently)."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    source = "\n".join(c.source for c in _code_cells(nb))
+    for call in (
+        "nat4xr.open_demo()",
+        "neuron_table()",
+        "plot_coverage()",
+        "plot_trial(",
+        'sel_stims(subset="val")',
+        "sel_neurons(auditory=True)",
+        "to_torch(",
+        '"valid_mask"',
+        "synthetic.write_release(",
+        'nat4xr.open_nat4("PEG"',
+        "nat4xr.concat([ds, peg])",
+        'join="shared"',
+        "noise_ceiling()",
+        "LocalCluster(",
+    ):
+        assert call in source, f"the tutorial no longer calls {call}"
+
+
+def test_tutorial_executes(docs_env: Path, demo_home: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(docs_env)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+    errors = [o for c in _code_cells(nb) for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    text = "\n".join(
+        o.get("text", "") for c in _code_cells(nb) for o in c.outputs if o.output_type == "stream"
+    )
+    # The bidirectional rule hides exactly the cells the coverage map found without val data.
+    without = re.search(r"cells without any: (\[.*\])", text)
+    hidden = re.search(r"hidden cells: (\[.*?\])", text)
+    assert without and hidden and without.group(1) == hidden.group(1) != "[]"
+    assert "mask is exactly 'not NaN': True" in text
+    figures = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == 3  # coverage, trial, joint coverage
+    # the kernel saw NAT4XR_DATA_DIR: the PEG build was cached there, not in the user's folder
+    assert list((demo_home / "cache").glob("PEG-all-*.nc"))
+
+
+# --------------------------------------------------------------------------- guide
+
+
+@pytest.mark.filterwarnings("ignore::nat4xr.Nat4Warning")  # the demo's planted traps
+def test_guide_examples_run(docs_env: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    failed, attempted = doctest.testfile(
+        str(DOCS / "guide.rst"),
+        module_relative=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        verbose=False,
+    )
+    plt.close("all")
+    assert attempted >= 30
+    assert failed == 0, f"{failed} of {attempted} examples in docs/guide.rst failed (see above)"
+
+
+# --------------------------------------------------------------------------- Sphinx
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("sphinx")
+    out = tmp_path_factory.mktemp("html")
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    proc = subprocess.run(
+        [*cmd, str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, f"sphinx-build failed:\n{proc.stderr[-5000:]}"
+    return out
+
+
+def _documented_ids(page: Path) -> set[str]:
+    return set(re.findall(r'id="([^"]+)"', page.read_text(encoding="utf-8")))
+
+
+def test_sphinx_builds_without_warnings(html: Path) -> None:
+    for page in ("index.html", "guide.html", "api.html", "tutorial.ipynb"):
+        assert (html / page).is_file(), page
+
+
+def test_api_reference_covers_the_public_api(html: Path) -> None:
+    ids = _documented_ids(html / "api.html")
+    missing = []
+    for name in nat4xr.__all__:
+        if name.startswith("__"):
+            continue
+        obj = getattr(nat4xr, name)
+        if isinstance(obj, types.ModuleType):
+            target = f"module-{obj.__name__}"
+        else:
+            target = f"{inspect.getmodule(obj).__name__}.{obj.__qualname__}"
+        if target not in ids:
+            missing.append(f"{name} ({target})")
+    assert not missing, f"public names missing from docs/api.rst: {missing}"
+    accessor = nat4xr.accessor.Nat4Accessor
+    methods = [m for m in vars(accessor) if not m.startswith("_")]
+    assert len(methods) >= 14
+    for method in methods:
+        assert f"nat4xr.accessor.Nat4Accessor.{method}" in ids, f"ds.nat4.{method}"
+    for target in (
+        "nat4xr.torch.to_torch",
+        "nat4xr.torch.masked_poisson_nll",
+        "nat4xr.metrics.noise_ceiling",
+        "nat4xr.fetch.fetch",
+        "nat4xr.build.build_dataset",
+        "nat4xr.synthetic.write_release",
+        "nat4xr.synthetic.random_dataset",
+        "nat4xr.nems.open_recording",
+        "nat4xr.release.parse_cell_id",
+    ):
+        assert target in ids, target
+
+
+def test_index_links_every_note(html: Path) -> None:
+    index = (html / "index.html").read_text(encoding="utf-8")
+    for note in [*sorted(DOCS.glob("*.md")), NOTEBOOK]:
+        assert f'href="{note.name}"' in index, f"docs/index.rst does not link {note.name}"
+        assert (html / note.name).is_file(), f"{note.name} is not copied (docs/conf.py EXTRA_FILES)"
