@@ -92,7 +92,7 @@ def build_dataset(
     >>> from nat4xr.synthetic import write_release
     >>> root = tempfile.mkdtemp()
     >>> truth = write_release(root, "A1", scale="tiny", seed=0)
-    >>> ds = build_dataset(root, "A1")  # doctest: +SKIP
+    >>> ds = build_dataset(root, "A1")
     >>> ds["response"].dims
     ('stim', 'neuron', 'repeat', 'time')
     """

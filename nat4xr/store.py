@@ -37,6 +37,7 @@ Safety
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -45,7 +46,7 @@ import secrets
 import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -192,13 +193,32 @@ def write_cache(
     path = Path(path)
     check_dataset(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(path):
+    with _locked(path):
         _write_unlocked(ds, path, key, options or {}, progress)
     return path
 
 
 def _lock(path: Path) -> filelock.FileLock:
     return filelock.FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the cache file's lock; a folder that refuses the lock file is a CacheError."""
+    lock = _lock(path)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise
+    except OSError as exc:  # read-only or full folder
+        raise CacheError(
+            f"cannot create the lock file {lock.lock_file} ({exc}); check free space and "
+            "permissions, set NAT4XR_CACHE_DIR to a writable folder, or pass cache=False"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _write_unlocked(
@@ -223,7 +243,9 @@ def _write_unlocked(
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, CacheError):
+        # netCDF reports a full disk as RuntimeError("NetCDF: HDF error")
+        netcdf = isinstance(exc, RuntimeError) and str(exc).startswith("NetCDF:")
+        if (isinstance(exc, OSError) or netcdf) and not isinstance(exc, CacheError):
             raise CacheError(
                 f"cannot write the cache file {path}: {exc}; check free space and permissions "
                 "(NAT4XR_CACHE_DIR moves the cache), and close Datasets opened from an older "
@@ -604,7 +626,7 @@ def open_nat4(
             "to a writable folder, or pass cache=False"
         ) from exc
     before = _identity(target)
-    with _lock(target):
+    with _locked(target):
         # Another process may have (re)written the file while we waited for the lock.
         now = _identity(target)
         if now is not None and now != failed and (not rebuild or now != before):
