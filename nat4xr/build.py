@@ -433,21 +433,30 @@ def _validation(
         to_pop = {site_id: pop_id for pop_id, site_id in site.mapping.items()}
         chans = list(to_pop)
         dst = np.array([index[to_pop[c]] for c in chans])
-        for s, name in enumerate(val):
-            bounds = sig.epoch_samples(name)
-            if len(bounds) == 0:
-                continue
-            lengths = bounds[:, 1] - bounds[:, 0]
-            if (lengths < T * factor).any():
-                raise FormatError(
-                    f"{sig.source}: trials of {name} are {int(lengths.min())} samples long, "
-                    f"expected {T * factor} ({T} bins of {factor} samples)"
-                )
-            counts = sig.bin_spikes(bounds[:, 0], T * factor, factor, chans)  # (R, chans, T)
-            if counts.shape[0] > block.shape[2]:
-                block = _pad_repeats(block, counts.shape[0])
-            block[s, dst, : counts.shape[0], :] = counts.transpose(1, 0, 2)
-            n_reps[s] = max(n_reps[s], counts.shape[0])
+        trials = {s: sig.epoch_samples(name) for s, name in enumerate(val)}
+        trials = {s: b for s, b in trials.items() if len(b)}
+        if not trials:
+            continue
+        bounds = np.concatenate(list(trials.values()))
+        lengths = bounds[:, 1] - bounds[:, 0]
+        if (lengths < T * factor).any():
+            short = next(
+                val[s] for s, b in trials.items() if (b[:, 1] - b[:, 0] < T * factor).any()
+            )
+            raise FormatError(
+                f"{sig.source}: trials of {short} are {int(lengths.min())} samples long, "
+                f"expected {T * factor} ({T} bins of {factor} samples)"
+            )
+        # every validation trial of the site in one pass over each cell's spikes
+        counts = sig.bin_spikes(bounds[:, 0], T * factor, factor, chans)  # (trials, chans, T)
+        first = 0
+        for s, b in trials.items():
+            k = len(b)
+            if k > block.shape[2]:
+                block = _pad_repeats(block, k)
+            block[s, dst, :k, :] = counts[first : first + k].transpose(1, 0, 2)
+            n_reps[s] = max(n_reps[s], k)
+            first += k
     if not recon.mapping:
         raise FormatError(
             f"{first_source or sources[0]}: no single-site cell matches a population cell; "
