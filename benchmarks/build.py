@@ -100,8 +100,9 @@ def main() -> None:
             continue
         secs = [r["seconds"] for r in runs]
         peak = max(r["peak_rss_mib"] for r in runs)
+        median = statistics.median(secs)
         print(
-            f"{kind:9s} cold build {args.area}/{args.subset}: median {statistics.median(secs):.2f} s "
+            f"{kind:9s} cold build {args.area}/{args.subset}: median {median:.2f} s "
             f"(runs: {', '.join(f'{s:.2f}' for s in secs)}), peak RSS {peak:.0f} MiB, "
             f"shape {runs[0]['shape']}",
             flush=True,

@@ -37,6 +37,7 @@ import pooch
 
 from ._version import __version__
 from .errors import DownloadError
+from .release import AREAS, check_area, population_file, pred_file, sites_folder
 
 __all__ = [
     "AREAS",
@@ -48,7 +49,6 @@ __all__ = [
 ]
 
 DOI = "10.5281/zenodo.8044773"
-AREAS = ("A1", "PEG")
 #: Extra attempts after a failed download (pooch waits 1 s, 2 s, ... between them).
 RETRIES = 3
 #: Seconds without an answer from the server before a request fails
@@ -89,23 +89,6 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else Path(pooch.os_cache("nat4xr"))
 
 
-def check_area(area: str) -> str:
-    """Return ``area`` if it is a NAT4 area, else raise ValueError.
-
-    Examples
-    --------
-    >>> check_area("PEG")
-    'PEG'
-    >>> check_area("V1")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown area 'V1': NAT4 has 'A1' and 'PEG'
-    """
-    if area not in AREAS:
-        raise ValueError(f"unknown area {area!r}: NAT4 has 'A1' and 'PEG'")
-    return area
-
-
 def release_files(area: str, wav: bool = False) -> list[str]:
     """Names of the files :func:`fetch` downloads for ``area``.
 
@@ -117,11 +100,7 @@ def release_files(area: str, wav: bool = False) -> list[str]:
     'wav.zip'
     """
     area = check_area(area)
-    names = [
-        f"{area}_NAT4_ozgf.fs100.ch18.tgz",
-        f"{area}_pred_correlation.csv",
-        f"{area}_single_sites.zip",
-    ]
+    names = [population_file(area), pred_file(area), f"{sites_folder(area)}.zip"]
     return [*names, "wav.zip"] if wav else names
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from contextlib import contextmanager
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -18,17 +16,7 @@ from hypothesis.extra import numpy as hnp
 import nat4xr
 from nat4xr.accessor import select
 from nat4xr.schema import make_dataset
-
-
-@contextmanager
-def raise_if_dask_computes():
-    """Fail if anything goes through the default dask scheduler (i.e. `response` is read)."""
-
-    def scheduler(dsk, keys, **kwargs):
-        raise AssertionError(f"dask computed {str(keys)[:200]}")
-
-    with dask.config.set(scheduler=scheduler):
-        yield
+from nat4xr.testing import raise_if_dask_computes
 
 
 def _is_dask(ds: xr.Dataset) -> bool:

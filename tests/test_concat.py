@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -14,15 +12,7 @@ import xarray as xr
 
 import nat4xr
 from nat4xr.schema import make_dataset
-
-
-@contextmanager
-def raise_if_dask_computes():
-    def scheduler(dsk, keys, **kwargs):
-        raise AssertionError(f"dask computed {str(keys)[:200]}")
-
-    with dask.config.set(scheduler=scheduler):
-        yield
+from nat4xr.testing import raise_if_dask_computes
 
 
 def _pair(lazy: bool):

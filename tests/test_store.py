@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +11,6 @@ import time
 import warnings
 from pathlib import Path
 
-import dask
 import dask.array as da
 import h5py
 import numpy as np
@@ -22,19 +20,9 @@ import xarray as xr
 import nat4xr
 from nat4xr import build, release, store
 from nat4xr.errors import CacheError, Nat4Warning
+from nat4xr.testing import raise_if_dask_computes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def raise_if_dask_computes():
-    """Fail if anything inside the block asks dask to compute."""
-
-    def scheduler(dsk, keys, **kwargs):
-        raise AssertionError(f"dask computed {len(dsk)} task(s) where nothing should compute")
-
-    with dask.config.set(scheduler=scheduler):
-        yield
 
 
 @pytest.fixture

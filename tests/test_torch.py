@@ -108,6 +108,20 @@ def test_batches_match_dataset(any_ds):
     assert batches[3]["valid_mask"][0, :, 1:].sum() == 0  # est stim in a mixed batch: padding
 
 
+def test_preload_reads_once_and_gives_the_same_batches(any_ds):
+    lazy = list(to_torch(any_ds, batch_size=4))
+    loader = to_torch(any_ds, batch_size=4, preload=True)
+    assert not loader.dataset.file_backed
+    (source,) = loader.dataset._sources
+    assert isinstance(source.ds["response"].data, np.ndarray)
+    for got, want in zip(loader, lazy, strict=True):
+        for key in ("stims", "responses", "valid_mask"):
+            torch.testing.assert_close(got[key], want[key], equal_nan=True)
+    if "source" in any_ds.encoding or hasattr(any_ds["response"].data, "dask"):
+        # the input is left as it was: still lazy
+        assert not isinstance(any_ds["response"].variable._data, np.ndarray)
+
+
 def test_selected_and_reordered_file_dataset(nc_path):
     with xr.open_dataset(nc_path) as ds:
         sel = ds.isel(stim=[12, 3, 0, 11], neuron=[7, 2, 5])
