@@ -73,7 +73,7 @@ __all__ = [
     "write_cache",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the cache file layout; bumped when the way files are written changes."""
 
 #: Global attributes stamped on every cache file; :func:`open_cache` moves them
@@ -255,7 +255,15 @@ def _write_unlocked(
 
 
 def _encoding(var: xr.Variable) -> dict[str, Any]:
-    """Explicit netCDF encoding: compress the big float arrays, store the rest plainly."""
+    """Explicit netCDF encoding: compress the big float arrays, store the rest plainly.
+
+    Strings are stored as fixed-width UTF-8 characters, not HDF5 variable-length
+    strings: netCDF-C/HDF5 can crash (``H5T__conv_vlen``) when a file with
+    variable-length strings is open more than once in a process, which a
+    loader reopening the cache in every worker does routinely.
+    """
+    if var.dtype.kind == "U":
+        return {"dtype": "S1"}
     if var.dtype.kind == "f" and var.ndim >= 2:
         chunks = tuple(1 if d == "stim" else max(1, n) for d, n in zip(var.dims, var.shape))
         return {"zlib": True, "complevel": 1, "shuffle": True, "chunksizes": chunks}
@@ -441,6 +449,10 @@ def _finish(ds: xr.Dataset, path: Path, stamp: dict[str, Any], chunks: Any) -> x
     try:
         for name in ds.coords:
             ds[name].variable.load()  # from the file, not through dask
+        # fixed-width characters decode to object arrays: back to the contract's <U
+        text = [name for name in ds.coords if ds[name].dtype == object]
+        if text:
+            ds = ds.assign_coords({name: ds[name].astype(str) for name in text})
         if chunks is None:
             ds = ds.load()
             ds.close()

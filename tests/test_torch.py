@@ -35,7 +35,12 @@ def _random(**kw):
 @pytest.fixture(scope="module")
 def nc_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("torch") / "random.nc"
-    _random().to_netcdf(path)
+    ds = _random()
+    # fixed-width strings, as the cache writes them: netCDF-C can crash on files with
+    # variable-length strings that are open more than once in a process
+    ds.to_netcdf(
+        path, encoding={k: {"dtype": "S1"} for k, v in ds.variables.items() if v.dtype.kind == "U"}
+    )
     return str(path)
 
 
