@@ -28,6 +28,16 @@ from _deepstrf import load_deepstrf  # noqa: E402
 from build import ensure_release, unpack_sites  # noqa: E402
 
 
+def best_pass(loader, passes: int = 3) -> tuple[int, float]:
+    """Batches in one pass over ``loader`` and the fastest of ``passes`` passes (seconds)."""
+    best = float("inf")
+    for _ in range(passes):
+        t = time.perf_counter()
+        n = sum(1 for _ in loader)
+        best = min(best, time.perf_counter() - t)
+    return n, best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--release", type=Path, default=Path("/tmp/nat4xr-bench-A1"))
@@ -37,7 +47,6 @@ def main() -> None:
     if loaded is None:
         sys.exit(1)
     NAT4Dataset, neural_collate = loaded
-    import torch
     from torch.utils.data import DataLoader, Subset
 
     root = ensure_release(args.release)
@@ -76,24 +85,15 @@ def main() -> None:
     ds.select_stims_by_attr("subset", "val")
     ds.select_pop_by_nrn_attr("auditory", True)
     loader = DataLoader(ds, batch_size=4, shuffle=False, collate_fn=neural_collate)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        n = sum(1 for _ in loader)
-        best = min(best, time.perf_counter() - t)
+    n, best = best_pass(loader)
     print(f"deepSTRF val batches (B=4, auditory): {n} in {best:.3f} s = {n / best:.1f} batches/s")
 
     ds.reset_stim_selection()
     ds.reset_pop_selection()
     est = [i for i, m in enumerate(ds.stim_meta) if m["subset"] == "est"][:64]
     loader = DataLoader(Subset(ds, est), batch_size=8, shuffle=False, collate_fn=neural_collate)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        n = sum(1 for _ in loader)
-        best = min(best, time.perf_counter() - t)
+    n, best = best_pass(loader)
     print(f"deepSTRF est batches (B=8, 64 sounds): {n} in {best:.3f} s = {n / best:.1f} batches/s")
-    del torch
 
 
 if __name__ == "__main__":
