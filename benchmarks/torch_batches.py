@@ -19,8 +19,10 @@ Two workloads, each timed warm (after one untimed pass), best of
 - all val sounds, auditory cells with val data, batch size 4 (5 batches);
 - 64 est sounds, auditory cells, batch size 8 (8 batches).
 
-The val sounds are also timed after ``.load()`` (about 160 MB), since
-reading them from the compressed cache is bound by decompression.
+The val sounds are also timed with ``preload=True`` (their responses read
+into memory once, ~170 MB). Read lazily, they come from the cache's
+unfiltered chunks through a memory map (:mod:`nat4xr.rawchunks`); est
+sounds come from compressed chunks through netCDF.
 
 Reference on such data (deepSTRF's loader): 5 val batches in ~0.62 s and 8
 est batches in ~2.4 s.

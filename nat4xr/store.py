@@ -18,12 +18,22 @@ Layout of a cache file
     the ``_FillValue`` (NaN).
 
 Compression
-    zstd level 1 with byte shuffle when this netCDF4 build has the zstd
-    filter, else zlib level 1 with shuffle. Measured on a (64, 849, 20, 150)
+    Sounds with one recorded repeat (estimation sounds) are compressed: zstd
+    level 1 with byte shuffle when this netCDF4 build has the zstd filter,
+    else zlib level 1 with shuffle. Measured on a (64, 849, 20, 150)
     spike-count array with 30 % missing cells: zstd-1 gave the smallest file
     (4.0 MB vs 6.0 MB for zlib-1, 11.1 MB for blosc_lz4) and read one
     20-repeat sound in 20 ms (zlib-1: 42 ms, blosc_lz4: 17 ms, uncompressed:
     11 ms but 71 MB).
+
+    Sounds with more than one recorded repeat (the validation sounds) are
+    read whole and often: every evaluation pass, PSTHs, noise ceilings.
+    Their chunks are written unfiltered (HDF5's per-chunk filter mask marks
+    them), so reading them costs no decompression and a loader can copy
+    them straight from a memory map of the file
+    (:class:`nat4xr.rawchunks.RawChunks`). This costs disk space: 18 sounds
+    x 20 repeats x 849 cells x 150 bins, ~180 MB for A1. Every netCDF/HDF5
+    reader sees the same values either way.
 
 Safety
     Every write goes to a temporary file in the cache folder, every handle is
@@ -73,7 +83,7 @@ __all__ = [
     "write_cache",
 ]
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Version of the cache file layout; bumped when the way files are written changes."""
 
 #: Global attributes stamped on every cache file; :func:`open_cache` moves them
@@ -234,8 +244,16 @@ def _write_unlocked(
         rest.attrs = {k: v for k, v in rest.attrs.items() if k not in _STAMPS}
         encoding = {name: _encoding(var) for name, var in rest.variables.items()}
         rest.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
+        n_blocks = len(_blocks(_recorded_repeats(ds), _repeat_bytes(ds)))
+        bar = _progress(n_blocks, progress, "write cache")
+        try:
+            with netCDF4.Dataset(tmp, "a") as nc:
+                repeated = _write_response(nc, ds, bar)
+            if repeated:
+                _write_unfiltered(tmp, ds, repeated, bar)
+        finally:
+            bar.close()
         with netCDF4.Dataset(tmp, "a") as nc:
-            _write_response(nc, ds, progress)
             # The stamp goes last: a file without it was never finished.
             nc.setncattr("nat4xr_cache_options", json.dumps(dict(options), sort_keys=True))
             nc.setncattr("nat4xr_cache_key", key)
@@ -292,6 +310,10 @@ def _recorded_repeats(ds: xr.Dataset) -> np.ndarray:
     return np.clip(np.asarray(ds["n_repeats"].values, dtype=np.int64), 0, n_rep)
 
 
+def _repeat_bytes(ds: xr.Dataset) -> int:
+    return ds.sizes["neuron"] * ds.sizes["time"] * 4
+
+
 def _blocks(reps: np.ndarray, per_repeat_bytes: int) -> list[tuple[int, int, int]]:
     """Runs ``(i0, i1, k)`` of consecutive stims with ``k`` repeats, each ≤ the block budget."""
     out = []
@@ -308,7 +330,12 @@ def _blocks(reps: np.ndarray, per_repeat_bytes: int) -> list[tuple[int, int, int
     return out
 
 
-def _write_response(nc: netCDF4.Dataset, ds: xr.Dataset, progress: bool) -> None:
+def _write_response(nc: netCDF4.Dataset, ds: xr.Dataset, bar: Any) -> list[tuple[int, int, int]]:
+    """Define ``response`` and write the sounds with one recorded repeat, compressed.
+
+    Returns the blocks of sounds with more than one repeat, which
+    :func:`_write_unfiltered` writes once ``nc`` is closed.
+    """
     resp = ds["response"]
     for dim, size in zip(resp.dims, resp.shape):
         if dim not in nc.dimensions:
@@ -329,21 +356,63 @@ def _write_response(nc: netCDF4.Dataset, ds: xr.Dataset, progress: bool) -> None
     if coords:
         var.setncattr("coordinates", " ".join(coords))
     var.set_auto_maskandscale(False)
-    blocks = _blocks(_recorded_repeats(ds), n_neuron * n_time * 4)
-    bar = _progress(blocks, progress, "write cache")
-    for i0, i1, k in bar:
-        block = resp.data[i0:i1, :, :k, :]
-        if hasattr(block, "compute"):
-            block = block.compute()
-        var[i0:i1, :, :k, :] = np.asarray(block, dtype=np.float32)
+    repeated = []
+    for i0, i1, k in _blocks(_recorded_repeats(ds), _repeat_bytes(ds)):
+        if k > 1:
+            repeated.append((i0, i1, k))
+            continue
+        var[i0:i1, :, :k, :] = _computed(resp.data[i0:i1, :, :k, :])
+        bar.update(1)
+    return repeated
 
 
-def _progress(items: list, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
+def _write_unfiltered(
+    path: Path, ds: xr.Dataset, blocks: list[tuple[int, int, int]], bar: Any
+) -> None:
+    """Write the chunks of ``blocks`` unfiltered, with HDF5's per-chunk filter mask.
 
-    return tqdm(items, desc=desc, unit="block")
+    The bytes of each chunk are then its float32 values in C order, which
+    :class:`nat4xr.rawchunks.RawChunks` copies straight from a memory map;
+    netCDF and HDF5 readers see ordinary values (the mask tells HDF5 to skip
+    decompression).
+    """
+    import h5py
+
+    resp = ds["response"]
+    with h5py.File(path, "r+") as f:
+        dset = f["response"]
+        skip_all = (1 << dset.id.get_create_plist().get_nfilters()) - 1
+        for i0, i1, k in blocks:
+            block = _computed(resp.data[i0:i1, :, :k, :])
+            if block.size:
+                for s in range(i0, i1):
+                    for r in range(k):
+                        chunk = np.ascontiguousarray(block[s - i0, :, r, :], dtype="<f4")
+                        dset.id.write_direct_chunk((s, 0, r, 0), chunk, filter_mask=skip_all)
+            bar.update(1)
+
+
+def _computed(block: Any) -> np.ndarray:
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.asarray(block, dtype=np.float32)
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar, or an object whose ``update`` and ``close`` do nothing."""
+    if enabled:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="block")
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- reading

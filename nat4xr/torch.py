@@ -24,12 +24,15 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .rawchunks import RawChunks
 from .schema import RESPONSE_DIMS
 
 try:
@@ -67,12 +70,21 @@ class _MemorySource:
         self.dims = dims
         self._pid = os.getpid()
 
-    def read(self, positions: np.ndarray, n_rep: int) -> dict[str, np.ndarray]:
+    def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
         if self._pid != os.getpid():
             _forget_inherited_files()
             self._pid = os.getpid()
-        sub = self.ds.isel(stim=positions, repeat=slice(0, n_rep), missing_dims="ignore")
-        arrays = {name: sub[name].transpose(*dims).data for name, dims in self.dims.items()}
+        arrays = {}
+        response = self.ds["response"] if "response" in self.dims else None
+        if response is not None and isinstance(response.variable._data, np.ndarray):
+            # In memory: copy each stim's rows straight into a (recycled) batch array.
+            values = response.transpose(*self.dims["response"]).values[:, :, :n_rep]
+            out = buffers.empty((len(positions), *values.shape[1:]), np.float32)
+            _parallel(lambda i: np.copyto(out[i], values[positions[i]]), len(positions))
+            arrays["response"] = out
+        rest = [name for name in self.dims if name not in arrays]
+        sub = self.ds[rest].isel(stim=positions, repeat=slice(0, n_rep), missing_dims="ignore")
+        arrays.update({name: sub[name].transpose(*self.dims[name]).data for name in rest})
         lazy = {k: v for k, v in arrays.items() if hasattr(v, "dask")}
         if lazy:
             import dask
@@ -129,14 +141,47 @@ class _FileSource:
             _close_shared_handle(self.path)
         self._base = None
 
-    def read(self, positions: np.ndarray, n_rep: int) -> dict[str, np.ndarray]:
+    def _raw(self) -> RawChunks | None:
+        """This process's memory map of the file's unfiltered chunks (None if unusable)."""
+        if "response" not in self.dims:
+            return None
+        return _shared_raw_chunks(self.path)
+
+    def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
         file_pos = self.stim_pos[positions]
+        raw = self._raw()
+        served = raw.servable(file_pos, n_rep) if raw is not None else None
+        if served is None or not served.any():
+            return self._read_netcdf(file_pos, n_rep, list(self.dims))
+        # Sounds stored unfiltered are copied straight from the memory map into
+        # the batch; any others (compressed chunks) go through netCDF.
+        n_time = raw.shape[3]
+        shape = (len(file_pos), len(self.neuron_pos), n_rep, n_time)
+        resp = buffers.empty(shape, np.float32)
+        rows = np.flatnonzero(served)
+        raw.read_into(resp, file_pos[rows], self.neuron_pos, rows=rows, run=_parallel)
+        rest = np.flatnonzero(~served)
+        if len(rest):
+            resp[rest] = self._read_netcdf(file_pos[rest], n_rep, ["response"])["response"]
+        others = [name for name in self.dims if name != "response"]
+        out = self._read_netcdf(file_pos, n_rep, others) if others else {}
+        out["response"] = resp
+        return out
+
+    def _read_netcdf(
+        self, file_pos: np.ndarray, n_rep: int, names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """``names`` at stim positions ``file_pos`` of the file, through netCDF."""
         order = np.argsort(file_pos, kind="stable")
         sorted_pos = file_pos[order]
-        sub = self._open().isel(stim=sorted_pos, repeat=slice(0, n_rep), neuron=self._span)
+        base = self._open()
+        index = {"stim": sorted_pos, "repeat": slice(0, n_rep), "neuron": self._span}
         out = {}
-        for name, dims in self.dims.items():
-            values = sub[name].transpose(*dims).values
+        for name in names:
+            dims = self.dims[name]
+            # Variables, not the Dataset: isel on every coordinate costs more than the read.
+            var = base.variables[name].isel(index, missing_dims="ignore")
+            values = var.transpose(*dims).values
             if "neuron" in dims and self._take is not None:
                 values = np.take(values, self._take, axis=dims.index("neuron"))
             if not np.array_equal(order, np.arange(len(order))):
@@ -170,6 +215,123 @@ def _close_shared_handle(path: str) -> None:
     entry = _HANDLES.pop((os.getpid(), os.path.realpath(path)), None)
     if entry is not None:
         entry[1].close()
+
+
+# One memory map per file and process; None records a file this reader cannot serve.
+_RAW: dict[tuple[int, str], tuple[tuple[int, int], RawChunks | None]] = {}
+
+
+def _shared_raw_chunks(path: str) -> RawChunks | None:
+    """This process's :class:`RawChunks` of ``path``, or None if its layout is not served."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the netCDF path reports the missing file
+    key, stamp = (os.getpid(), os.path.realpath(path)), (stat.st_mtime_ns, stat.st_size)
+    entry = _RAW.get(key)
+    if entry is None or entry[0] != stamp:
+        try:
+            chunks: RawChunks | None = RawChunks(path)
+        except Exception:  # another layout, or h5py cannot read it: use netCDF
+            chunks = None
+        _RAW[key] = (stamp, chunks)
+    return _RAW[key][1]
+
+
+def _parallel(task: Callable[[int], None], n: int) -> None:
+    """Run ``task(i)`` for ``i < n`` on up to ``torch.get_num_threads()`` threads.
+
+    The work (NumPy copies) releases the GIL. Inside DataLoader worker
+    processes (which PyTorch limits to one thread each) it runs inline.
+    """
+    threads = min(n, torch.get_num_threads(), os.cpu_count() or 1)
+    if threads < 2 or get_worker_info() is not None:
+        for i in range(n):
+            task(i)
+        return
+    pool = _thread_pool(threads)
+    for future in [pool.submit(task, i) for i in range(n)]:
+        future.result()
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool of this process (a forked child never uses its parent's)."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="nat4xr-batch")
+    return _POOLS[key]
+
+
+class _Buffers:
+    """Batch arrays for one process, recycled once nothing refers to them.
+
+    A batch's tensors share memory with NumPy arrays handed out here. Freshly
+    allocated memory costs a page fault per 4 KiB page on first write (about
+    a third of the time of a large batch), so arrays of at least
+    ``min_bytes`` are kept (``keep`` per shape and dtype) and reused once the
+    only references left are this pool's: no tensor, view or array made from
+    a batch can still see its memory when it is reused. In a DataLoader
+    worker, arrays are allocated in shared memory instead, so sending the
+    batch to the main process copies nothing.
+    """
+
+    def __init__(self, keep: int = 2, min_bytes: int = 1 << 20) -> None:
+        self.keep = keep
+        self.min_bytes = min_bytes
+        self._pool: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keep": self.keep, "min_bytes": self.min_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialized array; :meth:`tensor` gives the tensor sharing its memory."""
+        if self._pid != os.getpid():
+            self.__init__(self.keep, self.min_bytes)
+        dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if get_worker_info() is not None:
+            tensor = _shared_tensor(shape, dtype)
+            if tensor is not None:
+                return tensor.numpy()  # its base is a tensor over the shared memory
+        if nbytes < self.min_bytes:
+            return np.empty(shape, dtype)
+        pool = self._pool.setdefault((shape, dtype.str), [])
+        for array in pool:
+            # the pool's list, this loop's name and getrefcount's argument
+            if sys.getrefcount(array) <= 3:
+                return array
+        array = np.empty(shape, dtype)
+        if len(pool) < self.keep:
+            pool.append(array)
+        return array
+
+    @staticmethod
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        """The tensor over ``array``'s memory (the shared-memory tensor in a worker)."""
+        base = array.base
+        if isinstance(base, torch.Tensor) and tuple(base.shape) == array.shape:
+            return base
+        return torch.from_numpy(array)
+
+
+def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor | None:
+    """A tensor allocated in shared memory, as DataLoader workers send them."""
+    torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(bool): torch.bool}.get(dtype)
+    if torch_dtype is None:
+        return None
+    try:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+        return torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape)
+    except (AttributeError, RuntimeError):  # pragma: no cover - private API moved
+        return None
 
 
 def _forget_inherited_files() -> None:
@@ -374,6 +536,7 @@ class NAT4TorchDataset(_TorchDataset):
         if rest:
             self._sources.append(_MemorySource(ds, rest))
         self.storage_groups = _storage_groups(ds, file_src)
+        self._buffers = _Buffers()
 
     @property
     def file_backed(self) -> bool:
@@ -447,18 +610,23 @@ class NAT4TorchDataset(_TorchDataset):
         n_rep = int(self._n_repeats[uniq].max())
         arrays = {}
         for source in self._sources:
-            arrays.update(source.read(uniq, n_rep))
+            arrays.update(source.read(uniq, n_rep, self._buffers))
         if not np.array_equal(uniq, idx):
             arrays = {k: v[inverse] for k, v in arrays.items()}
         resp = _writable(arrays["response"])
-        mask = np.equal(resp, resp)  # False exactly at NaN, in one pass
-        if not math.isnan(self.fill):
-            np.copyto(resp, np.float32(self.fill), where=~mask)
+        mask = self._buffers.empty(resp.shape, bool)
+
+        def valid(i: int) -> None:  # False exactly at NaN, in one pass
+            np.equal(resp[i], resp[i], out=mask[i])
+            if not math.isnan(self.fill):
+                np.copyto(resp[i], np.float32(self.fill), where=~mask[i])
+
+        _parallel(valid, len(resp))
         stims = torch.from_numpy(_writable(arrays[self.stim_var])).to(self.dtype).unsqueeze(1)
         return {
             "stims": stims,
-            "responses": torch.from_numpy(resp).to(self.dtype),
-            "valid_mask": torch.from_numpy(mask),
+            "responses": self._buffers.tensor(resp).to(self.dtype),
+            "valid_mask": self._buffers.tensor(mask),
             "stim_meta": [dict(self.stim_meta[i]) for i in idx],
             "stim": [self.stims[i] for i in idx],
             "neuron": list(self.neurons),
@@ -466,7 +634,14 @@ class NAT4TorchDataset(_TorchDataset):
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
-    """C-contiguous, writable float32 (torch shares its memory)."""
+    """C-contiguous, writable float32 (torch shares its memory); ``array`` itself if it is."""
+    if (
+        isinstance(array, np.ndarray)
+        and array.dtype == np.float32
+        and array.flags.c_contiguous
+        and array.flags.writeable
+    ):
+        return array
     out = np.ascontiguousarray(array, dtype=np.float32)
     return out if out.flags.writeable else out.copy()
 
@@ -709,10 +884,12 @@ def to_torch(
         Give waveforms instead of spectrograms (``"auto"``: when present).
     preload : bool
         Read the selection's ``response`` into memory once, before the first
-        batch. Worth it for a small selection trained over many epochs (all
-        validation sounds of A1 are ~170 MB): batches then cost a memory copy
-        instead of decompressing the cache. Off by default, so nothing is read
-        until asked for; the loaded size is the selection's padded size.
+        batch. Worth it for a small selection of compressed (estimation)
+        sounds trained over many epochs, or a Dataset whose ``response`` is
+        computed by dask on the fly: batches then cost a memory copy. Sounds
+        with repeats are stored unfiltered in the cache and read about as fast
+        lazily. Off by default, so nothing is read until asked for; the loaded
+        size is the selection's padded size.
     **loader_kwargs
         Other DataLoader arguments (``persistent_workers``, ``prefetch_factor``...).
 

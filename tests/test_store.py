@@ -93,7 +93,11 @@ def test_round_trip_is_exact(tmp_path, monkeypatch, block_bytes):
         assert back[name].dtype == var.dtype, name
         assert back[name].dims == var.dims, name
     assert list(back.dims) == ["stim", "neuron", "repeat", "time", "freq"]
-    assert back.encoding["nat4xr_cache"] == {"format": store.CACHE_FORMAT, "key": "k", "options": {"x": 1}}
+    assert back.encoding["nat4xr_cache"] == {
+        "format": store.CACHE_FORMAT,
+        "key": "k",
+        "options": {"x": 1},
+    }
 
 
 def test_only_recorded_repeats_are_stored(tmp_path):

@@ -44,13 +44,25 @@ def nc_path(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(params=["eager", "dask", "file", "file-chunked"])
-def any_ds(request, nc_path):
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    """The random Dataset in a cache file: validation sounds stored unfiltered."""
+    return nat4xr.store.write_cache(_random(), tmp_path_factory.mktemp("torch") / "cache.nc")
+
+
+@pytest.fixture(params=["eager", "dask", "file", "file-chunked", "cache", "cache-selected"])
+def any_ds(request, nc_path, cache_path):
     """The same Dataset in memory, dask-backed and lazily backed by a netCDF file."""
     if request.param == "eager":
         yield _random()
     elif request.param == "dask":
         yield _random().chunk({"stim": 4})
+    elif request.param.startswith("cache"):
+        ds = nat4xr.store.open_cache(cache_path)
+        if request.param == "cache-selected":  # some neurons, out of order
+            ds = ds.isel(neuron=[7, 0, 2, 3, 8])
+        yield ds
+        ds.close()
     else:
         chunks = {"stim": 4} if request.param == "file-chunked" else None
         with xr.open_dataset(nc_path, chunks=chunks) as ds:
@@ -107,7 +119,7 @@ def test_batches_match_dataset(any_ds):
         idx = list(range(3 * k, min(3 * k + 3, N_EST + N_VAL)))
         _assert_batch(batch, _expected(any_ds, idx))
     # est-only batches read one repeat; the batch with val stims reads the largest count
-    assert batches[0]["responses"].shape == (3, 9, 1, 12)
+    assert batches[0]["responses"].shape == (3, any_ds.sizes["neuron"], 1, 12)
     reps = any_ds.n_repeats.values
     assert batches[3]["responses"].shape[2] == max(reps[9:12]) > 1
     assert batches[3]["valid_mask"][0, :, 1:].sum() == 0  # est stim in a mixed batch: padding
@@ -159,7 +171,7 @@ def test_getitem_and_item_collate(any_ds):
     data = NAT4TorchDataset(any_ds)
     item = data[N_EST + 1]
     reps = int(any_ds.n_repeats[N_EST + 1])
-    assert item["responses"].shape == (9, reps, 12)
+    assert item["responses"].shape == (any_ds.sizes["neuron"], reps, 12)
     assert item["stims"].shape == (1, 4, 12)
     assert item["stim_meta"]["name"] == item["stim"] == str(any_ds.stim.values[N_EST + 1])
     assert data[-1]["stim"] == str(any_ds.stim.values[-1])
@@ -182,6 +194,95 @@ def test_fill_and_dtype():
         to_torch(ds, dtype=torch.int32)
 
 
+def test_fill_and_dtype_from_unfiltered_cache_chunks(cache_path):
+    with nat4xr.store.open_cache(cache_path) as ds:
+        sel = ds.isel(neuron=[8, 1, 5])
+        idx = [N_EST - 1, N_EST, N_EST + 2]  # one compressed est sound, two unfiltered val sounds
+        batch = NAT4TorchDataset(sel, fill=-1.5, dtype=torch.float64).read_batch(idx)
+        exp = _expected(sel.load(), idx)
+    assert batch["responses"].dtype == torch.float64
+    np.testing.assert_array_equal(batch["valid_mask"].numpy(), exp["valid_mask"])
+    resp = batch["responses"].numpy()
+    assert (resp[~exp["valid_mask"]] == -1.5).all()
+    np.testing.assert_array_equal(resp[exp["valid_mask"]], exp["responses"][exp["valid_mask"]])
+
+
+def test_val_batches_from_cache_skip_netcdf(cache_path, monkeypatch):
+    """Validation sounds come from the memory map: netCDF is asked for the spectrogram only."""
+    from nat4xr.torch import _FileSource
+
+    asked = []
+    original = _FileSource._read_netcdf
+
+    def recording(self, file_pos, n_rep, names):
+        asked.append((list(file_pos), list(names)))
+        return original(self, file_pos, n_rep, names)
+
+    monkeypatch.setattr(_FileSource, "_read_netcdf", recording)
+    with nat4xr.store.open_cache(cache_path) as ds:
+        sel = ds.isel(neuron=[2, 6, 3])
+        data = NAT4TorchDataset(sel)
+        val = [N_EST + 3, N_EST + 1]
+        _assert_batch(data.read_batch(val), _expected(sel.load(), val))
+        assert asked == [([N_EST + 1, N_EST + 3], ["spectrogram"])]
+        asked.clear()
+        mixed = [0, N_EST]  # the est sound is compressed: its response goes through netCDF
+        _assert_batch(data.read_batch(mixed), _expected(sel.load(), mixed))
+        assert asked == [([0], ["response"]), ([0, N_EST], ["spectrogram"])]
+
+
+def test_recycled_batch_memory_is_never_shared_with_live_batches(cache_path):
+    """With recycling forced on for every size, batches kept by the caller stay intact."""
+    from nat4xr.torch import _Buffers
+
+    with nat4xr.store.open_cache(cache_path) as ds:
+        for source in (ds, ds.load()):
+            loader = to_torch(source, batch_size=2)
+            loader.dataset._buffers = _Buffers(keep=2, min_bytes=0)
+            for _ in range(2):
+                kept = [b for b in loader]  # every batch alive at once
+                for k, batch in enumerate(kept):
+                    idx = list(range(2 * k, min(2 * k + 2, N_EST + N_VAL)))
+                    _assert_batch(batch, _expected(ds.load(), idx))
+            views = []
+            for batch in loader:  # only a view of each batch survives the loop
+                views.append(batch["responses"][:, :1])
+            for k, view in enumerate(views):
+                idx = list(range(2 * k, min(2 * k + 2, N_EST + N_VAL)))
+                exp = _expected(ds.load(), idx)["responses"][:, :1]
+                np.testing.assert_array_equal(view.numpy(), exp)
+
+
+def test_buffers_reuse_only_released_arrays():
+    from nat4xr.torch import _Buffers
+
+    buffers = _Buffers(keep=2, min_bytes=0)
+    a = buffers.empty((3, 4), np.float32)
+    first = a.ctypes.data
+    tensor = buffers.tensor(a)
+    assert tensor.data_ptr() == first
+    del a
+    b = buffers.empty((3, 4), np.float32)
+    assert b.ctypes.data != first  # the tensor still holds the first array
+    view = tensor[1:]
+    del tensor
+    c = buffers.empty((3, 4), np.float32)
+    assert c.ctypes.data not in (first, b.ctypes.data)  # a view holds it too; pool full
+    del view
+    d = buffers.empty((3, 4), np.float32)
+    assert d.ctypes.data == first  # released: recycled
+    del d
+    e = buffers.empty((3, 4), np.float32)
+    assert e.ctypes.data == first
+    assert len(buffers._pool[((3, 4), "<f4")]) == 2
+    assert buffers.empty((3, 5), np.float32).ctypes.data not in (first, b.ctypes.data)
+    assert buffers.empty((5,), bool).dtype == bool
+    assert pickle.loads(pickle.dumps(buffers))._pool == {}
+    small = _Buffers(min_bytes=1 << 20)
+    small.empty((3, 4), np.float32)
+    assert small._pool == {}  # small arrays are left to malloc
+
+
 def test_unsorted_and_duplicate_indices(any_ds):
     data = NAT4TorchDataset(any_ds)
     idx = [12, 2, 12, 0]
@@ -200,24 +301,33 @@ def test_waveform_variable():
         to_torch(_random(), waveform=True)
 
 
-def test_one_indexing_call_per_batch(nc_path, monkeypatch):
+def test_one_indexing_call_per_batch(nc_path, cache_path, monkeypatch):
+    """Every read nat4xr.torch makes takes the whole batch (sorted), never one item."""
     calls = []
-    original = xr.Dataset.isel
 
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs)
-        return original(self, *args, **kwargs)
+    def counting(original):
+        def isel(self, *args, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_globals.get("__name__") == "nat4xr.torch":
+                indexers = args[0] if args and isinstance(args[0], dict) else kwargs
+                calls.append(indexers)
+            return original(self, *args, **kwargs)
 
-    with xr.open_dataset(nc_path) as lazy:
-        for ds in (_random(), _random().chunk({"stim": 2}), lazy):
+        return isel
+
+    with xr.open_dataset(nc_path) as lazy, nat4xr.store.open_cache(cache_path) as cached:
+        for ds in (_random(), _random().chunk({"stim": 2}), lazy, cached):
             data = NAT4TorchDataset(ds)
-            monkeypatch.setattr(xr.Dataset, "isel", counting)
+            for cls in (xr.Dataset, xr.Variable):
+                monkeypatch.setattr(cls, "isel", counting(cls.isel))
             calls.clear()
-            data.__getitems__([1, 4, 5])
-            monkeypatch.setattr(xr.Dataset, "isel", original)
-            assert len(calls) == 1
-            assert calls[0]["repeat"] == slice(0, 1)
-            assert list(np.asarray(calls[0]["stim"])) == sorted(np.asarray(calls[0]["stim"]))
+            data.__getitems__([5, 1, 4])
+            monkeypatch.undo()
+            # one call per variable read at most (response, spectrogram)
+            assert 1 <= len(calls) <= 2
+            for call in calls:
+                assert call["repeat"] == slice(0, 1)
+                assert list(np.asarray(call["stim"])) == [1, 4, 5]
 
 
 def test_reads_only_the_batch_stims():
@@ -263,9 +373,11 @@ def test_file_backed_pickles_small(nc_path):
     assert len(pickle.dumps(in_memory)) > _random().response.nbytes
 
 
+@pytest.mark.parametrize("kind", ["netcdf", "cache"])
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_two_workers(nc_path, context):
-    with xr.open_dataset(nc_path, chunks={"stim": 4}) as ds:
+def test_two_workers(nc_path, cache_path, context, kind):
+    opener = xr.open_dataset if kind == "netcdf" else nat4xr.store.open_cache
+    with opener(nc_path if kind == "netcdf" else cache_path, chunks={"stim": 4}) as ds:
         sel = ds.isel(neuron=[0, 3, 4, 8])
         loader = to_torch(sel, batch_size=4, num_workers=2, multiprocessing_context=context)
         batches = list(loader)
