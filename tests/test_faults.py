@@ -83,23 +83,27 @@ def served_files(cache: Path) -> list[Path]:
 _SLOW_FIRST_WRITE = """
 import sys, time
 from nat4xr import store
-real = store._write_response
-def slow(nc, ds, progress):
+stage = sys.argv[3]  # "_write_response" (netCDF) or "_write_unfiltered" (h5py, after it)
+real = getattr(store, stage)
+def slow(*args):
     print("WRITING", flush=True)
     time.sleep(float(sys.argv[2]))
-    real(nc, ds, progress)
-store._write_response = slow
+    return real(*args)
+setattr(store, stage, slow)
 store.open_nat4("A1", path=sys.argv[1], progress=False)
 print("FINISHED", flush=True)
 """
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3])
+@pytest.mark.parametrize(
+    "stage, delay",
+    [("_write_response", 0.0), ("_write_response", 0.3), ("_write_unfiltered", 0.0)],
+)
 def test_sigkill_during_the_first_write_serves_nothing_then_recovers(
-    cache, release_dir, reference, delay
+    cache, release_dir, reference, stage, delay
 ):
     child = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_FIRST_WRITE, str(release_dir), "30"],
+        [sys.executable, "-c", _SLOW_FIRST_WRITE, str(release_dir), "30", stage],
         env=child_env(cache),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -164,6 +168,37 @@ def test_full_disk_raises_cache_error_and_leaves_nothing(
         ds = open_quiet(release_dir)
         xr.testing.assert_identical(ds.load(), reference)
         ds.close()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_full_disk_while_writing_unfiltered_chunks(tmp_path, monkeypatch):
+    """The disk fills up while the repeated sounds' raw chunks are written (after netCDF)."""
+    ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=4, n_neurons=200, n_time=100)
+    folder = tmp_path / "small"
+    mounted = _mount_tmpfs(folder, "1m")  # the compressed part fits, 12 MB of raw chunks do not
+    real = store._write_unfiltered
+    reached = []
+
+    def unfiltered(path, *args):
+        reached.append(path)
+        if not mounted:
+            raise OSError(errno.ENOSPC, f"Can't write unprocessed chunk data ({path})")
+        return real(path, *args)
+
+    monkeypatch.setattr(store, "_write_unfiltered", unfiltered)
+    try:
+        with pytest.raises(CacheError, match="free space"):
+            store.write_cache(ds, folder / "c.nc")
+        assert reached  # the netCDF part was written, the raw part failed
+        assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+        monkeypatch.setattr(store, "_write_unfiltered", real)
+        xr.testing.assert_identical(
+            store.open_cache(store.write_cache(ds, folder / "c.nc")).load(), ds
+        )
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(folder)], check=False)
