@@ -143,45 +143,48 @@ class RawChunks:
         neurons = np.asarray(neurons, dtype=np.intp)
         n_rep = out.shape[2]
         _, n_neuron, _, n_time = self.shape
-        whole = neurons.size == n_neuron and np.array_equal(neurons, np.arange(n_neuron))
         if neurons.size and (neurons.min() < 0 or neurons.max() >= n_neuron):
             raise IndexError(f"neuron positions out of range for {n_neuron} neurons")
         codes = self.table[stims, :n_rep]
         if (codes == FILTERED).any():
             raise ValueError("read_into got a stim with compressed chunks; check servable()")
-
         rows = np.arange(len(stims)) if rows is None else np.asarray(rows, dtype=np.intp)
         if rows.shape != stims.shape:
             raise ValueError(f"rows has shape {rows.shape}, stims {stims.shape}")
 
         chunk_bytes = n_neuron * n_time * 4
-        # A sound's chunks are written one after the other: when they lie
-        # back to back, the sound is one (repeat, neuron, time) array and one
-        # gather fills its row of ``out``.
+        # The writer lays a sound's chunks out one after the other: the sound
+        # is then one (repeat, neuron, time) array in the file.
         steps = np.arange(n_rep, dtype=np.int64) * chunk_bytes
         adjacent = (codes >= 0).all(axis=1) & (codes == codes[:, :1] + steps).all(axis=1)
+        runs = _runs(neurons)
+        # Few runs of consecutive neurons (selections by cell properties keep
+        # most cells): plain strided copies, each value read and written
+        # once. Scattered neurons: a gather per chunk.
+        by_runs = len(runs) * 8 <= max(1, neurons.size)
 
-        def chunk(offset: int, count: int = 1) -> np.ndarray:
+        def chunks(offset: int, count: int) -> np.ndarray:
             values = self._bytes[offset : offset + count * chunk_bytes].view("<f4")
             return values.reshape(count, n_neuron, n_time)
 
+        def copy(source: np.ndarray, target: np.ndarray) -> None:
+            """``target[k] = source[neurons[k]]`` along the first axis."""
+            for lo, hi, first in runs:
+                target[lo:hi] = source[first : first + hi - lo]
+
         def task(i: int) -> None:
-            target = out[rows[i]]
-            if adjacent[i]:
-                values = chunk(int(codes[i, 0]), n_rep).transpose(1, 0, 2)
-                if whole:
-                    target[...] = values
-                else:
-                    np.take(values, neurons, axis=0, out=target, mode="clip")
+            target = out[rows[i]]  # (neuron, repeat, time)
+            if by_runs and adjacent[i]:
+                copy(chunks(int(codes[i, 0]), n_rep).transpose(1, 0, 2), target)
                 return
             for r in range(n_rep):
                 offset = int(codes[i, r])
                 if offset < 0:
                     target[:, r, :] = self.fill
-                elif whole:
-                    target[:, r, :] = chunk(offset)[0]
+                elif by_runs:
+                    copy(chunks(offset, 1)[0], target[:, r, :])
                 else:
-                    np.take(chunk(offset)[0], neurons, axis=0, out=target[:, r, :], mode="clip")
+                    np.take(chunks(offset, 1)[0], neurons, axis=0, out=target[:, r, :], mode="clip")
 
         (run or _sequential)(task, len(stims))
 
@@ -189,6 +192,16 @@ class RawChunks:
         """Drop the memory map (it is unmapped once no array refers to it)."""
         self._bytes = np.zeros(0, np.uint8)
         self._map = None
+
+
+def _runs(neurons: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(lo, hi, first)``: ``neurons[lo:hi] == arange(first, first + hi - lo)``, covering all."""
+    if neurons.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(neurons) != 1) + 1
+    lows = np.r_[0, breaks]
+    highs = np.r_[breaks, neurons.size]
+    return list(zip(lows.tolist(), highs.tolist(), neurons[lows].tolist()))
 
 
 def _sequential(task: Callable[[int], None], n: int) -> None:

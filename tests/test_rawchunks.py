@@ -14,7 +14,7 @@ from nat4xr.rawchunks import FILTERED, UNALLOCATED, RawChunks
 
 
 def _dataset() -> xr.Dataset:
-    ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=4, n_neurons=7, n_time=9, seed=11)
+    ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=4, n_neurons=20, n_time=9, seed=11)
     reps = ds["n_repeats"].values.copy()
     reps[6] = 1  # a val sound with one recorded repeat: compressed like est
     response = ds["response"].values.copy()
@@ -83,7 +83,13 @@ def test_table_and_servable(written):
 
 
 @pytest.mark.parametrize(
-    "neurons", [np.arange(7), np.array([6, 0, 3]), np.array([2, 2, 5, 1, 0, 4, 6, 3])]
+    "neurons",
+    [
+        np.arange(20),  # one run: strided copies
+        np.r_[0:8, 10:20],  # two runs
+        np.array([6, 0, 3]),  # scattered: a gather per chunk
+        np.array([2, 2, 5, 1, 0, 4, 6, 3]),
+    ],
 )
 def test_read_into_matches_the_dataset(written, neurons):
     ds, path = written
@@ -99,17 +105,18 @@ def test_read_into_matches_the_dataset(written, neurons):
     chunks.close()
 
 
-def test_chunks_that_are_not_back_to_back(tmp_path):
-    """Chunks written out of order are read one by one, with the same result."""
+@pytest.mark.parametrize("neurons", [np.array([4, 1, 6]), np.arange(20), np.r_[2:10, 12:20]])
+def test_chunks_that_are_not_back_to_back(tmp_path, neurons):
+    """Chunks written out of order (or missing) are read one by one, with the same result."""
     rng = np.random.default_rng(0)
-    values = rng.poisson(1.0, (3, 7, 4, 9)).astype("<f4")
+    values = rng.poisson(1.0, (3, 20, 4, 9)).astype("<f4")
     path = tmp_path / "h5.nc"
     with h5py.File(path, "w") as f:
         var = f.create_dataset(
             "response",
             shape=values.shape,
             dtype="<f4",
-            chunks=(1, 7, 1, 9),
+            chunks=(1, 20, 1, 9),
             compression="gzip",
             fillvalue=np.nan,
         )
@@ -118,9 +125,9 @@ def test_chunks_that_are_not_back_to_back(tmp_path):
                 var.id.write_direct_chunk((s, 0, r, 0), values[s, :, r].tobytes(), filter_mask=1)
     chunks = RawChunks(path)
     assert (np.diff(chunks.table[0]) < 0).all()
-    out = np.empty((3, 3, 4, 9), np.float32)
-    chunks.read_into(out, np.arange(3), np.array([4, 1, 6]))
-    expected = values[:, [4, 1, 6]].copy()
+    out = np.empty((3, len(neurons), 4, 9), np.float32)
+    chunks.read_into(out, np.arange(3), neurons)
+    expected = values[:, neurons].copy()
     for s in range(3):
         expected[s, :, 4 - s :] = np.nan
     np.testing.assert_array_equal(out, expected)
@@ -129,11 +136,11 @@ def test_chunks_that_are_not_back_to_back(tmp_path):
 def test_refuses_what_it_cannot_serve(written, tmp_path):
     ds, path = written
     chunks = RawChunks(path)
-    out = np.empty((1, 7, 1, 9), np.float32)
+    out = np.empty((1, 20, 1, 9), np.float32)
     with pytest.raises(ValueError, match="compressed"):
-        chunks.read_into(out, np.array([0]), np.arange(7))
+        chunks.read_into(out, np.array([0]), np.arange(20))
     with pytest.raises(IndexError, match="out of range"):
-        chunks.read_into(out, np.array([5]), np.array([0, 7]))
+        chunks.read_into(out, np.array([5]), np.array([0, 20]))
     plain = tmp_path / "plain.nc"
     ds.drop_vars([c for c in ds.coords if ds[c].dtype.kind == "U"]).to_netcdf(plain)
     with pytest.raises(ValueError, match="chunks"):
