@@ -145,7 +145,22 @@ class _FileSource:
         """This process's memory map of the file's unfiltered chunks (None if unusable)."""
         if "response" not in self.dims:
             return None
-        return _shared_raw_chunks(self.path)
+        raw = _shared_raw_chunks(self.path)
+        if raw is None:
+            return None
+        # The bytes are the values only if the file stores response in the
+        # contract's dim order, with no scaling or sentinel to decode.
+        var = self._open().variables["response"]
+        encoding = var.encoding
+        plain = (
+            var.dims == RESPONSE_DIMS
+            and raw.shape == var.shape
+            and var.dtype == np.float32
+            and not any(k in encoding for k in _DECODED)
+            and not any(k in var.attrs for k in _DECODED)
+            and np.isnan(encoding.get("_FillValue", np.nan))
+        )
+        return raw if plain else None
 
     def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
         file_pos = self.stim_pos[positions]
@@ -216,6 +231,9 @@ def _close_shared_handle(path: str) -> None:
     if entry is not None:
         entry[1].close()
 
+
+# Encodings under which stored bytes differ from the values xarray gives.
+_DECODED = ("scale_factor", "add_offset", "missing_value", "_Unsigned")
 
 # One memory map per file and process; None records a file this reader cannot serve.
 _RAW: dict[tuple[int, str], tuple[tuple[int, int], RawChunks | None]] = {}

@@ -253,6 +253,29 @@ def test_recycled_batch_memory_is_never_shared_with_live_batches(cache_path):
                 np.testing.assert_array_equal(view.numpy(), exp)
 
 
+@pytest.mark.parametrize("layout", ["transposed", "scaled"])
+def test_memory_map_only_for_files_whose_bytes_are_the_values(tmp_path, layout):
+    """Other dim orders or encoded values are read through netCDF, never misread."""
+    ds = _random()
+    text = {k: {"dtype": "S1"} for k, v in ds.variables.items() if v.dtype.kind == "U"}
+    n_stim, n_neuron, _, n_time = ds["response"].shape
+    if layout == "transposed":  # chunks still (1, X, 1, time), unfiltered
+        ds = ds.transpose("neuron", "stim", "repeat", "time", "freq")
+        enc = {"chunksizes": (1, n_stim, 1, n_time)}
+    else:  # stored halved: the bytes are not the values
+        enc = {"chunksizes": (1, n_neuron, 1, n_time), "scale_factor": np.float32(2.0)}
+    path = tmp_path / f"{layout}.nc"
+    ds.to_netcdf(path, encoding={**text, "response": {"dtype": "float32", **enc}})
+    from nat4xr.rawchunks import RawChunks
+
+    assert RawChunks(path).servable(np.arange(n_neuron if layout == "transposed" else 1), 1).all()
+    with xr.open_dataset(path, chunks={}) as lazy:
+        data = NAT4TorchDataset(lazy)
+        idx = [1, N_EST, N_EST + 2]
+        _assert_batch(data.read_batch(idx), _expected(_random(), idx))
+        assert data.file_backed and data._sources[0]._raw() is None
+
+
 def test_buffers_reuse_only_released_arrays():
     from nat4xr.torch import _Buffers
 
