@@ -7,9 +7,9 @@ HDF5 marks them with a per-chunk filter mask, and their bytes are the
 little-endian float32 values in C order at a fixed place in the file.
 :class:`RawChunks` finds those places once (through h5py's chunk query) and
 then copies values straight from a read-only memory map of the file into
-the caller's array: no decompression, no HDF5 call and no intermediate copy
-per read. Anything it cannot serve this way (compressed chunks, another
-layout) is left to the normal netCDF path.
+the caller's array: no decompression and no HDF5 call per read. Anything it
+cannot serve this way (compressed chunks, another layout) is left to the
+normal netCDF path.
 
 Examples
 --------
@@ -128,7 +128,8 @@ class RawChunks:
         Parameters
         ----------
         out : numpy.ndarray
-            ``(len(stims), len(neurons), R, time)`` float32, written in place.
+            ``(n, len(neurons), R, time)`` float32 with ``R`` at most the
+            file's repeats; rows ``rows`` are written in place.
         stims : numpy.ndarray
             Stim positions in the file, all :meth:`servable` for ``R`` repeats.
         neurons : numpy.ndarray
@@ -141,8 +142,19 @@ class RawChunks:
         """
         stims = np.asarray(stims, dtype=np.int64)
         neurons = np.asarray(neurons, dtype=np.intp)
+        _, n_neuron, n_rep_file, n_time = self.shape
+        if (
+            out.dtype != np.float32
+            or out.ndim != 4
+            or out.shape[1] != neurons.size
+            or out.shape[2] > n_rep_file
+            or out.shape[3] != n_time
+        ):
+            raise ValueError(
+                f"out must be float32 (n, {neurons.size}, <= {n_rep_file}, {n_time}), "
+                f"got {out.dtype} {out.shape}"
+            )
         n_rep = out.shape[2]
-        _, n_neuron, _, n_time = self.shape
         if neurons.size and (neurons.min() < 0 or neurons.max() >= n_neuron):
             raise IndexError(f"neuron positions out of range for {n_neuron} neurons")
         codes = self.table[stims, :n_rep]

@@ -140,7 +140,11 @@ def test_refuses_what_it_cannot_serve(written, tmp_path):
     with pytest.raises(ValueError, match="compressed"):
         chunks.read_into(out, np.array([0]), np.arange(20))
     with pytest.raises(IndexError, match="out of range"):
-        chunks.read_into(out, np.array([5]), np.array([0, 20]))
+        chunks.read_into(np.empty((1, 2, 1, 9), np.float32), np.array([5]), np.array([0, 20]))
+    with pytest.raises(ValueError, match="out must be"):
+        chunks.read_into(out, np.array([5]), np.arange(19))
+    with pytest.raises(ValueError, match="out must be"):
+        chunks.read_into(np.empty((1, 20, 21, 9), np.float32), np.array([5]), np.arange(20))
     plain = tmp_path / "plain.nc"
     ds.drop_vars([c for c in ds.coords if ds[c].dtype.kind == "U"]).to_netcdf(plain)
     with pytest.raises(ValueError, match="chunks"):
