@@ -41,6 +41,8 @@ __all__ = ["RawChunks"]
 #: Chunk table codes for chunks that are not served from the memory map.
 UNALLOCATED = -1
 FILTERED = -2
+# States of one (repeat, neuron) row of values.
+_ALL_NAN, _ALL_VALID, _MIXED, _UNKNOWN = 0, 1, 2, 3
 
 
 class RawChunks:
@@ -99,6 +101,7 @@ class RawChunks:
             self.fill = float(dset.fillvalue)
         self.shape = (n_stim, n_neuron, n_rep, n_time)
         self.table = table
+        self._rows: dict[int, np.ndarray] = {}
         with open(self.path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
@@ -121,6 +124,7 @@ class RawChunks:
         stims: np.ndarray,
         neurons: np.ndarray,
         rows: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
         run: Callable[[Callable[[int], None], int], None] | None = None,
     ) -> None:
         """Copy ``response[stims[i], neurons, :R, :]`` into ``out[rows[i]]`` for every ``i``.
@@ -136,6 +140,11 @@ class RawChunks:
             Neuron positions in the file (any order, repeats allowed).
         rows : numpy.ndarray, optional
             Row of ``out`` for each stim; ``arange(len(stims))`` by default.
+        mask : numpy.ndarray, optional
+            Bool, shaped like ``out``: its rows ``rows`` get ``~isnan`` of
+            the values written. Rows (cell, repeat) that hold only values or
+            only NaN are known from the first read of each chunk, so the mask
+            is mostly a broadcast and the values are not read a second time.
         run : callable, optional
             ``run(task, n)`` calls ``task(i)`` for ``i < n``, possibly in
             threads (the copies release the GIL). Sequential by default.
@@ -163,6 +172,10 @@ class RawChunks:
         rows = np.arange(len(stims)) if rows is None else np.asarray(rows, dtype=np.intp)
         if rows.shape != stims.shape:
             raise ValueError(f"rows has shape {rows.shape}, stims {stims.shape}")
+        if mask is not None and (mask.dtype != bool or mask.shape[1:] != out.shape[1:]):
+            raise ValueError(
+                f"mask must be bool {out.shape[1:]} per row, got {mask.dtype} {mask.shape}"
+            )
 
         chunk_bytes = n_neuron * n_time * 4
         # The writer lays a sound's chunks out one after the other: the sound
@@ -185,6 +198,11 @@ class RawChunks:
                 target[lo:hi] = source[first : first + hi - lo]
 
         def task(i: int) -> None:
+            fill(i)
+            if mask is not None:
+                self._mask_row(int(stims[i]), neurons, out[rows[i]], mask[rows[i]])
+
+        def fill(i: int) -> None:
             target = out[rows[i]]  # (neuron, repeat, time)
             if by_runs and adjacent[i]:
                 copy(chunks(int(codes[i, 0]), n_rep).transpose(1, 0, 2), target)
@@ -199,6 +217,38 @@ class RawChunks:
                     np.take(chunks(offset, 1)[0], neurons, axis=0, out=target[:, r, :], mode="clip")
 
         (run or _sequential)(task, len(stims))
+
+    def _mask_row(
+        self, stim: int, neurons: np.ndarray, values: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """``mask[...] = ~isnan(values)`` for one sound, from its rows' known state."""
+        n_rep = values.shape[1]
+        state = self._row_state(stim)[:n_rep, neurons].T  # (neuron, repeat)
+        np.copyto(mask, (state == _ALL_VALID)[:, :, None])
+        for n, r in np.argwhere(state == _MIXED).tolist():
+            np.equal(values[n, r], values[n, r], out=mask[n, r])
+
+    def _row_state(self, stim: int) -> np.ndarray:
+        """``(repeat, neuron)`` int8 of one sound: all valid, all NaN or mixed (cached)."""
+        state = self._rows.get(stim)
+        if state is None:
+            _, n_neuron, n_rep, n_time = self.shape
+            state = np.empty((n_rep, n_neuron), np.int8)
+            for r, offset in enumerate(self.table[stim].tolist()):
+                if offset == FILTERED:
+                    state[r] = _UNKNOWN
+                    continue
+                if offset < 0:
+                    state[r] = _ALL_VALID if self.fill == self.fill else _ALL_NAN
+                    continue
+                values = self._bytes[offset : offset + n_neuron * n_time * 4].view("<f4")
+                valid = np.equal(values, values).reshape(n_neuron, n_time)
+                count = valid.sum(axis=1)
+                state[r] = np.where(
+                    count == n_time, _ALL_VALID, np.where(count == 0, _ALL_NAN, _MIXED)
+                )
+            self._rows[stim] = state  # threads racing here store equal arrays
+        return state
 
     def close(self) -> None:
         """Drop the memory map (it is unmapped once no array refers to it)."""

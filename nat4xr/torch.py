@@ -173,14 +173,17 @@ class _FileSource:
         n_time = raw.shape[3]
         shape = (len(file_pos), len(self.neuron_pos), n_rep, n_time)
         resp = buffers.empty(shape, np.float32)
+        mask = buffers.empty(shape, bool)
         rows = np.flatnonzero(served)
-        raw.read_into(resp, file_pos[rows], self.neuron_pos, rows=rows, run=_parallel)
+        raw.read_into(resp, file_pos[rows], self.neuron_pos, rows=rows, mask=mask, run=_parallel)
         rest = np.flatnonzero(~served)
         if len(rest):
             resp[rest] = self._read_netcdf(file_pos[rest], n_rep, ["response"])["response"]
         others = [name for name in self.dims if name != "response"]
         out = self._read_netcdf(file_pos, n_rep, others) if others else {}
         out["response"] = resp
+        out[_MASK] = mask
+        out[_MASKED_ROWS] = rows
         return out
 
     def _read_netcdf(
@@ -231,6 +234,9 @@ def _close_shared_handle(path: str) -> None:
     if entry is not None:
         entry[1].close()
 
+
+# Keys a source may add to its arrays: the validity mask of the rows it knows.
+_MASK, _MASKED_ROWS = "_valid_mask", "_valid_rows"
 
 # Encodings under which stored bytes differ from the values xarray gives.
 _DECODED = ("scale_factor", "add_offset", "missing_value", "_Unsigned")
@@ -629,13 +635,20 @@ class NAT4TorchDataset(_TorchDataset):
         arrays = {}
         for source in self._sources:
             arrays.update(source.read(uniq, n_rep, self._buffers))
+        mask = arrays.pop(_MASK, None)
+        known = np.zeros(len(uniq), bool)  # rows whose mask a source filled
+        known[np.asarray(arrays.pop(_MASKED_ROWS, ()), dtype=np.intp)] = True
         if not np.array_equal(uniq, idx):
             arrays = {k: v[inverse] for k, v in arrays.items()}
+            mask = mask[inverse] if mask is not None else None
+            known = known[inverse]
         resp = _writable(arrays["response"])
-        mask = self._buffers.empty(resp.shape, bool)
+        if mask is None:
+            mask = self._buffers.empty(resp.shape, bool)
 
-        def valid(i: int) -> None:  # False exactly at NaN, in one pass
-            np.equal(resp[i], resp[i], out=mask[i])
+        def valid(i: int) -> None:  # False exactly at NaN
+            if not known[i]:
+                np.equal(resp[i], resp[i], out=mask[i])
             if not math.isnan(self.fill):
                 np.copyto(resp[i], np.float32(self.fill), where=~mask[i])
 

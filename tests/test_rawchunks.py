@@ -19,6 +19,8 @@ def _dataset() -> xr.Dataset:
     reps[6] = 1  # a val sound with one recorded repeat: compressed like est
     response = ds["response"].values.copy()
     response[6, :, 1:] = np.nan
+    response[7, 3, 0, 2:5] = np.nan  # rows with both values and NaN
+    response[8, :, 1, 0] = np.nan
     ds = ds.assign_coords(n_repeats=("stim", reps, ds["n_repeats"].attrs))
     ds["response"].values = response
     nat4xr.schema.check_dataset(ds)
@@ -98,10 +100,14 @@ def test_read_into_matches_the_dataset(written, neurons):
     n_rep = ds.sizes["repeat"]
     out = np.full((len(stims) + 1, len(neurons), n_rep, ds.sizes["time"]), 7.0, np.float32)
     rows = np.arange(1, len(stims) + 1)
-    chunks.read_into(out, stims, neurons, rows=rows)
-    expected = ds["response"].values[stims][:, neurons]
-    np.testing.assert_array_equal(out[1:], expected)
-    assert (out[0] == 7.0).all()  # a row not asked for is left alone
+    mask = np.zeros(out.shape, bool)
+    for _ in range(2):  # the second read knows the rows' states from the first
+        chunks.read_into(out, stims, neurons, rows=rows, mask=mask)
+        expected = ds["response"].values[stims][:, neurons]
+        np.testing.assert_array_equal(out[1:], expected)
+        np.testing.assert_array_equal(mask[1:], ~np.isnan(expected))
+        assert (out[0] == 7.0).all() and not mask[0].any()  # rows not asked for: left alone
+    assert np.isnan(expected).any() and (~np.isnan(expected)).any()
     chunks.close()
 
 

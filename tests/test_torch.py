@@ -231,6 +231,27 @@ def test_val_batches_from_cache_skip_netcdf(cache_path, monkeypatch):
         assert asked == [([0], ["response"]), ([0, N_EST], ["spectrogram"])]
 
 
+def test_mask_from_memory_map_with_partly_missing_rows(tmp_path):
+    """A cell-repeat row with some NaN bins: the mask is exact there too, every epoch."""
+    ds = _random()
+    response = ds["response"].values.copy()
+    response[N_EST + 1, 4, 0, 3:7] = np.nan
+    response[N_EST + 2, :, 1, -1] = np.nan
+    ds["response"].values = response
+    with nat4xr.store.open_cache(nat4xr.store.write_cache(ds, tmp_path / "c.nc")) as cached:
+        data = NAT4TorchDataset(cached.isel(neuron=[4, 5, 6, 0]), fill=0.0)
+        # sorted as the sampler gives them, then reordered and with a duplicate
+        for idx in ([0, N_EST + 1, N_EST + 2], [N_EST + 2, 0, N_EST + 1], [N_EST + 1] * 2):
+            expected = _expected(ds.isel(neuron=[4, 5, 6, 0]), idx)
+            assert not expected["valid_mask"][idx.index(N_EST + 1), 0, 0, 3:7].any()
+            for _ in range(2):
+                batch = data.read_batch(idx)
+                np.testing.assert_array_equal(batch["valid_mask"].numpy(), expected["valid_mask"])
+                np.testing.assert_array_equal(
+                    batch["responses"].numpy(), np.nan_to_num(expected["responses"], nan=0.0)
+                )
+
+
 def test_recycled_batch_memory_is_never_shared_with_live_batches(cache_path):
     """With recycling forced on for every size, batches kept by the caller stay intact."""
     from nat4xr.torch import _Buffers
