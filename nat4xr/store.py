@@ -371,7 +371,8 @@ def _write_unfiltered(
 ) -> None:
     """Write the chunks of ``blocks`` unfiltered, with HDF5's per-chunk filter mask.
 
-    The bytes of each chunk are then its float32 values in C order, which
+    The bytes of each chunk are then its values in C order (in the
+    variable's byte order), which
     :class:`nat4xr.rawchunks.RawChunks` copies straight from a memory map;
     netCDF and HDF5 readers see ordinary values (the mask tells HDF5 to skip
     decompression).
@@ -387,7 +388,7 @@ def _write_unfiltered(
             if block.size:
                 for s in range(i0, i1):
                     for r in range(k):
-                        chunk = np.ascontiguousarray(block[s - i0, :, r, :], dtype="<f4")
+                        chunk = np.ascontiguousarray(block[s - i0, :, r, :], dtype=dset.dtype)
                         dset.id.write_direct_chunk((s, 0, r, 0), chunk, filter_mask=skip_all)
             bar.update(1)
 
