@@ -143,24 +143,7 @@ class _FileSource:
 
     def _raw(self) -> RawChunks | None:
         """This process's memory map of the file's unfiltered chunks (None if unusable)."""
-        if "response" not in self.dims:
-            return None
-        raw = _shared_raw_chunks(self.path)
-        if raw is None:
-            return None
-        # The bytes are the values only if the file stores response in the
-        # contract's dim order, with no scaling or sentinel to decode.
-        var = self._open().variables["response"]
-        encoding = var.encoding
-        plain = (
-            var.dims == RESPONSE_DIMS
-            and raw.shape == var.shape
-            and var.dtype == np.float32
-            and not any(k in encoding for k in _DECODED)
-            and not any(k in var.attrs for k in _DECODED)
-            and np.isnan(encoding.get("_FillValue", np.nan))
-        )
-        return raw if plain else None
+        return _shared_raw_chunks(self.path) if "response" in self.dims else None
 
     def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
         file_pos = self.stim_pos[positions]
@@ -221,12 +204,17 @@ def _shared_handle(path: str) -> xr.Dataset:
             f"netCDF file {path} backing the Dataset is gone; reopen the Dataset "
             "(nat4xr.open_nat4 rebuilds a missing cache)"
         )
+    return _per_process_and_version(_HANDLES, path, lambda p: xr.open_dataset(p, cache=False))
+
+
+def _per_process_and_version(cache: dict, path: str, make: Callable[[str], Any]) -> Any:
+    """``make(path)``, made once per process and per version (mtime, size) of the file."""
     stat = os.stat(path)
     key, stamp = (os.getpid(), os.path.realpath(path)), (stat.st_mtime_ns, stat.st_size)
-    entry = _HANDLES.get(key)
+    entry = cache.get(key)
     if entry is None or entry[0] != stamp:
-        _HANDLES[key] = (stamp, xr.open_dataset(path, cache=False))
-    return _HANDLES[key][1]
+        cache[key] = (stamp, make(path))
+    return cache[key][1]
 
 
 def _close_shared_handle(path: str) -> None:
@@ -248,18 +236,30 @@ _RAW: dict[tuple[int, str], tuple[tuple[int, int], RawChunks | None]] = {}
 def _shared_raw_chunks(path: str) -> RawChunks | None:
     """This process's :class:`RawChunks` of ``path``, or None if its layout is not served."""
     try:
-        stat = os.stat(path)
+        return _per_process_and_version(_RAW, path, _raw_chunks)
     except OSError:
         return None  # the netCDF path reports the missing file
-    key, stamp = (os.getpid(), os.path.realpath(path)), (stat.st_mtime_ns, stat.st_size)
-    entry = _RAW.get(key)
-    if entry is None or entry[0] != stamp:
-        try:
-            chunks: RawChunks | None = RawChunks(path)
-        except Exception:  # another layout, or h5py cannot read it: use netCDF
-            chunks = None
-        _RAW[key] = (stamp, chunks)
-    return _RAW[key][1]
+
+
+def _raw_chunks(path: str) -> RawChunks | None:
+    """:class:`RawChunks` of ``path`` if its stored bytes are the values xarray gives."""
+    try:
+        raw = RawChunks(path)
+    except Exception:  # another layout, or h5py cannot read it: use netCDF
+        return None
+    # The bytes are the values only if the file stores response in the
+    # contract's dim order, with no scaling or sentinel to decode.
+    var = _shared_handle(path).variables["response"]
+    encoding = var.encoding
+    plain = (
+        var.dims == RESPONSE_DIMS
+        and raw.shape == var.shape
+        and var.dtype == np.float32
+        and not any(k in encoding for k in _DECODED)
+        and not any(k in var.attrs for k in _DECODED)
+        and np.isnan(encoding.get("_FillValue", np.nan))
+    )
+    return raw if plain else None
 
 
 def _parallel(task: Callable[[int], None], n: int) -> None:
