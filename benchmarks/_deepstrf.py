@@ -62,16 +62,37 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
 
-def load_deepstrf():
-    """Return ``(NAT4Dataset, neural_collate)`` from deepSTRF, or ``None`` if not installed."""
+def _import_from_deepstrf(load):
+    """``load()`` with deepSTRF importable (``NAT4XR_DEEPSTRF_PATH``), or None if it is not."""
     extra = os.environ.get("NAT4XR_DEEPSTRF_PATH")
     if extra and extra not in sys.path:
         sys.path.append(extra)
     sys.meta_path.insert(0, _StubFinder())
     try:
-        from deepSTRF.datasets.audio.nat4 import NAT4Dataset
-        from deepSTRF.utils import neural_collate
+        return load()
     except ImportError as exc:
         print(f"deepSTRF not available ({exc}); skipping the comparison", file=sys.stderr)
         return None
-    return NAT4Dataset, neural_collate
+
+
+def load_deepstrf():
+    """Return ``(NAT4Dataset, neural_collate)`` from deepSTRF, or ``None`` if not installed."""
+
+    def load():
+        from deepSTRF.datasets.audio.nat4 import NAT4Dataset
+        from deepSTRF.utils import neural_collate
+
+        return NAT4Dataset, neural_collate
+
+    return _import_from_deepstrf(load)
+
+
+def load_deepstrf_metrics():
+    """Return deepSTRF's ``metrics.performance`` module, or ``None`` if not installed."""
+
+    def load():
+        from deepSTRF.metrics import performance
+
+        return performance
+
+    return _import_from_deepstrf(load)

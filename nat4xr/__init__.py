@@ -10,8 +10,10 @@ Examples
 
 from . import accessor, synthetic
 from ._version import __version__
+from .comparison import compare, leaderboard, significant
 from .concat import concat
 from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
+from .evaluation import evaluate
 from .fetch import data_dir
 from .schema import check_dataset, make_dataset
 from .store import cache_dir, open_cache, open_demo, open_nat4
@@ -29,11 +31,15 @@ __all__ = [
     "add_waveforms",
     "cache_dir",
     "check_dataset",
+    "compare",
     "concat",
     "data_dir",
+    "evaluate",
+    "leaderboard",
     "make_dataset",
     "open_cache",
     "open_demo",
     "open_nat4",
+    "significant",
     "synthetic",
 ]

@@ -348,6 +348,55 @@ class Nat4Accessor:
         """
         return axis_table(self._ds, "neuron")
 
+    def published(self) -> pd.DataFrame:
+        """The release's per-cell table (``<area>_pred_correlation.csv``) as a DataFrame.
+
+        A build copies every column of the table but ``cellid`` to a neuron
+        coordinate ``pub_<column>``; this returns those coordinates, indexed
+        by cell id, with the ``pub_`` prefix stripped from the column names.
+        Numbers are float64 (NaN where missing), flags bool, text str;
+        neurons absent from the table have NaN, False or ``""``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            A new table; editing it does not change the Dataset.
+
+        Raises
+        ------
+        ValueError
+            When the Dataset has no ``pub_*`` coordinate (it was not built
+            from a release).
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2)
+        >>> ds = ds.assign_coords(pub_r_test=("neuron", [0.25, float("nan")]),
+        ...                       pub_sig_auditory=("neuron", [True, False]))
+        >>> table = ds.nat4.published()
+        >>> list(table.columns), table.index.name
+        (['r_test', 'sig_auditory'], 'neuron')
+        >>> table["r_test"].tolist(), table["sig_auditory"].tolist()
+        ([0.25, nan], [True, False])
+        >>> nat4xr.synthetic.random_dataset().nat4.published()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: this Dataset has no published table ...
+        """
+        from .schema import PUBLISHED_PREFIX
+
+        names = [n for n in _axis_coords(self._ds, "neuron") if str(n).startswith(PUBLISHED_PREFIX)]
+        if not names:
+            raise ValueError(
+                "this Dataset has no published table (no pub_* neuron coordinates); "
+                "build it from a NAT4 release, e.g. nat4xr.open_nat4(area, path=...), whose "
+                "<area>_pred_correlation.csv becomes the pub_* coordinates"
+            )
+        columns = {str(n)[len(PUBLISHED_PREFIX) :]: _values(self._ds.variables[n]) for n in names}
+        index = pd.Index(_ids(self._ds, "neuron"), name="neuron")
+        return pd.DataFrame(columns, index=index, copy=True)
+
     # selection -------------------------------------------------------------------------------
 
     def _sel(self, dim: str, predicates: tuple, filters: dict[str, Any]) -> xr.Dataset:
@@ -504,8 +553,11 @@ class Nat4Accessor:
 
         return plot.plot_coverage(self._ds, ax=ax)
 
-    def plot_trial(self, stim: Any, neuron: Any, axes: Any = None) -> Any:
+    def plot_trial(self, stim: Any, neuron: Any, axes: Any = None, prediction: Any = None) -> Any:
         """Spectrogram, raster and PSTH of one cell: see :func:`nat4xr.plot.plot_trial`.
+
+        ``prediction`` (e.g. from ``nat4xr.torch.predict``) is drawn over the
+        PSTH, selected by this stim's and neuron's ids.
 
         Examples
         --------
@@ -519,7 +571,50 @@ class Nat4Accessor:
         """
         from . import plot
 
-        return plot.plot_trial(self._ds, stim, neuron, axes=axes)
+        return plot.plot_trial(self._ds, stim, neuron, axes=axes, prediction=prediction)
+
+    def evaluate(self, prediction: Any, **kwargs: Any) -> xr.Dataset:
+        """Score a prediction of this Dataset's responses: see :func:`nat4xr.evaluate`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=2, n_neurons=3, seed=1)
+        >>> val = ds.nat4.sel_stims(subset="val")
+        >>> scores = val.nat4.evaluate(val["response"].mean("repeat"), metrics="cc_raw")
+        >>> scores["cc_raw"].round(6).values.tolist()
+        [1.0, 1.0, 1.0]
+        """
+        from .evaluation import evaluate
+
+        return evaluate(self._ds, prediction, **kwargs)
+
+    def plot_scores(
+        self, a: xr.Dataset, b: xr.Dataset | None = None, metric: str = "r_test", **kwargs: Any
+    ) -> Any:
+        """Per-cell scatter of two sets of scores: see :func:`nat4xr.plot.plot_scores`.
+
+        Without ``b``, ``a`` is drawn against the release's published values
+        (this Dataset's ``pub_*`` coordinates) of the same metric.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import nat4xr, xarray as xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3)
+        >>> ds = ds.assign_coords(pub_r_test=("neuron", [0.1, 0.2, 0.3]))
+        >>> mine = xr.Dataset({"r_test": ("neuron", [0.2, 0.1, 0.4])}, coords={"neuron": ds.neuron})
+        >>> ax = ds.nat4.plot_scores(mine)
+        >>> ax.get_ylabel()
+        'r_test (published)'
+        """
+        from . import plot
+
+        if b is None:
+            kwargs.setdefault("labels", ("yours", "published"))
+            return plot.plot_scores(a, self._ds, metric, **kwargs)
+        return plot.plot_scores(a, b, metric, **kwargs)
 
     def to_torch(self, **kwargs: Any) -> Any:
         """A PyTorch DataLoader over this Dataset: see ``nat4xr.torch.to_torch``.

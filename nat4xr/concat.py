@@ -276,8 +276,9 @@ def concat(
     xarray.Dataset
         ``response`` is dask-backed (NaN off the blocks, never allocated
         densely); ``coverage`` is block-diagonal; coordinates missing from an
-        input are filled with ``""``, ``-1`` or ``False`` so their dtypes
-        survive a netCDF round trip. Attributes common to all inputs are kept;
+        input are filled with ``""``, ``-1``, ``False`` or NaN (by dtype: str,
+        int, bool, float; e.g. a ``pub_*`` column only one area's table has)
+        so their dtypes survive a netCDF round trip. Attributes common to all inputs are kept;
         ``sources`` (JSON list) and ``source_attrs`` (JSON, the attributes
         that differ) record the inputs.
 

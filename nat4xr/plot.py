@@ -1,4 +1,4 @@
-"""Matplotlib views of a nat4xr Dataset: the coverage map and one cell's trials.
+"""Matplotlib views of a nat4xr Dataset: the coverage map, one cell's trials, per-cell scores.
 
 matplotlib is an optional dependency (``pip install nat4xr[plot]``); it is
 imported when a function here is called, not when nat4xr is imported.
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_coverage", "plot_trial"]
+__all__ = ["plot_coverage", "plot_scores", "plot_trial"]
 
 
 def _pyplot() -> Any:
@@ -78,10 +78,17 @@ def plot_coverage(ds: xr.Dataset, ax: Any = None) -> Any:
     return ax
 
 
-def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
+def plot_trial(
+    ds: xr.Dataset,
+    stim: Any,
+    neuron: Any,
+    axes: Any = None,
+    prediction: xr.DataArray | None = None,
+) -> Any:
     """Spectrogram of a stim over one cell's raster of repeats and its PSTH.
 
-    Only this (stim, neuron) slice of ``response`` is read.
+    Only this (stim, neuron) slice of ``response`` is read. A model's
+    ``prediction`` is drawn over the PSTH.
 
     Parameters
     ----------
@@ -91,6 +98,16 @@ def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
         Ids (labels), or positions when an int is given.
     axes : sequence of 3 matplotlib Axes, optional
         Spectrogram, raster and PSTH panels; a new figure when omitted.
+    prediction : xarray.DataArray, optional
+        Predicted responses with ``stim``, ``neuron`` and ``time`` dims (as
+        :func:`nat4xr.torch.predict` returns; a size-1 ``repeat`` dim is
+        dropped), drawn over the PSTH. Selected by the panel's stim and
+        neuron ids, so it may hold other stims or neurons or another order.
+
+    Raises
+    ------
+    KeyError
+        When ``stim`` or ``neuron`` is not in ``ds``, or not in ``prediction``.
 
     Returns
     -------
@@ -106,6 +123,10 @@ def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
     >>> axes = plot_trial(ds, ds.stim.values[2], 0)
     >>> axes[2].get_ylabel()
     'spikes / bin'
+    >>> pred = ds["response"].mean("repeat").rename("mean response")
+    >>> axes = plot_trial(ds, ds.stim.values[0], 0, prediction=pred)
+    >>> [line.get_label() for line in axes[2].lines]
+    ['PSTH', 'mean response']
     """
     plt = _pyplot()
 
@@ -119,6 +140,9 @@ def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
         return {dim: int(hits[0])}
 
     at = {**pick("stim", stim), **pick("neuron", neuron)}
+    stim_id, cell_id = ds["stim"].values[at["stim"]], ds["neuron"].values[at["neuron"]]
+    # Checked before drawing: a wrong label leaves no half-made figure.
+    predicted = None if prediction is None else _prediction_trace(prediction, stim_id, cell_id)
     resp = np.asarray(ds["response"].isel(at).transpose("repeat", "time").values)
     spec = np.asarray(ds["spectrogram"].isel(stim=at["stim"]).transpose("freq", "time").values)
     time = ds["time"].values
@@ -133,7 +157,6 @@ def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
     extent = (time[0], time[-1] + dt, 0, spec.shape[0])
     axes[0].imshow(spec, aspect="auto", origin="lower", extent=extent, cmap="viridis")
     axes[0].set_ylabel("freq band")
-    stim_id, cell_id = ds["stim"].values[at["stim"]], ds["neuron"].values[at["neuron"]]
     axes[0].set_title(f"{stim_id} / {cell_id}")
     if raster.size:
         axes[1].imshow(
@@ -145,10 +168,120 @@ def plot_trial(ds: xr.Dataset, stim: Any, neuron: Any, axes: Any = None) -> Any:
             interpolation="nearest",
         )
         with np.errstate(all="ignore"):
-            axes[2].plot(time + dt / 2, np.nanmean(raster, axis=0), color="k")
+            axes[2].plot(time + dt / 2, np.nanmean(raster, axis=0), color="k", label="PSTH")
     else:
         axes[1].text(0.5, 0.5, "no data", transform=axes[1].transAxes, ha="center")
+    if predicted is not None:
+        pred_time, values, label = predicted
+        if pred_time is None:
+            if len(values) != len(time):
+                raise ValueError(
+                    f"prediction has {len(values)} time bins and no time coordinate; "
+                    f"the Dataset has {len(time)}"
+                )
+            pred_time = time
+        axes[2].plot(pred_time + dt / 2, values, color="tab:red", label=label)
+        axes[2].legend(loc="upper right")
     axes[1].set_ylabel(f"repeat ({raster.shape[0]})")
     axes[2].set_ylabel("spikes / bin")
     axes[2].set_xlabel("time (s)")
     return axes
+
+
+def _prediction_trace(
+    prediction: Any, stim_id: Any, cell_id: Any
+) -> tuple[np.ndarray | None, np.ndarray, str]:
+    """Time (None if unlabelled), values and legend label of one (stim, neuron) prediction."""
+    if isinstance(prediction, xr.Dataset) and len(prediction.data_vars) == 1:
+        prediction = next(iter(prediction.data_vars.values()))
+    if not isinstance(prediction, xr.DataArray):
+        raise TypeError(
+            f"prediction must be an xarray.DataArray (as nat4xr.torch.predict returns), "
+            f"got {type(prediction).__name__}"
+        )
+    from .evaluation import prediction_dims
+
+    pred = prediction_dims(prediction)
+    for dim, label in (("stim", stim_id), ("neuron", cell_id)):
+        if dim not in pred.indexes:
+            raise KeyError(f"prediction has no {dim} ids to find {label!r} by; label its {dim} dim")
+        if label not in pred.indexes[dim]:
+            some = pred.indexes[dim][:3].tolist()
+            raise KeyError(f"{dim} {label!r} is not in the prediction (e.g. {some})")
+    trace = pred.sel(stim=stim_id, neuron=cell_id)
+    time = np.asarray(trace["time"].values, dtype=float) if "time" in trace.coords else None
+    label = str(prediction.name) if prediction.name is not None else "prediction"
+    return time, np.asarray(trace.values, dtype=float), label
+
+
+def plot_scores(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    metric: str = "r_test",
+    *,
+    cells: Any = None,
+    labels: tuple[str, str] | None = None,
+    ax: Any = None,
+) -> Any:
+    """Per-cell scatter of one metric for two sets of scores, with the diagonal.
+
+    Cells are matched by neuron id; each point is a cell present in both with
+    a finite value in both. Points above the diagonal are cells where ``b``
+    scores higher. When ``a`` holds ``r_test``, ``se_test`` and ``r_floor``,
+    the cells significant by :func:`nat4xr.significant` (the authors' rule)
+    are drawn filled and the others hollow.
+
+    Parameters
+    ----------
+    a, b : Dataset
+        Results of :func:`nat4xr.evaluate`, or a Dataset with ``pub_*``
+        neuron coordinates (the release's published table).
+    metric : str
+        The metric to draw (a variable, or ``pub_`` column, of both).
+    cells : bool DataArray over neuron, sequence of ids or bool mask, optional
+        Cells to draw, as in :func:`nat4xr.compare`.
+    labels : (str, str), optional
+        Axis labels of ``a`` and ``b`` (default ``"a"`` and ``"b"``).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure by default.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import xarray as xr
+    >>> ids = {"neuron": ["c1", "c2", "c3"]}
+    >>> a = xr.Dataset({"r_test": ("neuron", [0.2, 0.5, 0.6])}, coords=ids)
+    >>> b = xr.Dataset({"r_test": ("neuron", [0.3, 0.4, 0.7])}, coords=ids)
+    >>> ax = plot_scores(a, b)
+    >>> len(ax.collections[0].get_offsets())
+    3
+    """
+    from .comparison import paired_values, significant
+
+    plt = _pyplot()
+    ids, x, y = paired_values(a, b, metric, cells=cells)
+    name_a, name_b = labels or ("a", "b")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    filled = np.ones(len(ids), dtype=bool)
+    if {"r_test", "se_test", "r_floor"} <= set(a.data_vars):
+        sig = significant(a)
+        filled = np.isin(ids, np.asarray(sig["neuron"].values)[sig.values].astype(str))
+    ax.scatter(x, y, s=14, c=np.where(filled, "tab:blue", "none"), edgecolors="tab:blue")
+    if len(ids):
+        lo = float(min(np.min(x), np.min(y), 0.0))
+        hi = float(max(np.max(x), np.max(y)))
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, zorder=0)
+        above = float(np.mean(y > x))
+        ax.set_title(f"{metric}: {len(ids)} cells, {above:.0%} above the diagonal")
+    else:
+        ax.set_title(f"{metric}: no cell scored in both")
+    ax.set_xlabel(f"{metric} ({name_a})")
+    ax.set_ylabel(f"{metric} ({name_b})")
+    ax.set_aspect("equal", adjustable="datalim")
+    return ax

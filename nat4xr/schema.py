@@ -25,6 +25,7 @@ from ._version import __version__
 __all__ = [
     "DIMS",
     "NEURON_COORDS",
+    "PUBLISHED_PREFIX",
     "RESPONSE_DIMS",
     "SCHEMA_VERSION",
     "STIM_COORDS",
@@ -33,8 +34,11 @@ __all__ = [
     "make_dataset",
 ]
 
-SCHEMA_VERSION = 1
-"""Bumped whenever the layout of the Dataset (and so of the cache) changes."""
+SCHEMA_VERSION = 2
+"""Bumped whenever the layout of the Dataset (and so of the cache) changes.
+
+2: the release's per-cell table as ``pub_*`` neuron coordinates.
+"""
 
 DIMS = ("stim", "neuron", "repeat", "time", "freq")
 RESPONSE_DIMS = ("stim", "neuron", "repeat", "time")
@@ -51,6 +55,9 @@ NEURON_COORDS: dict[str, Any] = {
     "unit": np.int64,
     "auditory": bool,
 }
+#: Prefix of the neuron coordinates copied from ``<area>_pred_correlation.csv``
+#: (one per column): float64 (NaN = missing), bool or ``<U`` (``""`` = missing).
+PUBLISHED_PREFIX = "pub_"
 
 DOI = "10.5281/zenodo.8044773"
 
@@ -226,3 +233,13 @@ def check_dataset(ds: xr.Dataset) -> None:
         raise ValueError(f"not a nat4xr Dataset: missing coordinate(s) {', '.join(absent)}")
     if ds["coverage"].dtype != bool:
         raise ValueError(f"coverage must be bool, got {ds['coverage'].dtype}")
+    for name in ds.coords:
+        if not str(name).startswith(PUBLISHED_PREFIX):
+            continue
+        var = ds.variables[name]
+        # "O": text as netCDF decodes it, before open_cache makes it <U
+        if var.dims != ("neuron",) or var.dtype.kind not in "fbUO":
+            raise ValueError(
+                f"published-table coordinate {name!r} must be a float, bool or str array "
+                f"along 'neuron', got {var.dtype} along {var.dims}"
+            )

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .schema import make_dataset
+from .schema import PUBLISHED_PREFIX, make_dataset
 
 __all__ = ["SyntheticRelease", "random_dataset", "write_release"]
 
@@ -180,10 +180,17 @@ class SyntheticRelease:
         Seconds of silence before each sound.
     traps : dict of str to list of str
         ``'padded'``, ``'no_site'``, ``'extra_site'``, ``'odd_ids'``,
-        ``'spikes_past_end'``: the cells each trap applies to (population
-        ids, except ``'extra_site'`` which only exist in the site files).
+        ``'spikes_past_end'``, ``'pred_respelled'`` (padded cells whose row
+        in the per-cell table uses the site file's spelling): the cells each
+        trap applies to (population ids, except ``'extra_site'`` which only
+        exist in the site files).
     wav : dict of str to ndarray, optional
         Sound-file stem -> float32 mono samples (16-bit value / 32768).
+    published : DataFrame, optional
+        The per-cell table as written, one row per population cell in
+        population order, indexed by population id; ``cellid`` is the
+        spelling in the file. Every other column is expected as a
+        ``pub_<column>`` neuron coordinate.
     """
 
     root: Path
@@ -199,6 +206,7 @@ class SyntheticRelease:
     pre_stim_silence: float
     traps: dict[str, list[str]]
     wav: dict[str, np.ndarray] | None = None
+    published: pd.DataFrame | None = None
 
     def expected_dataset(self, subset: str = "all") -> xr.Dataset:
         """The Dataset a correct build of this release returns.
@@ -247,11 +255,17 @@ class SyntheticRelease:
             },
             index=self.est_stims + self.val_stims,
         )
+        neurons = self.neurons
+        if self.published is not None:
+            table = self.published.drop(columns="cellid").reindex(self.cells)
+            neurons = neurons.assign(
+                **{PUBLISHED_PREFIX + str(c): table[c].to_numpy() for c in table.columns}
+            )
         ds = make_dataset(
             response,
             self.spectrogram,
             stims,
-            self.neurons,
+            neurons,
             attrs={"area": self.area, "pre_stim_silence": self.pre_stim_silence},
         )
         if subset != "all":
@@ -359,7 +373,7 @@ def write_release(
         files["sites_zip"], area, layout, counts, est_stims, val_stims, rng, compresslevel,
         progress,
     )  # fmt: skip
-    _write_pred_csv(files["pred_csv"], layout, rng)
+    published = _write_pred_csv(files["pred_csv"], layout, rng)
     wav_truth = None
     if wav:
         files["wav_zip"] = root / "wav.zip"
@@ -381,6 +395,7 @@ def write_release(
         pre_stim_silence=PRE_STIM_SILENCE,
         traps=layout.traps,
         wav=wav_truth,
+        published=published,
     )
 
 
@@ -504,6 +519,8 @@ class _Layout:
             "extra_site": site_ids[n_pop:],
             "odd_ids": [cells[i] for i in odd],
             "spikes_past_end": [cells[i] for i in past_end],
+            # the per-cell table spells a few cells as their site file does
+            "pred_respelled": [cells[i] for i in padded[:2]],
         }
         return cls(
             sites=sites,
@@ -972,24 +989,37 @@ def _write_sites(
     _replace_into(path, write)
 
 
-def _write_pred_csv(path: Path, layout: _Layout, rng: np.random.Generator) -> None:
-    """Per-cell prediction table, rows sorted by cell id (not population order)."""
+def _write_pred_csv(path: Path, layout: _Layout, rng: np.random.Generator) -> pd.DataFrame:
+    """Per-cell prediction table, rows sorted by cell id (not population order).
+
+    The cells of the ``'pred_respelled'`` trap are spelled as in their site
+    file. Returns the table in population order, indexed by population id.
+    """
     n = layout.n_pop
     ceiling = rng.uniform(0.3, 0.95, size=n)
     r_test = np.where(
         layout.auditory, ceiling * rng.uniform(0.3, 0.8, size=n), rng.normal(0, 0.05, n)
     )
+    r_floor = np.abs(rng.normal(0.05, 0.02, size=n))
+    se_test = rng.uniform(0.01, 0.05, size=n)
+    ids = list(layout.cells)
+    for cell in layout.traps["pred_respelled"]:
+        i = ids.index(cell)
+        ids[i] = layout.site_ids[i]
     table = pd.DataFrame(
         {
-            "cellid": layout.cells,
+            "cellid": ids,
             "r_test": np.round(r_test, 6),
-            "r_floor": np.round(np.abs(rng.normal(0.05, 0.02, size=n)), 6),
+            "se_test": np.round(se_test, 6),
+            "r_floor": np.round(r_floor, 6),
             "r_ceiling": np.round(ceiling, 6),
             "sig_auditory": layout.auditory,
-        }
-    ).sort_values("cellid")
-    text = table.to_csv(index=False, lineterminator="\n").encode()
+        },
+        index=pd.Index(layout.cells, dtype=object),
+    )
+    text = table.sort_values("cellid").to_csv(index=False, lineterminator="\n").encode()
     _replace_into(path, lambda fh: fh.write(text))
+    return table
 
 
 def _write_wav(path: Path, stims: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:

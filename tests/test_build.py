@@ -47,7 +47,10 @@ def assert_matches_truth(ds: xr.Dataset, truth, subset: str = "all") -> None:
     if subset == "est":  # an est-only build has one repeat: nothing else was recorded
         expected = expected.isel(repeat=slice(0, 1))
     got = ds.load()
-    for name in ["response", "spectrogram", "coverage", *COORDS]:
+    published = sorted(str(c) for c in expected.coords if str(c).startswith("pub_"))
+    assert published == sorted(str(c) for c in got.coords if str(c).startswith("pub_"))
+    assert published  # the truth knows the per-cell table
+    for name in ["response", "spectrogram", "coverage", *COORDS, *published]:
         xr.testing.assert_identical(
             got[name].reset_coords(drop=True), expected[name].reset_coords(drop=True)
         )

@@ -73,6 +73,14 @@ def test_tutorial_tours_the_api() -> None:
         'join="shared"',
         "noise_ceiling()",
         "LocalCluster(",
+        "nat4xr.torch.predict(",
+        "prediction=pred",
+        "nat4xr.evaluate(",
+        "nat4xr.leaderboard(",
+        "nat4xr.significant(",
+        "published()",
+        "nat4xr.compare(scores, val_aud)",
+        "plot_scores(",
     ):
         assert call in source, f"the tutorial no longer calls {call}"
 
@@ -98,8 +106,12 @@ def test_tutorial_executes(docs_env: Path, demo_home: Path) -> None:
     hidden = re.search(r"hidden cells: (\[.*?\])", text)
     assert without and hidden and without.group(1) == hidden.group(1) != "[]"
     assert "mask is exactly 'not NaN': True" in text
+    # the scoring section scored every validation cell with the leaderboard's line
+    line = r"CCraw -?\d+\.\d % \| CCnorm -?\d+\.\d % \(mean over \d+ of \d+ cells\)"
+    assert re.search(line, text)
     figures = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(figures) == 3  # coverage, trial, joint coverage
+    # coverage, trial, joint coverage; trial with a prediction, two score scatters
+    assert len(figures) == 6
     # the kernel saw NAT4XR_DATA_DIR: the PEG build was cached there, not in the user's folder
     assert list((demo_home / "cache").glob("PEG-all-*.nc"))
 

@@ -9,6 +9,7 @@ by hand with tarfile/zipfile.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import shutil
@@ -16,6 +17,7 @@ import tarfile
 import tracemalloc
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -50,6 +52,18 @@ def release(tiny, tmp_path, monkeypatch):
 
 def snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.lstat().st_size for p in folder.rglob("*")}
+
+
+@contextlib.contextmanager
+def traced_peak() -> Iterator[list[int]]:
+    """``peak[0]``: the most memory Python held at once inside the block (tracemalloc)."""
+    peak = [0]
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak[0] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
 
 
 def build_quiet(root: Path, **kw):
@@ -149,14 +163,9 @@ def test_tar_header_claiming_a_huge_member(release):
         d = d or b""
         data += m.tobuf(format=tarfile.GNU_FORMAT) + d + b"\0" * (-len(d) % 512)
     pop.write_bytes(gzip.compress(data, compresslevel=1))
-    tracemalloc.start()
-    try:
-        with pytest.raises(FormatError, match="truncated or corrupt"):
-            build_quiet(release)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 * MiB
+    with traced_peak() as peak, pytest.raises(FormatError, match="truncated or corrupt"):
+        build_quiet(release)
+    assert peak[0] < 64 * MiB
 
 
 def _bomb_tgz(path: Path, members, name_suffix: str, size: int, line: bytes = b"\0") -> None:
@@ -201,14 +210,9 @@ def test_population_member_bombs_stop_early(release, monkeypatch, suffix, unit, 
     pop = release / POP
     _bomb_tgz(pop, members_of(pop), suffix, 80 * MiB, unit)
     assert pop.stat().st_size < 2 * MiB
-    tracemalloc.start()
-    try:
-        with pytest.raises(FormatError, match=message):
-            build_quiet(release)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 200 * MiB
+    with traced_peak() as peak, pytest.raises(FormatError, match=message):
+        build_quiet(release)
+    assert peak[0] < 200 * MiB
 
 
 def test_csv_without_a_row_bound_stops_at_the_size_limit(release, monkeypatch):
@@ -271,14 +275,9 @@ def test_hdf5_dataset_that_inflates_past_the_limit(release):
     write_tgz(tgz, members)
     items[k] = (items[k][0], tgz.read_bytes())
     _rezip(release, items)
-    tracemalloc.start()
-    try:
-        with pytest.raises(FormatError, match="refusing to read them"):
-            build_quiet(release)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 200 * MiB
+    with traced_peak() as peak, pytest.raises(FormatError, match="refusing to read them"):
+        build_quiet(release)
+    assert peak[0] < 200 * MiB
 
 
 def test_zip_member_that_inflates_to_hundreds_of_mb_streams(release, tiny):
@@ -296,14 +295,10 @@ def test_zip_member_that_inflates_to_hundreds_of_mb_streams(release, tiny):
     tgz.unlink()
     items[k][0].compress_type = zipfile.ZIP_DEFLATED
     _rezip(release, items)
-    tracemalloc.start()
-    try:
+    with traced_peak() as peak:
         ds = build_quiet(release)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     assert_truth(ds, tiny)
-    assert peak < 200 * MiB
+    assert peak[0] < 200 * MiB
 
 
 def test_zip_names_that_escape_are_only_names(release, tiny, tmp_path):

@@ -284,12 +284,32 @@ def test_no_traps(tmp_path):
 
 def test_pred_correlation_csv(small):
     table = pd.read_csv(small.files["pred_csv"])
-    assert {"cellid", "sig_auditory", "r_test", "r_ceiling"} <= set(table.columns)
-    assert sorted(table["cellid"]) == sorted(small.cells)
+    assert list(table.columns) == [
+        "cellid", "r_test", "se_test", "r_floor", "r_ceiling", "sig_auditory"
+    ]  # fmt: skip
+    assert table["cellid"].tolist() == sorted(table["cellid"])
+    # every cell once; the respelled ones as in their site file (same parsed key)
+    respelled = set(small.traps["pred_respelled"])
+    assert respelled and respelled <= set(small.traps["padded"])
+    assert set(table["cellid"]) & set(small.cells) == set(small.cells) - respelled
+    others = sorted(set(table["cellid"]) - set(small.cells))
+    assert len(others) == len(respelled)
+    assert sorted(key(c) for c in others) == sorted(key(c) for c in respelled)
     assert table["sig_auditory"].dtype == bool
-    flags = table.set_index("cellid")["sig_auditory"]
-    np.testing.assert_array_equal(flags.loc[small.cells], small.neurons["auditory"])
-    assert 0 < flags.sum() < len(flags)
+    by_key = {key(c): c for c in small.cells}
+    table.index = [c if c in small.cells else by_key[key(c)] for c in table["cellid"]]
+    np.testing.assert_array_equal(table.loc[small.cells, "sig_auditory"], small.neurons["auditory"])
+    assert 0 < table["sig_auditory"].sum() < len(table)
+    # realistic metrics: small positive errors, a low floor, a ceiling above r_test
+    assert ((table["se_test"] > 0.005) & (table["se_test"] < 0.06)).all()
+    assert table["r_floor"].between(0, 0.15).all()
+    assert (table["r_ceiling"] >= table["r_test"]).mean() > 0.9
+    # the truth is the table as written
+    truth = small.published.loc[small.cells]
+    assert list(truth.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(
+        table.loc[small.cells], truth, check_dtype=False, check_index_type=False, check_exact=True
+    )
 
 
 def test_wav_files_and_impulses(tiny):

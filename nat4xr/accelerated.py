@@ -1,0 +1,354 @@
+"""Compiled kernels of :func:`nat4xr.evaluate`, used when numba is installed.
+
+The numpy code in :mod:`nat4xr.peer_metrics` handles every case; the kernels
+here compute the same numbers (to rounding) in one pass per cell for the cases
+that dominate in practice, and say which cells they left to the numpy code.
+numba is an optional dependency (``pip install nat4xr[fast]``); it is imported
+on the first call that needs it, never by ``import nat4xr``, and compiled
+kernels are cached on disk by numba.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["available", "resampled_sums", "trial_metrics"]
+
+#: Relative variance under which a signal counts as constant (as in peer_metrics).
+CONSTANT = 1e-10
+#: NEMS0 r_ceiling: floor of the single-trial correlation, and the most pairs it averages.
+RAC_LIMIT, MAX_PAIRS = 0.01, 1000
+
+
+def available() -> bool:
+    """True when the kernels can run: numba importable and ``NAT4XR_NUMBA`` not ``"0"``."""
+    return os.environ.get("NAT4XR_NUMBA", "1") != "0" and _kernels() is not None
+
+
+@functools.cache
+def _kernels() -> Any:
+    try:
+        import numba
+    except ImportError:
+        return None
+    return _compile(numba)
+
+
+def resampled_sums(x: Any, y: Any, i_x: Any, i_y: Any, out: Any) -> None:
+    """``out (5, K, C)``: sums of x, y, x², y² and x·y over each resample ``(i_x[k], i_y[k])``.
+
+    ``x`` and ``y`` are ``(L, C)`` float64, C-contiguous; ``i_x``, ``i_y``
+    ``(K, n)`` integer indices into their first axis.
+    """
+    from .peer_metrics import run_on_two_threads
+
+    kernel = _kernels().resampled_sums
+    run_on_two_threads(lambda c0: kernel(x, y, i_x, i_y, c0, out), range(0, x.shape[1], 64))
+
+
+def trial_metrics(obs: Any, order: Any, pred: Any, n_first: int) -> dict[str, Any]:
+    """The PSTH and the single-trial metrics of every cell whose data are rectangular.
+
+    A cell is rectangular when, on every scored stim, its recorded repeats
+    are the first ones and hold a value in every time bin, and its prediction
+    is finite wherever it has data (for ``r_ceiling`` also: as many of the
+    first ``n_first`` repeats on every stim it heard, and at most 45
+    repeats). The others are flagged in ``"general"`` and get NaN here;
+    their PSTH is computed all the same.
+
+    Parameters
+    ----------
+    obs : ndarray
+        ``(stim, neuron, repeat, time)`` as stored (float32 or float64 read as
+        is, other types converted; sums in float64).
+    order : ndarray
+        Positions along ``obs``'s stim axis of the scored stims, in scoring order.
+    pred : ndarray
+        ``(stim, neuron, time)`` float64 in scoring order.
+    n_first : int
+        Single trials per stim of ``r_ceiling`` (the fewest recorded among the stims).
+    """
+    if obs.dtype not in (np.float32, np.float64):
+        obs = obs.astype(np.float64)
+    obs = np.ascontiguousarray(obs)  # one compiled version per float type, not per layout
+    pred = np.ascontiguousarray(pred, dtype=np.float64)
+    n_cells, n_stims, n_time = obs.shape[1], len(order), obs.shape[3]
+    out = {
+        "psth": np.empty((n_cells, n_stims, n_time)),
+        "signal_power": np.empty(n_cells),
+        "cc_norm_schoppe": np.empty(n_cells),
+        "cc_max": np.empty(n_cells),
+        "r_ceiling": np.empty(n_cells),
+        "general": np.zeros(n_cells, dtype=np.bool_),
+    }
+    order = np.asarray(order, dtype=np.int64)
+    kernel = _kernels().trial_metrics
+    names = ("psth", "signal_power", "cc_norm_schoppe", "cc_max", "r_ceiling", "general")
+
+    def cells(c0: int) -> None:  # the kernel releases the GIL: two threads, two cores
+        kernel(obs, order, pred, n_first, c0, min(c0 + 64, n_cells), *(out[k] for k in names))
+
+    from .peer_metrics import run_on_two_threads
+
+    run_on_two_threads(cells, range(0, n_cells, 64))
+    return out
+
+
+def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
+    """The kernels, compiled on first call (and cached on disk by numba)."""
+    import types
+
+    @numba.njit(nogil=True, cache=True)
+    def resampled(x, y, i_x, i_y, c0, out):
+        # a tile of 64 cells stays in cache while every resample reads it
+        n_res, n = i_x.shape
+        w = min(64, x.shape[1] - c0)
+        if w > 0:
+            xt = np.ascontiguousarray(x[:, c0 : c0 + w])
+            yt = np.ascontiguousarray(y[:, c0 : c0 + w])
+            acc = np.empty((5, w))
+            for k in range(n_res):
+                acc[:] = 0.0
+                for j in range(n):
+                    ra = i_x[k, j]
+                    rb = i_y[k, j]
+                    for c in range(w):
+                        a = xt[ra, c]
+                        b = yt[rb, c]
+                        acc[0, c] += a
+                        acc[1, c] += b
+                        acc[2, c] += a * a
+                        acc[3, c] += b * b
+                        acc[4, c] += a * b
+                for q in range(5):
+                    for c in range(w):
+                        out[q, k, c0 + c] = acc[q, c]
+
+    @numba.njit(nogil=True, cache=True)
+    def trials(
+        obs, order, pred, n_first, c0, c1, psth, sp_out, ccn_out, ccm_out, ceil_out, general
+    ):
+        n_stims = order.shape[0]
+        n_rep, n_time = obs.shape[2], obs.shape[3]
+        nan = np.nan
+        for c in range(c0, c1):
+            k = np.zeros(n_stims, np.int64)  # recorded repeats per stim (a prefix)
+            s1 = np.zeros((n_stims, n_rep))  # sum of each recorded trial
+            rect = True
+            for si in range(n_stims):
+                s = order[si]
+                for t in range(n_time):
+                    acc = 0.0
+                    cnt = 0
+                    for r in range(n_rep):
+                        v = obs[s, c, r, t]
+                        if np.isfinite(v):
+                            acc += v
+                            cnt += 1
+                    psth[c, si, t] = acc / cnt if cnt > 0 else nan
+                for r in range(n_rep):
+                    nf = 0
+                    acc = 0.0
+                    for t in range(n_time):
+                        v = obs[s, c, r, t]
+                        if np.isfinite(v):
+                            nf += 1
+                            acc += v
+                    if nf == n_time:
+                        if k[si] != r:
+                            rect = False  # a recorded trial after a missing one
+                        k[si] += 1
+                        s1[si, r] = acc
+                    elif nf != 0:
+                        rect = False  # missing bins inside a trial
+                if k[si] > 0:
+                    for t in range(n_time):
+                        if not np.isfinite(pred[si, c, t]):
+                            rect = False
+            if not rect:
+                general[c] = True
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                continue
+
+            # -- deepSTRF signal power: per stim, weighted by its time bins
+            num = 0.0
+            den = 0.0
+            for si in range(n_stims):
+                kk = k[si]
+                if kk < 2 or n_time < 2:
+                    continue
+                s = order[si]
+                total = 0.0
+                grand = 0.0
+                for r in range(kk):
+                    m = s1[si, r] / n_time
+                    grand += s1[si, r]
+                    acc = 0.0
+                    for t in range(n_time):
+                        d = obs[s, c, r, t] - m
+                        acc += d * d
+                    total += acc / (n_time - 1)
+                total /= kk
+                mean_psth = grand / (kk * n_time)
+                acc = 0.0
+                for t in range(n_time):
+                    d = psth[c, si, t] - mean_psth
+                    acc += d * d
+                var_psth = acc / (n_time - 1)
+                num += n_time * (kk * var_psth - total) / (kk - 1)
+                den += n_time
+            sp_out[c] = num / den if den > 0 else nan
+
+            # -- samples: the stims the cell heard, every bin
+            n_heard = 0
+            n_min = n_rep + 1
+            for si in range(n_stims):
+                if k[si] > 0:
+                    n_heard += 1
+                    n_min = min(n_min, k[si])
+            length = n_heard * n_time
+            n_tr = n_min if n_heard > 0 else 0
+
+            # -- Schoppe et al.: the first n_tr trials of each stim heard
+            if n_tr < 2 or length < 2:
+                ccn_out[c] = ccm_out[c] = nan
+            else:
+                mean_a = np.zeros(n_tr)
+                mp = 0.0
+                for si in range(n_stims):
+                    if k[si] == 0:
+                        continue
+                    for a in range(n_tr):
+                        mean_a[a] += s1[si, a]
+                    for t in range(n_time):
+                        mp += pred[si, c, t]
+                mean_a /= length
+                mp /= length
+                m_tot = mean_a.sum()
+                var_a = np.zeros(n_tr)
+                v_tot = 0.0
+                v_y = 0.0
+                v_p = 0.0
+                c_yp = 0.0
+                for si in range(n_stims):
+                    if k[si] == 0:
+                        continue
+                    s = order[si]
+                    for t in range(n_time):
+                        tot = 0.0
+                        for a in range(n_tr):
+                            v = obs[s, c, a, t]
+                            tot += v
+                            d = v - mean_a[a]
+                            var_a[a] += d * d
+                        d = tot - m_tot
+                        v_tot += d * d
+                        yc = d / n_tr
+                        pc = pred[si, c, t] - mp
+                        v_y += yc * yc
+                        v_p += pc * pc
+                        c_yp += yc * pc
+                sp = (v_tot - var_a.sum()) / (length - 1) / (n_tr * (n_tr - 1))
+                v_y /= length
+                v_p /= length
+                c_yp /= length
+                ccn_out[c] = c_yp / np.sqrt(sp * v_p) if (sp > 0 and v_p > 0) else nan
+                if not v_y > 0:
+                    ccm_out[c] = nan
+                elif sp <= 0:
+                    ccm_out[c] = 0.0
+                else:
+                    ccm_out[c] = np.sqrt(sp / v_y)
+
+            # -- NEMS0 r_ceiling: the first n_first trials of every stim
+            n = n_first
+            if n <= 1:
+                ceil_out[c] = 0.0
+                continue
+            # trials 0..m-1 hold every sample, m..n-1 none; else their samples differ
+            m = min(n, n_min) if n_heard > 0 else 0
+            uniform = True
+            for si in range(n_stims):
+                if k[si] > 0 and min(k[si], n) != m:
+                    uniform = False
+            if n * (n - 1) // 2 > MAX_PAIRS or not uniform:
+                general[c] = True  # drawn pairs, or trials with different samples
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                continue
+            raw = np.zeros(n)
+            for si in range(n_stims):
+                if k[si] > 0:
+                    for a in range(m):
+                        raw[a] += s1[si, a]
+            m_all = 0.0  # the prediction's mean over all its finite values
+            n_all = 0
+            for si in range(n_stims):
+                for t in range(n_time):
+                    v = pred[si, c, t]
+                    if np.isfinite(v):
+                        m_all += v
+                        n_all += 1
+            m_all = m_all / n_all if n_all > 0 else 0.0
+            mean_x = raw / max(length, 1)
+            shift = raw.sum() / max(m * length, 1)
+            mp = 0.0
+            for si in range(n_stims):
+                if k[si] > 0:
+                    for t in range(n_time):
+                        mp += pred[si, c, t]
+            mp /= max(length, 1)
+            css = np.zeros(n)
+            for si in range(n_stims):
+                if k[si] == 0:
+                    continue
+                s = order[si]
+                for a in range(m):
+                    acc = 0.0
+                    for t in range(n_time):
+                        d = obs[s, c, a, t] - mean_x[a]
+                        acc += d * d
+                    css[a] += acc
+            z = np.zeros(n)
+            for a in range(n):
+                ss = css[a] + length * (mean_x[a] - shift) ** 2
+                if raw[a] != 0 and length >= 2 and css[a] > CONSTANT * ss:
+                    z[a] = 1.0 / np.sqrt(css[a])
+            q = 0.0
+            cp = 0.0
+            cov = np.zeros(n)
+            for si in range(n_stims):
+                if k[si] == 0:
+                    continue
+                s = order[si]
+                for t in range(n_time):
+                    pc = pred[si, c, t] - mp
+                    cp += pc * pc
+                    acc = 0.0
+                    for a in range(m):
+                        d = obs[s, c, a, t] - mean_x[a]
+                        acc += z[a] * d
+                        cov[a] += d * pc
+                    q += acc * acc
+            diag = 0.0
+            for a in range(n):
+                diag += z[a] * z[a] * css[a]
+            rac = max((q - diag) / (n * (n - 1)), RAC_LIMIT)
+            s_pp = cp + length * (mp - m_all) ** 2  # about the mean of all its values
+            flat_p = length < 2 or cp <= CONSTANT * s_pp
+            r_sum = 0.0
+            for a in range(n):
+                if length == 0 or raw[a] == 0 or flat_p:
+                    continue  # NEMS0: 0
+                ss = css[a] + length * (mean_x[a] - shift) ** 2
+                if not css[a] > CONSTANT * ss:
+                    r_sum = nan  # a constant non-zero trial: NaN, as in NEMS0
+                    break
+                r = cov[a] / np.sqrt(css[a] * cp)
+                r_sum += min(1.0, max(-1.0, r))
+            ceil_out[c] = r_sum / n / np.sqrt(rac)
+
+    return types.SimpleNamespace(resampled_sums=resampled, trial_metrics=trials)

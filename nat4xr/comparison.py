@@ -1,0 +1,298 @@
+"""Compare per-cell scores: paired statistics, significance rules, the leaderboard's line.
+
+Scores are what :func:`nat4xr.evaluate` returns (variables over ``neuron``),
+or a nat4xr Dataset carrying the release's own per-cell table as ``pub_*``
+neuron coordinates, so a model can be put beside the published values
+directly. Cells are matched by their neuron labels.
+
+Examples
+--------
+>>> import numpy as np, xarray as xr
+>>> a = xr.Dataset({"r_test": ("neuron", [0.5, 0.6, 0.7])}, coords={"neuron": ["c1", "c2", "c3"]})
+>>> b = xr.Dataset({"r_test": ("neuron", [0.4, 0.65, 0.5])}, coords={"neuron": ["c1", "c2", "c3"]})
+>>> table = compare(a, b)
+>>> float(table.loc["r_test", "frac_improved"])
+0.6666666666666666
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = ["RULES", "compare", "leaderboard", "paired_values", "score_table", "significant"]
+
+#: Metrics where higher is better, compared by default.
+PERFORMANCE = ("r_test", "r_ceiling", "cc_raw", "cc_norm", "cc_norm_schoppe")
+
+#: Significance rules of :func:`significant`.
+RULES = {
+    "both": "r_test > 2 se_test and r_test > r_floor (the authors' analysis code)",
+    "se": "r_test > 2 se_test",
+    "floor": "r_test > r_floor",
+}
+
+
+def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Per-cell numeric scores by name: data variables over ``neuron``, else ``pub_*`` coordinates.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> ds = xr.Dataset(coords={"neuron": ["c1"], "pub_r_test": ("neuron", [0.3])})
+    >>> list(score_table(ds))
+    ['r_test']
+    """
+    if not isinstance(scores, xr.Dataset):
+        raise TypeError(f"scores must be an xarray Dataset, got {type(scores).__name__}")
+    if "neuron" not in scores.dims:
+        raise ValueError(f"scores have no 'neuron' dimension (dims: {list(scores.dims)})")
+    own = {
+        str(name): var
+        for name, var in scores.data_vars.items()
+        if var.dims == ("neuron",) and np.issubdtype(var.dtype, np.number)
+    }
+    if own:
+        return own
+    published = {
+        str(name)[len("pub_") :]: scores[name]
+        for name in scores.coords
+        if str(name).startswith("pub_")
+        and scores[name].dims == ("neuron",)
+        and np.issubdtype(scores[name].dtype, np.number)
+        and not np.issubdtype(scores[name].dtype, np.bool_)
+    }
+    if not published:
+        raise ValueError(
+            "these scores hold no per-cell numbers: pass the result of nat4xr.evaluate, or a "
+            "Dataset built from a release (its pub_* coordinates hold the published table)"
+        )
+    return published
+
+
+def _neuron_ids(obj: xr.Dataset | xr.DataArray) -> np.ndarray:
+    if "neuron" in obj.coords:
+        return np.asarray(obj["neuron"].values).astype(str)
+    return np.arange(obj.sizes["neuron"]).astype(str)
+
+
+def _cell_mask(ids: np.ndarray, cells: Any) -> np.ndarray:
+    """Bool over ``ids`` from ``cells``: None, a bool DataArray over neuron, ids, or a bool mask."""
+    if cells is None:
+        return np.ones(len(ids), dtype=bool)
+    if isinstance(cells, xr.DataArray):
+        if cells.dims != ("neuron",):
+            raise ValueError(f"cells has dims {cells.dims}; expected ('neuron',)")
+        if cells.dtype != bool:
+            raise TypeError(f"a cells DataArray must be bool, got {cells.dtype}")
+        chosen = set(_neuron_ids(cells)[cells.values])
+        return np.array([i in chosen for i in ids])
+    arr = np.asarray(cells)
+    if arr.dtype == bool:
+        if arr.shape != ids.shape:
+            raise ValueError(f"cells mask has shape {arr.shape}, expected {ids.shape}")
+        return arr
+    wanted = set(arr.astype(str).tolist())
+    unknown = sorted(wanted - set(ids.tolist()))
+    if unknown:
+        raise KeyError(f"cells not in the scores: {unknown[:5]}")
+    return np.isin(ids, list(wanted))
+
+
+def _paired(
+    va: xr.DataArray, vb: xr.DataArray, a: xr.Dataset, b: xr.Dataset, cells: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids and values of the cells in both (and in ``cells``) with a finite value in both."""
+    ids_a, ids_b = _neuron_ids(a), _neuron_ids(b)
+    pos_b = {s: i for i, s in enumerate(ids_b)}
+    rows_a = np.flatnonzero(_cell_mask(ids_a, cells) & np.isin(ids_a, ids_b))
+    rows_b = np.array([pos_b[s] for s in ids_a[rows_a]], dtype=np.intp)
+    xa = np.asarray(va.values, dtype=np.float64)[rows_a]
+    xb = np.asarray(vb.values, dtype=np.float64)[rows_b]
+    ok = np.isfinite(xa) & np.isfinite(xb)
+    return ids_a[rows_a][ok], xa[ok], xb[ok]
+
+
+def paired_values(
+    a: xr.Dataset, b: xr.Dataset, metric: str, *, cells: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One metric of two sets of scores, cell by cell: ``(ids, values_a, values_b)``.
+
+    The cells are those of ``a`` (in its order) that ``b`` also holds and
+    ``cells`` chooses, with a finite value in both; what :func:`compare`
+    tests and :func:`nat4xr.plot.plot_scores` draws.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> a = xr.Dataset({"cc_raw": ("neuron", [0.5, 0.6, 0.7])}, coords={"neuron": ["x", "y", "z"]})
+    >>> b = xr.Dataset({"cc_raw": ("neuron", [float("nan"), 0.1])}, coords={"neuron": ["y", "x"]})
+    >>> ids, va, vb = paired_values(a, b, "cc_raw")
+    >>> ids.tolist(), va.tolist(), vb.tolist()
+    (['x'], [0.5], [0.1])
+    """
+    ta, tb = score_table(a), score_table(b)
+    for name, table in (("a", ta), ("b", tb)):
+        if metric not in table:
+            raise KeyError(f"{metric!r} is not in {name}; it holds {list(table)}")
+    return _paired(ta[metric], tb[metric], a, b, cells)
+
+
+def compare(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    *,
+    cells: Any = None,
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Paired per-cell comparison of two sets of scores, metric by metric.
+
+    For each metric both hold, over the cells present in both (and chosen by
+    ``cells``) with a finite value in both: the median of each, the median of
+    the paired difference ``a - b``, the fraction of cells where ``a > b``, and
+    the two-sided Wilcoxon signed-rank p-value of the differences
+    (``scipy.stats.wilcoxon``; NaN with no non-zero difference).
+
+    Parameters
+    ----------
+    a, b : Dataset
+        Results of :func:`nat4xr.evaluate`, or Datasets with ``pub_*``
+        neuron coordinates (the published table, e.g. ``val`` itself).
+    cells : bool DataArray over neuron, sequence of ids or bool mask, optional
+        Cells to compare (a mask is over ``a``'s neurons), e.g. ``val.auditory``.
+    metrics : sequence of str, optional
+        Metrics to compare; by default the performance metrics both hold
+        (``r_test``, ``r_ceiling``, ``cc_raw``, ``cc_norm``, ``cc_norm_schoppe``),
+        or every shared one when none of those is shared.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by metric; columns ``n_cells``, ``median_a``, ``median_b``,
+        ``median_diff``, ``frac_improved``, ``p_wilcoxon``.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> cells = {"neuron": list("wxyz")}
+    >>> a = xr.Dataset({"cc_raw": ("neuron", [0.5, 0.6, 0.7, 0.2])}, coords=cells)
+    >>> b = xr.Dataset({"cc_raw": ("neuron", [0.4, 0.5, 0.6, 0.3])}, coords=cells)
+    >>> row = compare(a, b).loc["cc_raw"]
+    >>> int(row["n_cells"]), round(float(row["median_diff"]), 6), float(row["frac_improved"])
+    (4, 0.1, 0.75)
+    """
+    from scipy.stats import wilcoxon
+
+    ta, tb = score_table(a), score_table(b)
+    shared = [m for m in ta if m in tb]
+    if metrics is None:
+        chosen = [m for m in PERFORMANCE if m in shared] or shared
+    else:
+        chosen = list(metrics)
+        missing = [m for m in chosen if m not in shared]
+        if missing:
+            raise KeyError(f"metric(s) {missing} are not in both scores; shared: {shared}")
+    if not chosen:
+        raise ValueError(f"the scores share no metric (a: {list(ta)}, b: {list(tb)})")
+    out = []
+    for name in chosen:
+        _, va, vb = _paired(ta[name], tb[name], a, b, cells)
+        diff = va - vb
+        p = np.nan
+        if (diff != 0).any():
+            p = float(wilcoxon(va, vb).pvalue)
+        n = len(diff)
+        out.append(
+            {
+                "metric": name,
+                "n_cells": n,
+                "median_a": float(np.median(va)) if n else np.nan,
+                "median_b": float(np.median(vb)) if n else np.nan,
+                "median_diff": float(np.median(diff)) if n else np.nan,
+                "frac_improved": float((diff > 0).mean()) if n else np.nan,
+                "p_wilcoxon": p,
+            }
+        )
+    return pd.DataFrame(out).set_index("metric")
+
+
+def significant(scores: xr.Dataset, rule: str = "both") -> xr.DataArray:
+    """Cells whose prediction beats chance, by the rule of the authors' analysis code.
+
+    Parameters
+    ----------
+    scores : Dataset
+        A result of :func:`nat4xr.evaluate`, or a Dataset with the published
+        ``pub_r_test``, ``pub_se_test``, ``pub_r_floor`` coordinates.
+    rule : {'both', 'se', 'floor'}
+        ``'both'`` (default): ``r_test > 2 se_test`` and ``r_test > r_floor``;
+        ``'se'``: the first half only; ``'floor'``: the second half only.
+
+    Returns
+    -------
+    xarray.DataArray
+        Bool over ``neuron`` (False where a needed value is NaN).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> s = xr.Dataset(
+    ...     {"r_test": ("neuron", [0.3, 0.3, 0.02]), "se_test": ("neuron", [0.05, 0.2, 0.01]),
+    ...      "r_floor": ("neuron", [0.1, 0.1, 0.05])}, coords={"neuron": ["a", "b", "c"]})
+    >>> significant(s).values.tolist()
+    [True, False, False]
+    >>> significant(s, rule="se").values.tolist()
+    [True, False, False]
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    table = score_table(scores)
+    need = {"both": ["r_test", "se_test", "r_floor"], "se": ["r_test", "se_test"]}.get(
+        rule, ["r_test", "r_floor"]
+    )
+    missing = [m for m in need if m not in table]
+    if missing:
+        raise KeyError(f"rule {rule!r} needs {need}; the scores lack {missing}")
+    r = table["r_test"]
+    out = xr.ones_like(r, dtype=bool)
+    if rule in ("both", "se"):
+        out = out & (r > 2 * table["se_test"])
+    if rule in ("both", "floor"):
+        out = out & (r > table["r_floor"])
+    out.attrs = {"rule": RULES[rule]}
+    return out.rename("significant")
+
+
+def leaderboard(scores: xr.Dataset, cells: Any = None) -> str:
+    """The leaderboard's summary line: mean CCraw and CCnorm in percent over the chosen cells.
+
+    Means skip NaN cells, as deepSTRF's ``reduction="mean"`` does.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> s = xr.Dataset({"cc_raw": ("neuron", [0.4, 0.5, float("nan")]),
+    ...                 "cc_norm": ("neuron", [0.6, 0.7, float("nan")])},
+    ...                coords={"neuron": ["a", "b", "c"]})
+    >>> leaderboard(s)
+    'CCraw 45.0 % | CCnorm 65.0 % (mean over 2 of 3 cells)'
+    """
+    table = score_table(scores)
+    missing = [m for m in ("cc_raw", "cc_norm") if m not in table]
+    if missing:
+        raise KeyError(f"the leaderboard line needs cc_raw and cc_norm; the scores lack {missing}")
+    keep = _cell_mask(_neuron_ids(scores), cells)
+    raw = np.asarray(table["cc_raw"].values, dtype=np.float64)[keep]
+    norm = np.asarray(table["cc_norm"].values, dtype=np.float64)[keep]
+    used = int((np.isfinite(raw) | np.isfinite(norm)).sum())
+    with np.errstate(invalid="ignore"):
+        m_raw = np.nanmean(raw) if np.isfinite(raw).any() else np.nan
+        m_norm = np.nanmean(norm) if np.isfinite(norm).any() else np.nan
+    return (
+        f"CCraw {100 * m_raw:.1f} % | CCnorm {100 * m_norm:.1f} % "
+        f"(mean over {used} of {int(keep.sum())} cells)"
+    )

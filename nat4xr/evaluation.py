@@ -1,0 +1,469 @@
+"""Score a model's predictions the way the paper, the leaderboard and the literature do.
+
+Three families of prediction-correlation metrics are in use for NAT4, and
+:func:`evaluate` computes all of them per cell, on the same arrays, exactly as
+their sources define them:
+
+- **The paper's** (Pennington & David 2023 scored with the NEMS0 toolkit,
+  ``nems0/metrics/corrcoef.py``): ``r_test`` and ``se_test`` (jackknifed
+  correlation with the trial-averaged response), ``r_floor`` (a chance level
+  from resampled pairs of samples), ``r_ceiling`` (the prediction's single-trial
+  correlation corrected by the single trials' correlation with each other).
+- **The leaderboard's** (deepSTRF 0.1.0, ``deepSTRF/metrics/performance.py``):
+  ``cc_raw`` (``corrcoef``) and ``cc_norm`` (``normalized_corrcoef`` with
+  ``method="schoppe"``). deepSTRF's ``cc_norm`` divides a covariance over the
+  concatenated stims by a signal power averaged *within* stims, so it is not
+  Schoppe et al.'s CCnorm and can exceed 1 when stims differ in mean rate.
+- **The literature's** (Schoppe et al. 2016, Front. Comput. Neurosci.; their
+  reference code ``calc_CCnorm.m``): ``cc_norm_schoppe`` and ``cc_max`` on the
+  concatenated stims.
+
+Everything is computed in float64 and vectorized over cells. The stims are
+concatenated in ascending order of their names, as NEMS0 lays out its
+validation recording (only the jackknife, and so ``r_test`` and ``se_test``,
+depends on the order). The definitions are coded in numpy in
+:mod:`nat4xr.peer_metrics`; with numba installed (``nat4xr[fast]``) the
+kernels of :mod:`nat4xr.accelerated` give the same numbers about 3x faster
+(``NAT4XR_NUMBA=0`` turns them off).
+
+Examples
+--------
+>>> import nat4xr
+>>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=3, n_neurons=4, seed=1)
+>>> val = ds.nat4.sel_stims(subset="val")
+>>> pred = val["response"].mean("repeat")  # the PSTH itself: a perfect prediction
+>>> scores = evaluate(val, pred)
+>>> [float(v) for v in scores["cc_raw"].round(6)]
+[1.0, 1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import accelerated, peer_metrics
+from .errors import Nat4Warning
+from .metrics import _response
+
+__all__ = ["METRICS", "evaluate", "prediction_dims"]
+
+_NEMS = "NEMS0 nems0/metrics/corrcoef.py (Pennington & David 2023)"
+_DEEPSTRF = "deepSTRF 0.1.0 deepSTRF/metrics/performance.py (NAT4 leaderboard)"
+_SCHOPPE = "Schoppe et al. 2016, Front. Comput. Neurosci. 10:10 (calc_CCnorm.m)"
+
+#: Every metric :func:`evaluate` returns: its long name, definition and source.
+METRICS: dict[str, dict[str, str]] = {
+    "r_test": {
+        "long_name": "prediction correlation (jackknife mean)",
+        "definition": "mean of n_jacks leave-one-group-out Pearson correlations between the "
+        "prediction and the trial-averaged response over the concatenated stims; samples "
+        "non-finite in either are dropped first, then laid in blocks of ceil(L / n_jacks / 10) "
+        "samples dealt to the groups in turn; 0 when no sample is left or either signal is "
+        "constant (NEMS0 j_corrcoef)",
+        "source": _NEMS,
+    },
+    "se_test": {
+        "long_name": "jackknife standard error of r_test",
+        "definition": "std (ddof 0) of the n_jacks jackknife correlations x sqrt(n_jacks - 1); "
+        "0 where r_test is degenerate (NEMS0 j_corrcoef)",
+        "source": _NEMS,
+    },
+    "r_floor": {
+        "long_name": "chance level of r_test",
+        "definition": "95th percentile (sorted finite values, index int(0.95 n)) of the "
+        "correlations of 1000 resamples: min(500, L) samples of the prediction and, "
+        "independently, of the response, drawn with replacement; 0 when none is finite "
+        "(NEMS0 r_floor). Draws come from numpy.random.RandomState(seed), drawn as NEMS0 "
+        "draws them, so each cell's floor equals NEMS0's for that cell alone after "
+        "numpy.random.seed(seed)",
+        "source": _NEMS,
+    },
+    "r_ceiling": {
+        "long_name": "noise-corrected prediction correlation",
+        "definition": "mean over single trials of corr(trial, prediction) divided by the square "
+        "root of the mean correlation between pairs of single trials (floored at 0.01; "
+        "samples where the prediction is finite; a pair or trial with zero sum or a constant "
+        "signal counts 0); single trials are the first n of each stim, n the smallest "
+        "repeat count among the stims; 0 with fewer than 2 repeats (NEMS0 r_ceiling)",
+        "source": _NEMS,
+    },
+    "cc_raw": {
+        "long_name": "raw prediction correlation (CCraw)",
+        "definition": "Pearson correlation between the prediction and the PSTH (nanmean over "
+        "repeats) over every (stim, time) position where the PSTH is not NaN; NaN with "
+        "fewer than 2 positions, zero variance, or a NaN prediction there (deepSTRF corrcoef)",
+        "source": _DEEPSTRF,
+    },
+    "cc_norm": {
+        "long_name": "normalized prediction correlation, leaderboard form (CCnorm)",
+        "definition": "cov(prediction, PSTH) over the concatenated stims (ddof 1) divided by "
+        "sqrt(var(prediction) SP), SP the Sahani-Linden signal power computed per stim and "
+        "averaged with weights = valid time bins; NaN where SP <= 0 or is undefined; equals "
+        "cc_raw when the data hold one repeat (deepSTRF normalized_corrcoef, method "
+        "'schoppe')",
+        "source": _DEEPSTRF,
+    },
+    "cc_norm_schoppe": {
+        "long_name": "normalized prediction correlation (Schoppe CCnorm)",
+        "definition": "Cov(y, yhat) / sqrt(SP Var(yhat)) over the concatenated stims, "
+        "SP = (var(sum of trials) - sum of var(trial)) / (N (N - 1)) with the reference "
+        "code's normalizations (Cov and Var over T, var over T - 1); trials: the first N of "
+        "each stim the cell has data for, N the fewest such repeats; samples where the "
+        "prediction or any of these trials is NaN are dropped; NaN where SP <= 0 or N < 2",
+        "source": _SCHOPPE,
+    },
+    "cc_max": {
+        "long_name": "largest attainable correlation (Schoppe CCmax)",
+        "definition": "sqrt(SP / Var(y)) with SP and the trials as for cc_norm_schoppe "
+        "(cc_norm_schoppe = CCabs / cc_max); 0 where SP <= 0, NaN where undefined",
+        "source": _SCHOPPE,
+    },
+    "n_samples": {
+        "long_name": "samples scored",
+        "definition": "(stim, time) samples where both the prediction and the trial-averaged "
+        "response are finite (the L of the NEMS0 metrics)",
+        "source": "nat4xr",
+    },
+}
+
+_BLOCK = 64  # cells scored together (float64 working set ~30 MB per array for NAT4 val)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def _observed(observed: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    resp = _response(observed)
+    if set(resp.dims) != {"stim", "neuron", "repeat", "time"}:
+        raise ValueError(
+            f"observed has dims {resp.dims}; expected exactly (stim, neuron, repeat, time)"
+        )
+    return resp.transpose("stim", "neuron", "repeat", "time")
+
+
+def prediction_dims(prediction: xr.DataArray) -> xr.DataArray:
+    """``prediction`` with dims ``(stim, neuron, time)``: a size-1 ``repeat`` dim is dropped.
+
+    Raises ``ValueError`` for other dims, or several repeats.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> pred = xr.DataArray(np.zeros((2, 3, 1, 4)), dims=("stim", "neuron", "repeat", "time"))
+    >>> prediction_dims(pred).dims
+    ('stim', 'neuron', 'time')
+    """
+    pred = prediction
+    if "repeat" in pred.dims:
+        if pred.sizes["repeat"] != 1:
+            raise ValueError(
+                f"prediction has {pred.sizes['repeat']} repeats; give one prediction per "
+                "(stim, neuron, time bin), e.g. prediction.mean('repeat') (a size-1 repeat "
+                "dim is dropped)"
+            )
+        pred = pred.isel(repeat=0, drop=True)
+    if set(pred.dims) != {"stim", "neuron", "time"}:
+        raise ValueError(f"prediction has dims {pred.dims}; expected (stim, neuron, time)")
+    return pred.transpose("stim", "neuron", "time")
+
+
+def _labels(obj: xr.DataArray, dim: str) -> np.ndarray | None:
+    return np.asarray(obj[dim].values) if dim in obj.coords else None
+
+
+def _stim_positions(resp: xr.DataArray, stims: Any) -> np.ndarray:
+    ids = _labels(resp, "stim")
+    n = resp.sizes["stim"]
+    if isinstance(stims, str) and "subset" in resp.coords:
+        subset = np.asarray(resp["subset"].values).astype(str)
+        if stims in set(subset.tolist()):
+            return np.flatnonzero(subset == stims)
+    if isinstance(stims, xr.DataArray) and stims.dtype == bool:
+        stims = stims.values
+    arr = np.atleast_1d(np.asarray(stims))
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"stims mask has shape {arr.shape}, expected ({n},)")
+        return np.flatnonzero(arr)
+    if ids is None:
+        raise ValueError("observed has no stim labels; pass stims as a boolean mask")
+    known = {str(s): i for i, s in enumerate(ids)}
+    missing = [str(s) for s in arr if str(s) not in known]
+    if missing:
+        raise KeyError(
+            f"stims not in observed: {missing[:5]}; pass ids from observed.stim, a subset "
+            "name ('val') or a boolean mask"
+        )
+    return np.array([known[str(s)] for s in arr], dtype=np.intp)
+
+
+def _mismatch(what: str, dim: str, only: Sequence[Any]) -> str:
+    shown = ", ".join(map(str, list(only)[:5])) + (" ..." if len(only) > 5 else "")
+    return f"{len(only)} {dim}(s) {what}: {shown}"
+
+
+def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool) -> np.ndarray:
+    """The prediction as float64 ``(stim, neuron, time)`` in ``resp``'s order."""
+    shape = (resp.sizes["stim"], resp.sizes["neuron"], resp.sizes["time"])
+    if not isinstance(prediction, xr.DataArray):
+        arr = np.asarray(prediction, dtype=np.float64)
+        if arr.ndim == 4 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.shape != shape:
+            raise ValueError(
+                f"prediction has shape {arr.shape}; an unlabelled prediction must have shape "
+                f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray)"
+            )
+        return arr
+    pred = prediction_dims(prediction)
+    index: dict[str, np.ndarray] = {}
+    for dim in ("stim", "neuron"):
+        want, have = _labels(resp, dim), _labels(pred, dim)
+        if want is None or have is None:
+            if pred.sizes[dim] != resp.sizes[dim]:
+                raise ValueError(
+                    f"prediction has {pred.sizes[dim]} {dim}s, observed {resp.sizes[dim]}"
+                )
+            continue
+        want_s, have_s = want.astype(str), have.astype(str)
+        uniq, counts = np.unique(have_s, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                _mismatch("appear more than once in the prediction", dim, uniq[counts > 1])
+            )
+        pos = {s: i for i, s in enumerate(have_s)}
+        absent = [s for s in want_s if s not in pos]
+        if absent:
+            raise ValueError(
+                _mismatch("of observed are missing from the prediction", dim, absent)
+                + "; predict every scored one or select observed to match"
+            )
+        extra = sorted(set(have_s) - set(want_s))
+        if extra and not (dim == "stim" and subset_given):
+            raise ValueError(
+                _mismatch("of the prediction are not in observed", dim, extra)
+                + (
+                    "; pass stims= to score a subset of observed"
+                    if dim == "stim"
+                    else "; select the same neurons in both"
+                )
+            )
+        index[dim] = np.array([pos[s] for s in want_s], dtype=np.intp)
+    if pred.sizes["time"] != resp.sizes["time"]:
+        raise ValueError(
+            f"prediction has {pred.sizes['time']} time bins, observed {resp.sizes['time']}"
+        )
+    t_obs, t_pred = _labels(resp, "time"), _labels(pred, "time")
+    if t_obs is not None and t_pred is not None and not np.allclose(t_obs, t_pred):
+        raise ValueError("prediction and observed have different time coordinates")
+    if index:
+        pred = pred.isel(index)
+    return np.asarray(pred.values, dtype=np.float64)
+
+
+# -- the public function --------------------------------------------------------------------------
+
+
+def _single_trial_metrics(
+    obs: np.ndarray,
+    order: np.ndarray,
+    recorded: np.ndarray,
+    pred: np.ndarray,
+    names: set[str],
+    n_first: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The PSTH ``(cells, stims, time)`` and the single-trial metrics, per cell.
+
+    The compiled kernels (when numba is installed) score the cells whose data
+    are rectangular; numpy scores the rest, and every cell without numba, in
+    blocks of cells on two threads.
+    """
+    n_stims, n_cells, n_rep, n_time = len(order), obs.shape[1], obs.shape[2], obs.shape[3]
+    names = {"r_ceiling", "cc_norm_schoppe", "cc_max"} & set(names) | (
+        {"signal_power"} if "cc_norm" in names else set()
+    )
+    out = {
+        "psth": np.full((n_cells, n_stims, n_time), np.nan),
+        **{k: np.full(n_cells, np.nan) for k in names},
+    }
+    todo = np.arange(n_cells)
+    if accelerated.available() and len(recorded) == n_rep:
+        fast = accelerated.trial_metrics(obs, order, pred, n_first)
+        todo = np.flatnonzero(fast.pop("general"))
+        out = {k: fast[k] for k in out}
+
+    def block(c0: int) -> None:
+        cells = todo[c0 : c0 + _BLOCK]
+        x = obs[:, cells][order][:, :, recorded].transpose(1, 0, 2, 3)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        p = np.ascontiguousarray(pred[:, cells].transpose(1, 0, 2))
+        for key, values in peer_metrics.trial_metrics(x, p, names, n_first, seed).items():
+            if key in out:
+                out[key][cells] = values.reshape(out[key][cells].shape)
+
+    peer_metrics.run_on_two_threads(block, range(0, len(todo), _BLOCK))
+    return out
+
+
+def _chosen_metrics(metrics: Sequence[str] | str | None) -> list[str]:
+    names = [m for m in METRICS if m != "n_samples"]
+    if metrics is None:
+        return names
+    chosen = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {names}")
+    return [m for m in names if m in chosen]
+
+
+def evaluate(
+    observed: xr.Dataset | xr.DataArray,
+    prediction: Any,
+    *,
+    metrics: Sequence[str] | str | None = None,
+    stims: Any = None,
+    n_jacks: int = 20,
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> xr.Dataset:
+    """Score a prediction per cell with the paper's, the leaderboard's and Schoppe's metrics.
+
+    The stims of ``observed`` (or those chosen by ``stims``) are concatenated
+    in time, in ascending order of stim name as NEMS0 does, and every metric of
+    :data:`METRICS` is computed per neuron exactly as its source defines it (see
+    the module docstring, and each result variable's ``definition`` and
+    ``source`` attributes). Only the scored stims of ``response`` are read.
+
+    Degenerate cells never raise: a cell without usable samples, or whose
+    prediction or response is constant, scores 0 on the NEMS0 metrics (NEMS0's
+    convention) and NaN on deepSTRF's and Schoppe's (theirs); a
+    :class:`~nat4xr.Nat4Warning` counts them.
+
+    Parameters
+    ----------
+    observed : Dataset or DataArray
+        A Dataset with ``response``, or a DataArray with dims ``(stim, neuron,
+        repeat, time)`` (any source), NaN where there is no data.
+    prediction : DataArray or array-like
+        ``(stim, neuron, time)`` (a size-1 ``repeat`` dim is dropped). A
+        DataArray is aligned to ``observed`` by its stim and neuron labels;
+        stims or neurons in one and not the other raise ``ValueError`` naming
+        them (with ``stims=``, extra stims of the prediction are ignored). A
+        plain array must already be in ``observed``'s order.
+    metrics : str or sequence of str, optional
+        Subset of :data:`METRICS` to compute (all by default; ``r_floor`` is
+        the slowest).
+    stims : str, sequence of ids or bool mask, optional
+        Score only these stims of ``observed``: a ``subset`` value such as
+        ``"val"``, stim ids, or a mask over ``stim``.
+    n_jacks : int
+        Jackknife groups of ``r_test``/``se_test`` (NEMS0: 20).
+    seed : int
+        Seed of ``r_floor``'s resamples (and of NEMS0's pair draw past 45 repeats).
+    n_resamples : int
+        Resamples of ``r_floor`` (NEMS0: 1000).
+
+    Returns
+    -------
+    xarray.Dataset
+        One float64 variable per metric over ``neuron`` (``n_samples``
+        int64), with ``observed``'s neuron coordinates and, in each variable's
+        attrs, its definition and source.
+
+    Examples
+    --------
+    >>> import numpy as np, nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=3, n_neurons=4, seed=1)
+    >>> val = ds.nat4.sel_stims(subset="val")
+    >>> noise = np.random.default_rng(0).normal(size=(3, 4, ds.sizes["time"]))
+    >>> scores = evaluate(val, val["response"].mean("repeat") + noise, metrics=["r_test", "cc_raw"])
+    >>> sorted(scores.data_vars)
+    ['cc_raw', 'n_samples', 'r_test', 'se_test']
+    >>> scores["r_test"].attrs["source"]
+    'NEMS0 nems0/metrics/corrcoef.py (Pennington & David 2023)'
+    """
+    if n_jacks < 2:
+        raise ValueError(f"n_jacks must be at least 2, got {n_jacks}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    resp = _observed(observed)
+    if stims is not None:
+        resp = resp.isel(stim=_stim_positions(resp, stims))
+    if resp.sizes["stim"] == 0 or resp.sizes["neuron"] == 0:
+        raise ValueError("nothing to score: observed has no stims or no neurons left")
+    pred = _aligned_prediction(prediction, resp, subset_given=stims is not None)
+    names = _chosen_metrics(metrics)
+    if "r_test" in names or "se_test" in names:
+        names = [m for m in names if m not in ("r_test", "se_test")]
+        names = ["r_test", "se_test", *names]
+
+    obs = np.asarray(resp.values)  # the scored stims only
+    stim_ids = _labels(resp, "stim")
+    order = (
+        np.argsort(stim_ids.astype(str), kind="stable")
+        if stim_ids is not None
+        else np.arange(resp.sizes["stim"])
+    )
+    pred = pred[order]
+    held = np.isfinite(obs).any(axis=(1, 3))[order]  # (stims, repeats) with any value
+    recorded = np.flatnonzero(held.any(0))  # drop repeats nobody has
+    per_stim = held[:, recorded].sum(-1)  # repeats recorded per stim
+    n_first = int(per_stim[per_stim > 0].min()) if per_stim.any() else 0
+    n_stims, n_cells, _, n_time = obs.shape
+    trial_names = {"r_ceiling", "cc_norm", "cc_norm_schoppe", "cc_max"}.intersection(names)
+    trial = _single_trial_metrics(obs, order, recorded, pred, trial_names, n_first, seed)
+
+    # the metrics of the trial-averaged response, over all cells at once
+    p2 = pred.transpose(1, 0, 2).reshape(n_cells, n_stims * n_time)
+    g2 = trial.pop("psth").reshape(n_cells, n_stims * n_time)
+    r_test, se_test, length, degenerate = peer_metrics.nems_jackknife(p2, g2, n_jacks)
+    out: dict[str, np.ndarray] = {"r_test": r_test, "se_test": se_test, **trial}
+    if "r_floor" in names:
+        out["r_floor"] = peer_metrics.nems_floor(p2, g2, peer_metrics.FloorDraws(n_resamples, seed))
+    if "cc_raw" in names or "cc_norm" in names:
+        # deepSTRF: no noise correction with a single trial
+        sp = out.pop("signal_power") if "cc_norm" in names and len(recorded) > 1 else None
+        out["cc_raw"], cc_norm = peer_metrics.deepstrf_correlations(p2, g2, sp)
+        out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
+    out = {name: out[name] for name in names}
+    out["n_samples"] = length
+
+    if degenerate.any():
+        ids = _labels(resp, "neuron")
+        shown = (", ".join(map(str, ids[degenerate][:5])) if ids is not None else "") + (
+            " ..." if degenerate.sum() > 5 else ""
+        )
+        warnings.warn(
+            f"{int(degenerate.sum())} of {n_cells} cells have no usable samples, or a constant "
+            f"prediction or response, on the scored stims ({shown}): the NEMS0 metrics give "
+            "0 for them, deepSTRF's and Schoppe's NaN",
+            Nat4Warning,
+            stacklevel=2,
+        )
+    coords = {
+        name: var.variable
+        for name, var in resp.coords.items()
+        if var.dims == ("neuron",) or name == "neuron"
+    }
+    data_vars = {}
+    for name, values in out.items():
+        data = values.astype(np.int64) if name == "n_samples" else values
+        data_vars[name] = xr.Variable(("neuron",), data, attrs=dict(METRICS[name]))
+    scores = xr.Dataset(data_vars, coords=coords)
+    scored = stim_ids[order].astype(str).tolist() if stim_ids is not None else []
+    scores.attrs.update(
+        n_jacks=n_jacks,
+        seed=seed,
+        n_resamples=n_resamples,
+        stim_order="ascending stim name (NEMS0's concatenation order)",
+        stims=json.dumps(scored),
+        n_single_trials=n_first,
+    )
+    return scores
