@@ -8,13 +8,14 @@ Examples
 6
 """
 
-from . import accessor, synthetic
+from . import accessor, models, synthetic
 from ._version import __version__
 from .comparison import compare, leaderboard, significant
 from .concat import concat
 from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
 from .evaluation import evaluate
 from .fetch import data_dir
+from .lagged import design
 from .schema import check_dataset, make_dataset
 from .store import cache_dir, open_cache, open_demo, open_nat4
 from .waveform import add_waveforms
@@ -34,9 +35,11 @@ __all__ = [
     "compare",
     "concat",
     "data_dir",
+    "design",
     "evaluate",
     "leaderboard",
     "make_dataset",
+    "models",
     "open_cache",
     "open_demo",
     "open_nat4",

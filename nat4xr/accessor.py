@@ -573,6 +573,49 @@ class Nat4Accessor:
 
         return plot.plot_trial(self._ds, stim, neuron, axes=axes, prediction=prediction)
 
+    def lagged(self, n_lags: int) -> xr.DataArray:
+        """The spectrogram at lags 0..n_lags-1, ``(stim, time, lag, freq)``: see
+        :func:`nat4xr.lagged.lagged`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_freq=3)
+        >>> ds.nat4.lagged(4).sizes["lag"]
+        4
+        """
+        from .lagged import lagged
+
+        return lagged(self._ds, n_lags)
+
+    def assign_folds(self, k: int, seed: int = 0) -> xr.Dataset:
+        """A ``fold`` stim coordinate (1..k on est sounds): see :func:`nat4xr.splits.assign_folds`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=6, n_val=1, n_neurons=2)
+        >>> int(ds.nat4.assign_folds(3)["fold"].max())
+        3
+        """
+        from .splits import assign_folds
+
+        return assign_folds(self._ds, k, seed=seed)
+
+    def assign_holdout(self, fraction: float, seed: int = 0) -> xr.Dataset:
+        """A bool ``holdout`` stim coordinate: see :func:`nat4xr.splits.assign_holdout`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=10, n_val=1, n_neurons=2)
+        >>> int(ds.nat4.assign_holdout(0.3)["holdout"].sum())
+        3
+        """
+        from .splits import assign_holdout
+
+        return assign_holdout(self._ds, fraction, seed=seed)
+
     def evaluate(self, prediction: Any, **kwargs: Any) -> xr.Dataset:
         """Score a prediction of this Dataset's responses: see :func:`nat4xr.evaluate`.
 

@@ -1,4 +1,4 @@
-"""Matplotlib views of a nat4xr Dataset: the coverage map, one cell's trials, per-cell scores.
+"""Matplotlib views: the coverage map, one cell's trials, per-cell scores, fitted STRFs.
 
 matplotlib is an optional dependency (``pip install nat4xr[plot]``); it is
 imported when a function here is called, not when nat4xr is imported.
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_coverage", "plot_scores", "plot_trial"]
+__all__ = ["plot_coverage", "plot_scores", "plot_strf", "plot_trial"]
 
 
 def _pyplot() -> Any:
@@ -284,4 +284,67 @@ def plot_scores(
     ax.set_xlabel(f"{metric} ({name_a})")
     ax.set_ylabel(f"{metric} ({name_b})")
     ax.set_aspect("equal", adjustable="datalim")
+    return ax
+
+
+def plot_strf(strf: Any, neuron: Any, ax: Any = None) -> Any:
+    """Draw one cell's spectro-temporal receptive field: lag (ms) by frequency.
+
+    Parameters
+    ----------
+    strf : DataArray or fitted model
+        ``(neuron, lag, freq)`` filters, e.g. ``RidgeSTRF().fit(ds).strf_``,
+        or the fitted model itself. The frequency axis is labelled with a
+        ``freq_hz`` coordinate when the filters carry one, else by band.
+    neuron : str
+        The cell id.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure by default.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np, xarray as xr
+    >>> strf = xr.DataArray(np.zeros((1, 5, 3)), dims=("neuron", "lag", "freq"),
+    ...                     coords={"neuron": ["c1"], "lag": np.arange(5) * 0.01})
+    >>> ax = plot_strf(strf, "c1")
+    >>> ax.get_xlabel()
+    'lag (ms)'
+    """
+    plt = _pyplot()
+    filters = getattr(strf, "strf_", strf)
+    if not isinstance(filters, xr.DataArray) or set(filters.dims) != {"neuron", "lag", "freq"}:
+        raise TypeError("strf must be a (neuron, lag, freq) DataArray or a fitted RidgeSTRF")
+    if neuron not in filters.indexes.get("neuron", []):
+        raise KeyError(f"neuron {neuron!r} is not among the fitted cells")
+    one = filters.sel(neuron=neuron).transpose("freq", "lag")
+    lag_ms = 1000 * np.asarray(one["lag"].values, dtype=float)
+    step = lag_ms[1] - lag_ms[0] if len(lag_ms) > 1 else 10.0
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.2))
+    limit = float(np.nanmax(np.abs(one.values))) or 1.0
+    image = ax.imshow(
+        one.values,
+        aspect="auto",
+        origin="lower",
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        extent=(lag_ms[0] - step / 2, lag_ms[-1] + step / 2, -0.5, one.sizes["freq"] - 0.5),
+    )
+    if "freq_hz" in one.coords:
+        hz = np.asarray(one["freq_hz"].values, dtype=float)
+        ticks = np.arange(0, len(hz), max(1, len(hz) // 6))
+        ax.set_yticks(ticks, [f"{hz[i] / 1000:.1f}" for i in ticks])
+        ax.set_ylabel("frequency (kHz)")
+    else:
+        ax.set_ylabel("frequency band")
+    ax.set_xlabel("lag (ms)")
+    ax.set_title(str(neuron))
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
     return ax

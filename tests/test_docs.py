@@ -81,6 +81,9 @@ def test_tutorial_tours_the_api() -> None:
         "published()",
         "nat4xr.compare(scores, val_aud)",
         "plot_scores(",
+        "assign_folds(",
+        "RidgeSTRF(",
+        "plot_strf(",
     ):
         assert call in source, f"the tutorial no longer calls {call}"
 
@@ -110,8 +113,8 @@ def test_tutorial_executes(docs_env: Path, demo_home: Path) -> None:
     line = r"CCraw -?\d+\.\d % \| CCnorm -?\d+\.\d % \(mean over \d+ of \d+ cells\)"
     assert re.search(line, text)
     figures = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
-    # coverage, trial, joint coverage; trial with a prediction, two score scatters
-    assert len(figures) == 6
+    # coverage, trial, joint coverage; trial with a prediction, two score scatters; STRFs
+    assert len(figures) == 7
     # the kernel saw NAT4XR_DATA_DIR: the PEG build was cached there, not in the user's folder
     assert list((demo_home / "cache").glob("PEG-all-*.nc"))
 
