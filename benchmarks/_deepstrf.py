@@ -96,3 +96,15 @@ def load_deepstrf_metrics():
         return performance
 
     return _import_from_deepstrf(load)
+
+
+def load_deepstrf_training():
+    """Return deepSTRF's ``(Linear, Fitter)``, or ``None`` if not installed."""
+
+    def load():
+        from deepSTRF.models.audio.audio_zoo import Linear
+        from deepSTRF.training.fitter import Fitter
+
+        return Linear, Fitter
+
+    return _import_from_deepstrf(load)

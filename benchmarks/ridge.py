@@ -15,12 +15,18 @@ random spectrogram; 18 validation sounds x 20 repeats for scoring.
 - scikit-learn's ``RidgeCV(alphas=the same 8, cv=5)`` fitted cell by cell on
   ``nat4xr.design``'s rows of that cell (the per-neuron loop users write
   today), on ``--loop-cells`` cells, scaled to 849, and its median ``cc_raw``
-  on the same cells.
+  on the same cells;
+- with ``NAT4XR_DEEPSTRF_PATH`` set (deepSTRF 0.1.0 installed beside, as the
+  other benchmarks), deepSTRF's ``Linear`` STRF model (15 lags x 18 bands, 849
+  outputs) trained by its ``Fitter`` (defaults: AdamW, MSE, early stopping on
+  validation cc_norm) on the same sounds, with the sounds of fold 5 as its
+  early-stopping set and nat4xr's batches, up to ``--deepstrf-epochs`` epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tracemalloc
 import warnings
@@ -31,6 +37,9 @@ import xarray as xr
 
 import nat4xr
 from nat4xr.schema import make_dataset
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _deepstrf import load_deepstrf_training
 
 N_EST, N_VAL, N_CELL, N_SITE, N_TIME, N_FREQ, N_LAGS = 575, 18, 849, 22, 150, 18, 15
 ALPHAS = np.logspace(-1, 6, 8)
@@ -96,6 +105,7 @@ def datasets(seed: int = 0) -> tuple[xr.Dataset, xr.Dataset]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop-cells", type=int, default=12)
+    parser.add_argument("--deepstrf-epochs", type=int, default=100)
     args = parser.parse_args()
     warnings.simplefilter("ignore", nat4xr.Nat4Warning)
     est, val = datasets()
@@ -135,6 +145,42 @@ def main() -> None:
     print(
         f"median val cc_raw on those {len(cells)} cells: RidgeSTRF {np.median(ours):.3f}, "
         f"RidgeCV {np.median(loop_cc):.3f}"
+    )
+    deepstrf(est, val, args.deepstrf_epochs)
+
+
+def deepstrf(est: xr.Dataset, val: xr.Dataset, max_epochs: int) -> None:
+    """deepSTRF's Linear model and Fitter on the same sounds, if installed beside."""
+    loaded = load_deepstrf_training()
+    if loaded is None:
+        return
+    import torch
+
+    import nat4xr.torch
+
+    linear, fitter = loaded
+    torch.manual_seed(0)
+    folded = est.nat4.assign_folds(5)
+    train = folded.isel(stim=np.flatnonzero(folded["fold"].values != 5))
+    stop = folded.isel(stim=np.flatnonzero(folded["fold"].values == 5))
+    model = linear(n_frequency_bands=N_FREQ, temporal_window_size=N_LAGS, out_neurons=N_CELL)
+    run = fitter(
+        model,
+        train.nat4.to_torch(batch_size=16, shuffle=True, seed=0),
+        stop.nat4.to_torch(batch_size=16),
+        max_epochs=max_epochs,
+        patience=5,
+        log_fn=lambda epoch: None,
+        track_train_metrics=False,
+    )
+    t0 = time.perf_counter()
+    history = run.fit()
+    t_fit = time.perf_counter() - t0
+    pred = nat4xr.torch.predict(model, val)
+    scores = nat4xr.evaluate(val, pred, metrics="cc_raw")["cc_raw"]
+    print(
+        f"deepSTRF Linear + Fitter: {t_fit:.1f} s for {len(history)} epochs; "
+        f"median val cc_raw {float(scores.median()):.3f}"
     )
 
 

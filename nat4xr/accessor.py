@@ -659,6 +659,39 @@ class Nat4Accessor:
             return plot.plot_scores(a, self._ds, metric, **kwargs)
         return plot.plot_scores(a, b, metric, **kwargs)
 
+    def plot_strf(self, neuron: Any, strf: Any = None, ax: Any = None) -> Any:
+        """Draw a cell's fitted STRF (lag x frequency): see :func:`nat4xr.plot.plot_strf`.
+
+        ``strf`` is a fitted :class:`~nat4xr.models.RidgeSTRF` or its
+        ``strf_``; without it, the Dataset's own ``strf`` variable (e.g. after
+        ``ds.assign(strf=model.strf_)``). The frequency axis is labelled in
+        kHz from the Dataset's ``freq_hz`` when the filters carry none.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=8, n_val=1, n_neurons=2, n_freq=4, seed=0)
+        >>> model = nat4xr.models.RidgeSTRF(n_lags=3, alphas=[1.0], cv=2).fit(ds)
+        >>> ax = ds.assign(strf=model.strf_).nat4.plot_strf(str(ds.neuron.values[0]))
+        >>> ax.get_ylabel()
+        'frequency (kHz)'
+        """
+        from . import plot
+
+        filters = getattr(strf, "strf_", strf)
+        if filters is None:
+            if "strf" not in self._ds.data_vars:
+                raise ValueError(
+                    "no STRF to draw: pass strf= (a fitted RidgeSTRF or its strf_), or assign "
+                    "it first: ds.assign(strf=model.strf_)"
+                )
+            filters = self._ds["strf"]
+        if "freq_hz" not in filters.coords and "freq_hz" in self._ds.coords:
+            filters = filters.assign_coords(freq_hz=self._ds["freq_hz"])
+        return plot.plot_strf(filters, neuron, ax=ax)
+
     def to_torch(self, **kwargs: Any) -> Any:
         """A PyTorch DataLoader over this Dataset: see ``nat4xr.torch.to_torch``.
 

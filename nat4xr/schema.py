@@ -24,6 +24,7 @@ from ._version import __version__
 
 __all__ = [
     "DIMS",
+    "FREQ_HZ_ATTRS",
     "NEURON_COORDS",
     "PUBLISHED_PREFIX",
     "RESPONSE_DIMS",
@@ -31,13 +32,15 @@ __all__ = [
     "STIM_COORDS",
     "check_dataset",
     "coverage_of",
+    "gammatone_centre_freqs",
     "make_dataset",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped whenever the layout of the Dataset (and so of the cache) changes.
 
 2: the release's per-cell table as ``pub_*`` neuron coordinates.
+3: the ``freq_hz`` coordinate (centre frequency of each spectrogram band).
 """
 
 DIMS = ("stim", "neuron", "repeat", "time", "freq")
@@ -85,6 +88,40 @@ def coverage_of(response: Any) -> np.ndarray:
     if hasattr(cov, "compute"):
         cov = cov.compute()
     return np.asarray(cov, dtype=bool)
+
+
+#: Provenance of the ``freq_hz`` coordinate (see :func:`gammatone_centre_freqs`).
+FREQ_HZ_ATTRS = {
+    "units": "Hz",
+    "long_name": "centre frequency of the spectrogram band",
+    "provenance": "ERB-spaced centre frequencies of the NEMS gammatone filterbank "
+    "(nems.preprocessing.spectrogram: centre_freqs -> erb_space, Glasberg & Moore ERB, "
+    "EarQ 9.26449, minBW 24.7), lowest first, from f_min = 200 Hz (NEMS's default for "
+    "this 18-band, 10 ms spectrogram) to f_max = 22050 Hz (half the 44.1 kHz sample rate "
+    "of the sounds, NEMS's default); the release's files do not state the range",
+}
+
+
+def gammatone_centre_freqs(
+    n_bands: int, f_min: float = 200.0, f_max: float = 22050.0
+) -> np.ndarray:
+    """Centre frequencies (Hz, lowest first) of an ERB-spaced gammatone filterbank.
+
+    The bands are uniformly spaced on Glasberg and Moore's ERB scale (ear Q
+    9.26449, minimum bandwidth 24.7 Hz), as the gammatone code of NEMS places
+    them: the lowest band at ``f_min``, the highest one step below ``f_max``.
+
+    Examples
+    --------
+    >>> hz = gammatone_centre_freqs(18)
+    >>> round(float(hz[0]), 6), round(float(hz[-1]))
+    (200.0, 17660)
+    """
+    ear_q, min_bw = 9.26449, 24.7
+    fraction = np.arange(n_bands, 0, -1) / n_bands  # 1 (lowest) .. 1 / n (highest)
+    top = f_max + ear_q * min_bw
+    step = np.log(f_min + ear_q * min_bw) - np.log(top)
+    return -ear_q * min_bw + np.exp(fraction * step) * top
 
 
 def make_dataset(
@@ -170,6 +207,7 @@ def make_dataset(
         },
         coords=coords,
     )
+    ds = ds.assign_coords(freq_hz=("freq", gammatone_centre_freqs(n_freq), dict(FREQ_HZ_ATTRS)))
     ds["time"].attrs.update(units="s", long_name="time from trial onset")
     ds["response"].attrs.update(
         units="spikes per bin", long_name="spike count", description="NaN where not recorded"

@@ -191,6 +191,14 @@ class SyntheticRelease:
         population order, indexed by population id; ``cellid`` is the
         spelling in the file. Every other column is expected as a
         ``pub_<column>`` neuron coordinate.
+    strf : ndarray, float64, shape (n_cells, 4, F), optional
+        The linear filter each population cell's rate is made from, lags
+        0..3 bins: ``rate[t] = intercept + g * sum_k,f strf[k, f] *
+        spectrogram[f, t - k]`` with ``g`` a random gain per trial of mean
+        1 (lognormal, sigma 0.2, normalized); counts are Poisson of that rate.
+        All zero for the cells that only fire at their spontaneous rate.
+    intercept : ndarray, float64, shape (n_cells,), optional
+        Each population cell's spontaneous rate (spikes per bin).
     """
 
     root: Path
@@ -207,6 +215,8 @@ class SyntheticRelease:
     traps: dict[str, list[str]]
     wav: dict[str, np.ndarray] | None = None
     published: pd.DataFrame | None = None
+    strf: np.ndarray | None = None
+    intercept: np.ndarray | None = None
 
     def expected_dataset(self, subset: str = "all") -> xr.Dataset:
         """The Dataset a correct build of this release returns.
@@ -286,6 +296,7 @@ def write_release(
     seed: int = 0,
     wav: bool = False,
     traps: bool = True,
+    drive: float = 1.0,
     compresslevel: int = 1,
     progress: bool = False,
 ) -> SyntheticRelease:
@@ -319,6 +330,10 @@ def write_release(
     traps : bool
         Include the known irregularities of the real data (see
         :attr:`SyntheticRelease.traps`).
+    drive : float
+        Scale of the sound-driven part of the rates (1: sparse, low rates
+        like the real cells'; larger values give high signal-to-noise cells,
+        e.g. to check that a model recovers :attr:`SyntheticRelease.strf`).
     compresslevel : int
         gzip level of the ``.tgz`` archives (1 is fastest).
     progress : bool
@@ -358,7 +373,7 @@ def write_release(
     layout = _Layout.make(area, sizes, published, traps, rng)
     est_stims, val_stims = _stim_names(sizes["n_est"], sizes["n_val"], rng)
     spec = _spectrograms(sizes["n_est"] + sizes["n_val"], n_freq, rng)
-    counts = _Counts.draw(spec, layout, sizes["n_est"], rng)
+    counts = _Counts.draw(spec, layout, sizes["n_est"], rng, drive)
 
     files = {
         "population": root / f"{area}_NAT4_ozgf.fs100.ch18.tgz",
@@ -396,6 +411,8 @@ def write_release(
         traps=layout.traps,
         wav=wav_truth,
         published=published,
+        strf=counts.strf[: layout.n_pop],
+        intercept=counts.base[: layout.n_pop],
     )
 
 
@@ -622,10 +639,17 @@ class _Counts:
     est: np.ndarray  # uint8 counts, all units, no NaN
     val: np.ndarray  # uint8
     est_truth: np.ndarray  # float32, population cells, NaN where not recorded
+    strf: np.ndarray  # (units, 4, F) the filter each unit's rate is made from
+    base: np.ndarray  # (units,) spontaneous rate
 
     @classmethod
     def draw(
-        cls, spec: np.ndarray, layout: _Layout, n_est: int, rng: np.random.Generator
+        cls,
+        spec: np.ndarray,
+        layout: _Layout,
+        n_est: int,
+        rng: np.random.Generator,
+        drive: float = 1.0,
     ) -> _Counts:
         n_stim, n_freq, n_time = spec.shape
         n_units = len(layout.keys)
@@ -637,6 +661,7 @@ class _Counts:
         base = rng.lognormal(np.log(0.02), 0.7, size=n_units)
         # most cells follow the sound, the rest fire at their spontaneous rate
         gain = np.where(rng.random(n_units) < 0.7, rng.lognormal(np.log(0.05), 0.6, n_units), 0.0)
+        gain = gain * drive
         est = np.empty((n_est, n_units, n_time), dtype=np.uint8)
         val = np.empty((n_stim - n_est, n_units, N_REPEATS, n_time), dtype=np.uint8)
         step = 32
@@ -658,7 +683,11 @@ class _Counts:
         est_truth = est[:, : layout.n_pop].astype("float32")
         for s, missing in layout.missing_est.items():
             est_truth[np.ix_(missing, layout.unit_site[: layout.n_pop] == s)] = np.nan
-        return cls(est=est, val=val, est_truth=est_truth)
+        # the rate is base + gain * trial_gain * (tuning . spectrogram) at one lag; the trial
+        # gain is lognormal(0, 0.2), of mean exp(0.02)
+        strf = np.zeros((n_units, 4, n_freq))
+        strf[np.arange(n_units), lag] = (gain * np.exp(0.02))[:, None] * tuning
+        return cls(est=est, val=val, est_truth=est_truth, strf=strf, base=base)
 
 
 # -- NEMS archive helpers ------------------------------------------------------

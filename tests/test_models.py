@@ -291,4 +291,52 @@ def test_plot_strf_draws_the_fitted_filter():
     assert ax.get_xlabel() == "lag (ms)" and ax.get_title() == cell
     with pytest.raises(KeyError, match="not among the fitted cells"):
         nat4xr.plot.plot_strf(model, "nope")
+    # the accessor: the model, or the Dataset's own strf variable; freq_hz labels the axis
+    ax = ds.nat4.plot_strf(cell, strf=model)
+    np.testing.assert_allclose(ax.images[0].get_array(), drawn)
+    ax = ds.assign(strf=model.strf_).nat4.plot_strf(cell)
+    np.testing.assert_allclose(ax.images[0].get_array(), drawn)
+    assert ax.get_ylabel() == "frequency (kHz)"
+    hz = ds["freq_hz"].values
+    assert ax.get_yticklabels()[0].get_text() == f"{hz[0] / 1000:.1f}"
+    with pytest.raises(ValueError, match="no STRF to draw"):
+        ds.nat4.plot_strf(cell)
     matplotlib.pyplot.close("all")
+
+
+def test_the_synthetic_release_keeps_the_filters_its_rates_are_made_from(tmp_path):
+    from nat4xr.build import build_dataset
+
+    rel = nat4xr.synthetic.write_release(
+        tmp_path, "A1", scale="tiny", n_est=150, n_cells=12, seed=3, drive=20.0
+    )
+    assert rel.strf.shape == (len(rel.cells), 4, 18) and rel.intercept.shape == (len(rel.cells),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nat4xr.Nat4Warning)
+        ds = build_dataset(tmp_path, "A1")
+    model = RidgeSTRF(n_lags=4, alphas=np.logspace(-2, 4, 7), cv=5).fit(ds)
+    driven = rel.strf.any(axis=(1, 2))
+    assert driven.sum() >= 4 and (~driven).sum() >= 2
+    r = [
+        np.corrcoef(model.strf_.sel(neuron=cell).values.ravel(), rel.strf[i].ravel())[0, 1]
+        for i, cell in enumerate(rel.cells)
+        if driven[i]
+    ]
+    # Poisson counts, a gain per trial and a spectrogram smooth in time leave the
+    # estimate well short of exact, but far from chance
+    assert np.median(r) > 0.75
+    silent = model.intercept_.sel(neuron=np.asarray(rel.cells)[~driven]).values
+    np.testing.assert_allclose(silent, rel.intercept[~driven], atol=0.02)
+
+
+def test_freq_hz_is_erb_spaced_from_200_hz_up_to_one_step_below_nyquist():
+    ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_freq=18, seed=0)
+    hz = ds["freq_hz"].values
+    assert ds["freq_hz"].dims == ("freq",) and "NEMS" in ds["freq_hz"].attrs["provenance"]
+    # Glasberg & Moore: ln(f + EarQ * minBW) is uniformly spaced, from 200 Hz, and one more
+    # step above the top band reaches 22,050 Hz
+    erb = np.log(np.append(hz, 22050.0) + 9.26449 * 24.7)
+    np.testing.assert_allclose(np.diff(erb), np.diff(erb)[0], rtol=1e-12)
+    assert hz[0] == pytest.approx(200.0) and np.all(np.diff(hz) > 0)
+    # it travels with the frequencies into lagged views and fitted filters
+    assert "freq_hz" in lagged(ds, 2).coords
