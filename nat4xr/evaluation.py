@@ -49,7 +49,7 @@ import xarray as xr
 
 from . import accelerated, peer_metrics
 from .errors import Nat4Warning
-from .metrics import _response
+from .metrics import _response, stim_positions
 
 __all__ = ["METRICS", "evaluate", "prediction_dims"]
 
@@ -177,32 +177,6 @@ def _labels(obj: xr.DataArray, dim: str) -> np.ndarray | None:
     return np.asarray(obj[dim].values) if dim in obj.coords else None
 
 
-def _stim_positions(resp: xr.DataArray, stims: Any) -> np.ndarray:
-    ids = _labels(resp, "stim")
-    n = resp.sizes["stim"]
-    if isinstance(stims, str) and "subset" in resp.coords:
-        subset = np.asarray(resp["subset"].values).astype(str)
-        if stims in set(subset.tolist()):
-            return np.flatnonzero(subset == stims)
-    if isinstance(stims, xr.DataArray) and stims.dtype == bool:
-        stims = stims.values
-    arr = np.atleast_1d(np.asarray(stims))
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(f"stims mask has shape {arr.shape}, expected ({n},)")
-        return np.flatnonzero(arr)
-    if ids is None:
-        raise ValueError("observed has no stim labels; pass stims as a boolean mask")
-    known = {str(s): i for i, s in enumerate(ids)}
-    missing = [str(s) for s in arr if str(s) not in known]
-    if missing:
-        raise KeyError(
-            f"stims not in observed: {missing[:5]}; pass ids from observed.stim, a subset "
-            "name ('val') or a boolean mask"
-        )
-    return np.array([known[str(s)] for s in arr], dtype=np.intp)
-
-
 def _mismatch(what: str, dim: str, only: Sequence[Any]) -> str:
     shown = ", ".join(map(str, list(only)[:5])) + (" ..." if len(only) > 5 else "")
     return f"{len(only)} {dim}(s) {what}: {shown}"
@@ -289,15 +263,16 @@ def _single_trial_metrics(
     names = {"r_ceiling", "cc_norm_schoppe", "cc_max"} & set(names) | (
         {"signal_power"} if "cc_norm" in names else set()
     )
-    out = {
-        "psth": np.full((n_cells, n_stims, n_time), np.nan),
-        **{k: np.full(n_cells, np.nan) for k in names},
-    }
-    todo = np.arange(n_cells)
     if accelerated.available() and len(recorded) == n_rep:
         fast = accelerated.trial_metrics(obs, order, pred, n_first)
-        todo = np.flatnonzero(fast.pop("general"))
-        out = {k: fast[k] for k in out}
+        todo = np.flatnonzero(fast["general"])
+        out = {k: fast[k] for k in ("psth", *names)}
+    else:
+        todo = np.arange(n_cells)
+        out = {
+            "psth": np.full((n_cells, n_stims, n_time), np.nan),
+            **{k: np.full(n_cells, np.nan) for k in names},
+        }
 
     def block(c0: int) -> None:
         cells = todo[c0 : c0 + _BLOCK]
@@ -395,7 +370,7 @@ def evaluate(
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
     resp = _observed(observed)
     if stims is not None:
-        resp = resp.isel(stim=_stim_positions(resp, stims))
+        resp = resp.isel(stim=stim_positions(resp, stims, "observed"))
     if resp.sizes["stim"] == 0 or resp.sizes["neuron"] == 0:
         raise ValueError("nothing to score: observed has no stims or no neurons left")
     pred = _aligned_prediction(prediction, resp, subset_given=stims is not None)

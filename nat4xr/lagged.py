@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
+from .metrics import stim_positions
+
 __all__ = ["Design", "design", "lagged", "psth_values"]
 
 
@@ -128,9 +130,10 @@ class Design(NamedTuple):
 
 
 def _stim_mask(ds: xr.Dataset, stims: Any) -> np.ndarray:
-    n = ds.sizes["stim"]
-    if stims is None:
-        return np.ones(n, dtype=bool)
+    """Bool over ``stim`` of :func:`nat4xr.metrics.stim_positions`'s choice.
+
+    Here a string always names a ``subset``: one no stim has is an error.
+    """
     if isinstance(stims, str):
         subset = np.asarray(ds["subset"].values).astype(str) if "subset" in ds.coords else None
         if subset is None or stims not in set(subset.tolist()):
@@ -138,17 +141,9 @@ def _stim_mask(ds: xr.Dataset, stims: Any) -> np.ndarray:
                 f"no stims with subset {stims!r}; choose from "
                 f"{sorted(set(subset.tolist())) if subset is not None else []}"
             )
-        return subset == stims
-    arr = np.asarray(stims.values if isinstance(stims, xr.DataArray) else stims)
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(f"stims mask has shape {arr.shape}, expected ({n},)")
-        return arr
-    ids = np.asarray(ds["stim"].values).astype(str)
-    missing = sorted(set(arr.astype(str).tolist()) - set(ids.tolist()))
-    if missing:
-        raise KeyError(f"stims not in the Dataset: {missing[:5]}")
-    return np.isin(ids, arr.astype(str))
+    mask = np.zeros(ds.sizes["stim"], dtype=bool)
+    mask[stim_positions(ds, stims, "the Dataset")] = True
+    return mask
 
 
 def design(ds: xr.Dataset, n_lags: int, stims: Any = None) -> Design:

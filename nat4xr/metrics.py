@@ -16,7 +16,7 @@ import xarray as xr
 
 from .filters import hanning_smooth, hanning_window
 
-__all__ = ["noise_ceiling", "normalize", "psth", "smooth", "split_keys"]
+__all__ = ["noise_ceiling", "normalize", "psth", "smooth", "split_keys", "stim_positions"]
 
 METHODS = ("minmax", "zscore", "nems")
 
@@ -284,24 +284,47 @@ def smooth(ds: xr.Dataset, window_ms: float) -> xr.Dataset:
 # -- normalization ----------------------------------------------------------------------------
 
 
-def _chosen_stims(ds: xr.Dataset, stims: Any) -> np.ndarray:
-    ids = ds["stim"].values
+def stim_positions(
+    obj: xr.Dataset | xr.DataArray, stims: Any, what: str = "this Dataset"
+) -> np.ndarray:
+    """Positions along ``stim`` (in the object's order) of a choice of stims.
+
+    ``stims`` is None (all), a ``subset`` value such as ``"val"``, stim ids
+    (one or several), or a boolean mask over ``stim`` (array or DataArray).
+    Unknown ids raise ``KeyError`` naming them and ``what``.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=2)
+    >>> stim_positions(ds, "val").tolist()
+    [3, 4]
+    >>> stim_positions(ds, [str(ds.stim.values[4]), str(ds.stim.values[0])]).tolist()
+    [0, 4]
+    """
+    n = obj.sizes["stim"]
     if stims is None:
-        return np.arange(len(ids))
+        return np.arange(n)
     if isinstance(stims, str):
-        subset = ds["subset"].values if "subset" in ds.coords else np.array([])
+        subset = obj["subset"].values if "subset" in obj.coords else np.array([])
         if stims in set(subset.tolist()):
             return np.flatnonzero(subset == stims)
         stims = [stims]
-    arr = np.asarray(stims)
+    arr = np.atleast_1d(np.asarray(stims))
     if arr.dtype == bool:
-        if arr.shape != ids.shape:
-            raise ValueError(f"stims mask has shape {arr.shape}, expected {ids.shape}")
+        if arr.shape != (n,):
+            raise ValueError(f"stims mask has shape {arr.shape}, expected ({n},)")
         return np.flatnonzero(arr)
-    missing = sorted(set(arr.astype(str).tolist()) - set(ids.astype(str).tolist()))
+    if "stim" not in obj.coords:
+        raise ValueError(f"{what} has no stim labels; pass stims as a boolean mask")
+    ids = np.asarray(obj["stim"].values).astype(str)
+    missing = sorted(set(arr.astype(str).tolist()) - set(ids.tolist()))
     if missing:
-        raise KeyError(f"stims not in this Dataset: {missing[:5]}; use ids from ds.stim")
-    return np.flatnonzero(np.isin(ids.astype(str), arr.astype(str)))
+        raise KeyError(
+            f"stims not in {what}: {missing[:5]}; pass ids from its stim coordinate, a subset "
+            "name ('val') or a boolean mask"
+        )
+    return np.flatnonzero(np.isin(ids, arr.astype(str)))
 
 
 def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -366,7 +389,7 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
             "(nat4xr.open_nat4 without normalize=) instead"
         )
     resp = _response(ds)
-    chosen = _chosen_stims(ds, stims)
+    chosen = stim_positions(ds, stims)
     ref = resp.isel(stim=chosen)
     offset, scale = _stats(ref, [d for d in resp.dims if d != "neuron"], method)
     shape = [resp.sizes["neuron"] if d == "neuron" else 1 for d in resp.dims]

@@ -207,7 +207,8 @@ class RidgeSTRF:
         # the others (bins missing inside a sound), sample by sample
         if not whole.all():
             x = np.asarray(view.values, dtype=np.float64).reshape(n_stim * n_time, -1)
-            mask = np.isfinite(y.reshape(n_stim * n_time, -1))
+            y_rows = y.reshape(n_stim * n_time, -1)
+            mask = np.isfinite(y_rows)
             rest = np.flatnonzero(~whole)
             _, group_of = np.unique(np.packbits(mask[:, rest], axis=0), axis=1, return_inverse=True)
             sample_fold = np.repeat(stim_fold, n_time)
@@ -215,7 +216,7 @@ class RidgeSTRF:
                 cells = rest[group_of.ravel() == g]
                 rows = np.flatnonzero(mask[:, cells[0]])
                 xg = x[rows]
-                yg = np.asarray(y.reshape(n_stim * n_time, -1)[np.ix_(rows, cells)], np.float64)
+                yg = np.asarray(y_rows[np.ix_(rows, cells)], np.float64)
                 self._check_folds(sample_fold[rows], cells, neurons)
                 err = self._cv_error(xg, yg, sample_fold[rows], alphas)
                 w, b = self._solve(xg, yg, alphas)
