@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--area", default="A1", choices=["A1", "PEG"])
     args = parser.parse_args(argv)
 
-    from nat4xr import store, synthetic
+    from nat4xr import synthetic
+    from nat4xr.opening import open_nat4
 
     with tempfile.TemporaryDirectory() as scratch:
         release = args.release or Path(scratch) / "release"
@@ -58,17 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")  # the synthetic release's deliberate traps
 
         t0 = time.perf_counter()
-        ds = store.open_nat4(args.area, path=release, progress=False)
+        ds = open_nat4(args.area, path=release, progress=False)
         cold = time.perf_counter() - t0
         cache_file = Path(ds.encoding["source"])
         ds.close()
 
         t0 = time.perf_counter()
-        ds = store.open_nat4(args.area, path=release, progress=False)
+        ds = open_nat4(args.area, path=release, progress=False)
         val = ds["stim"].values[ds["subset"].values == "val"][0]
         one = ds["response"].sel(stim=val).values
         warm = time.perf_counter() - t0
-        warm_open = _time(lambda: store.open_nat4(args.area, path=release, progress=False))
+        warm_open = _time(lambda: open_nat4(args.area, path=release, progress=False))
         read = _time(lambda: ds["response"].sel(stim=val).values)
 
         dense = ds["response"].size * 4

@@ -10,7 +10,7 @@ The Dataset is opened lazily from a netCDF cache of the published A1 shape
 bins). ``--source release`` writes a full synthetic release and opens it
 with :func:`nat4xr.open_nat4` (which builds the cache once); ``--source
 cache`` writes a full-shaped Dataset of random counts straight into the cache
-layout with :func:`nat4xr.store.write_cache` (faster to set up). Both files
+layout with :func:`nat4xr.cachefile.write_cache` (faster to set up). Both files
 are kept in ``--workdir`` and reused.
 
 Two workloads, each timed warm (after one untimed pass), best of
@@ -40,12 +40,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+import nat4xr.cachefile
+
 FULL = {"n_est": 575, "n_val": 18, "n_neurons": 849, "n_auditory": 777, "n_time": 150}
 
 
 def open_release(workdir: Path) -> xr.Dataset:
     """Full synthetic release opened with ``open_nat4`` (cache built on first use)."""
-    from nat4xr.store import open_nat4
+    from nat4xr.opening import open_nat4
     from nat4xr.synthetic import write_release
 
     release = workdir / "release"
@@ -62,14 +64,13 @@ def open_release(workdir: Path) -> xr.Dataset:
 
 def open_written_cache(workdir: Path) -> xr.Dataset:
     """Random counts of the full A1 shape written in the cache layout, opened lazily."""
-    from nat4xr import store
 
     path = workdir / "a1_shaped.nc"
     if not path.exists():
         t0 = time.perf_counter()
-        store.write_cache(_full_shaped(), path)
+        nat4xr.cachefile.write_cache(_full_shaped(), path)
         print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
-    return store.open_cache(path)
+    return nat4xr.cachefile.open_cache(path)
 
 
 def _full_shaped() -> xr.Dataset:

@@ -10,14 +10,16 @@ Examples
 
 from . import accessor, models, synthetic
 from ._version import __version__
+from .cachedir import cache_dir
+from .cachefile import open_cache
 from .comparison import compare, leaderboard, significant
 from .concat import concat
 from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
 from .evaluation import evaluate
 from .fetch import data_dir
 from .lagged import design
+from .opening import open_demo, open_nat4
 from .schema import check_dataset, make_dataset
-from .store import cache_dir, open_cache, open_demo, open_nat4
 from .waveform import add_waveforms
 
 __all__ = [

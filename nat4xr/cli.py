@@ -90,7 +90,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .store import open_nat4
+    from .opening import open_nat4
 
     ds = open_nat4(
         args.area,
@@ -109,7 +109,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .store import open_cache, open_nat4
+    from .cachefile import open_cache
+    from .opening import open_nat4
 
     target = Path(args.target)
     if target.suffix == ".nc" or target.is_file():
@@ -122,7 +123,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .store import open_demo
+    from .opening import open_demo
 
     ds = open_demo()
     print(summary(ds))
@@ -165,7 +166,7 @@ def _coverage_png(ds, path: Path) -> Path | None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .store import cache_clear, cache_dir, cache_list
+    from .cachedir import cache_clear, cache_dir, cache_list
 
     if args.action == "list":
         entries = cache_list()

@@ -22,18 +22,24 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .rawchunks import RawChunks
+from .batches import (
+    MASK,
+    MASKED_ROWS,
+    Buffers,
+    FileSource,
+    MemorySource,
+    file_source,
+    sequential,
+    storage_groups,
+    threaded,
+)
 from .schema import RESPONSE_DIMS
 
 try:
@@ -55,214 +61,6 @@ __all__ = [
     "to_torch",
 ]
 
-# Dask layers that only re-slice an array: with these alone on top of a
-# from_array layer over a file variable, the Dataset holds the file's values.
-# ("nat4-take-" is the accessor's selection along stim/neuron.)
-_SLICING_LAYERS = ("getitem-", "rechunk-", "transpose-", "take-", "nat4-take-")
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class _MemorySource:
-    """Reads batches from the Dataset itself (numpy or dask, pickled whole)."""
-
-    def __init__(self, ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> None:
-        self.ds = ds[list(dims)]
-        self.dims = dims
-        self._pid = os.getpid()
-
-    def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
-        if self._pid != os.getpid():
-            _forget_inherited_files()
-            self._pid = os.getpid()
-        arrays = {}
-        response = self.ds["response"] if "response" in self.dims else None
-        if response is not None and isinstance(response.variable._data, np.ndarray):
-            # In memory: copy each stim's rows straight into a (recycled) batch array.
-            values = response.transpose(*self.dims["response"]).values[:, :, :n_rep]
-            out = buffers.empty((len(positions), *values.shape[1:]), np.float32)
-            _parallel(lambda i: np.copyto(out[i], values[positions[i]]), len(positions))
-            arrays["response"] = out
-        rest = [name for name in self.dims if name not in arrays]
-        sub = self.ds[rest].isel(stim=positions, repeat=slice(0, n_rep), missing_dims="ignore")
-        arrays.update({name: sub[name].transpose(*self.dims[name]).data for name in rest})
-        lazy = {k: v for k, v in arrays.items() if hasattr(v, "dask")}
-        if lazy:
-            import dask
-
-            # A forked worker must not reach the parent's thread pool or cluster.
-            scheduler = "synchronous" if get_worker_info() is not None else None
-            arrays.update(zip(lazy, dask.compute(*lazy.values(), scheduler=scheduler)))
-        return {k: np.asarray(v) for k, v in arrays.items()}
-
-
-class _FileSource:
-    """Reads batches from a netCDF file reopened in each process.
-
-    Pickles as the path, the variable names and the integer positions of the
-    selection in the file; the handle is opened on first use in each process.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        dims: dict[str, tuple[str, ...]],
-        stim_pos: np.ndarray,
-        neuron_pos: np.ndarray,
-        open_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        self.path = path
-        self.dims = dict(dims)
-        self.stim_pos = np.asarray(stim_pos, dtype=np.int64)
-        self.neuron_pos = np.asarray(neuron_pos, dtype=np.int64)
-        self.open_kwargs = dict(open_kwargs or {})
-        lo, hi = int(self.neuron_pos.min()), int(self.neuron_pos.max()) + 1
-        self._span = slice(lo, hi)
-        whole = np.array_equal(self.neuron_pos, np.arange(lo, hi))
-        # Chunks span every neuron, so reading the covering span costs no extra
-        # I/O and avoids one read call per selected neuron.
-        self._take = None if whole else self.neuron_pos - lo
-        self._base: xr.Dataset | None = None
-        self._pid = -1
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_base"] = None
-        state["_pid"] = -1
-        return state
-
-    def _open(self) -> xr.Dataset:
-        if self._base is None or self._pid != os.getpid():
-            self._base = _shared_handle(self.path)[list(self.dims)]
-            self._pid = os.getpid()
-        return self._base
-
-    def close(self) -> None:
-        if self._base is not None and self._pid == os.getpid():
-            _close_shared_handle(self.path)
-        self._base = None
-
-    def _raw(self) -> RawChunks | None:
-        """This process's memory map of the file's unfiltered chunks (None if unusable)."""
-        return _shared_raw_chunks(self.path) if "response" in self.dims else None
-
-    def read(self, positions: np.ndarray, n_rep: int, buffers: _Buffers) -> dict[str, np.ndarray]:
-        file_pos = self.stim_pos[positions]
-        raw = self._raw()
-        served = raw.servable(file_pos, n_rep) if raw is not None else None
-        if served is None or not served.any():
-            return self._read_netcdf(file_pos, n_rep, list(self.dims))
-        # Sounds stored unfiltered are copied straight from the memory map into
-        # the batch; any others (compressed chunks) go through netCDF.
-        n_time = raw.shape[3]
-        shape = (len(file_pos), len(self.neuron_pos), n_rep, n_time)
-        resp = buffers.empty(shape, np.float32)
-        mask = buffers.empty(shape, bool)
-        rows = np.flatnonzero(served)
-        raw.read_into(resp, file_pos[rows], self.neuron_pos, rows=rows, mask=mask, run=_parallel)
-        rest = np.flatnonzero(~served)
-        if len(rest):
-            resp[rest] = self._read_netcdf(file_pos[rest], n_rep, ["response"])["response"]
-        others = [name for name in self.dims if name != "response"]
-        out = self._read_netcdf(file_pos, n_rep, others) if others else {}
-        out["response"] = resp
-        out[_MASK] = mask
-        out[_MASKED_ROWS] = rows
-        return out
-
-    def _read_netcdf(
-        self, file_pos: np.ndarray, n_rep: int, names: list[str]
-    ) -> dict[str, np.ndarray]:
-        """``names`` at stim positions ``file_pos`` of the file, through netCDF."""
-        order = np.argsort(file_pos, kind="stable")
-        sorted_pos = file_pos[order]
-        base = self._open()
-        index = {"stim": sorted_pos, "repeat": slice(0, n_rep), "neuron": self._span}
-        out = {}
-        for name in names:
-            dims = self.dims[name]
-            # Variables, not the Dataset: isel on every coordinate costs more than the read.
-            var = base.variables[name].isel(index, missing_dims="ignore")
-            values = var.transpose(*dims).values
-            if "neuron" in dims and self._take is not None:
-                values = np.take(values, self._take, axis=dims.index("neuron"))
-            if not np.array_equal(order, np.arange(len(order))):
-                values = values[np.argsort(order)]
-            out[name] = values
-        return out
-
-
-# One handle per file and process, shared by every source reading that file:
-# HDF5 can crash when several handles to one file are opened and closed in turn
-# (seen with variable-length string fill values), so handles are never cycled.
-_HANDLES: dict[tuple[int, str], tuple[tuple[int, int], xr.Dataset]] = {}
-
-
-def _shared_handle(path: str) -> xr.Dataset:
-    """This process's lazily opened Dataset of ``path`` (reopened if the file changed)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"netCDF file {path} backing the Dataset is gone; reopen the Dataset "
-            "(nat4xr.open_nat4 rebuilds a missing cache)"
-        )
-    return _per_process_and_version(_HANDLES, path, lambda p: xr.open_dataset(p, cache=False))
-
-
-def _per_process_and_version(cache: dict, path: str, make: Callable[[str], Any]) -> Any:
-    """``make(path)``, made once per process and per version (mtime, size) of the file."""
-    stat = os.stat(path)
-    key, stamp = (os.getpid(), os.path.realpath(path)), (stat.st_mtime_ns, stat.st_size)
-    entry = cache.get(key)
-    if entry is None or entry[0] != stamp:
-        cache[key] = (stamp, make(path))
-    return cache[key][1]
-
-
-def _close_shared_handle(path: str) -> None:
-    entry = _HANDLES.pop((os.getpid(), os.path.realpath(path)), None)
-    if entry is not None:
-        entry[1].close()
-
-
-# Keys a source may add to its arrays: the validity mask of the rows it knows.
-_MASK, _MASKED_ROWS = "_valid_mask", "_valid_rows"
-
-# Encodings under which stored bytes differ from the values xarray gives.
-_DECODED = ("scale_factor", "add_offset", "missing_value", "_Unsigned")
-
-# One memory map per file and process; None records a file this reader cannot serve.
-_RAW: dict[tuple[int, str], tuple[tuple[int, int], RawChunks | None]] = {}
-
-
-def _shared_raw_chunks(path: str) -> RawChunks | None:
-    """This process's :class:`RawChunks` of ``path``, or None if its layout is not served."""
-    try:
-        return _per_process_and_version(_RAW, path, _raw_chunks)
-    except OSError:
-        return None  # the netCDF path reports the missing file
-
-
-def _raw_chunks(path: str) -> RawChunks | None:
-    """:class:`RawChunks` of ``path`` if its stored bytes are the values xarray gives."""
-    try:
-        raw = RawChunks(path)
-    except Exception:  # another layout, or h5py cannot read it: use netCDF
-        return None
-    # The bytes are the values only if the file stores response in the
-    # contract's dim order, with no scaling or sentinel to decode.
-    var = _shared_handle(path).variables["response"]
-    encoding = var.encoding
-    plain = (
-        var.dims == RESPONSE_DIMS
-        and raw.shape == var.shape
-        and var.dtype == np.float32
-        and not any(k in encoding for k in _DECODED)
-        and not any(k in var.attrs for k in _DECODED)
-        and np.isnan(encoding.get("_FillValue", np.nan))
-    )
-    return raw if plain else None
-
 
 def _parallel(task: Callable[[int], None], n: int) -> None:
     """Run ``task(i)`` for ``i < n`` on up to ``torch.get_num_threads()`` threads.
@@ -270,201 +68,32 @@ def _parallel(task: Callable[[int], None], n: int) -> None:
     The work (NumPy copies) releases the GIL. Inside DataLoader worker
     processes (which PyTorch limits to one thread each) it runs inline.
     """
-    threads = min(n, torch.get_num_threads(), os.cpu_count() or 1)
-    if threads < 2 or get_worker_info() is not None:
-        for i in range(n):
-            task(i)
-        return
-    pool = _thread_pool(threads)
-    for future in [pool.submit(task, i) for i in range(n)]:
-        future.result()
+    if get_worker_info() is not None:
+        sequential(task, n)
+    else:
+        threaded(torch.get_num_threads())(task, n)
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A thread pool of this process (a forked child never uses its parent's)."""
-    key = (os.getpid(), threads)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="nat4xr-batch")
-    return _POOLS[key]
-
-
-class _Buffers:
-    """Batch arrays for one process, recycled once nothing refers to them.
-
-    A batch's tensors share memory with NumPy arrays handed out here. Freshly
-    allocated memory costs a page fault per 4 KiB page on first write (about
-    a third of the time of a large batch), so arrays of at least
-    ``min_bytes`` are kept (``keep`` per shape and dtype) and reused once the
-    only references left are this pool's: no tensor, view or array made from
-    a batch can still see its memory when it is reused. In a DataLoader
-    worker, arrays are allocated in shared memory instead, so sending the
-    batch to the main process copies nothing.
-    """
-
-    def __init__(self, keep: int = 2, min_bytes: int = 1 << 20) -> None:
-        self.keep = keep
-        self.min_bytes = min_bytes
-        self._pool: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
-        self._pid = os.getpid()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"keep": self.keep, "min_bytes": self.min_bytes}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
-
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """An uninitialized array; :meth:`tensor` gives the tensor sharing its memory."""
-        if self._pid != os.getpid():
-            self.__init__(self.keep, self.min_bytes)
-        dtype = np.dtype(dtype)
-        shape = tuple(int(n) for n in shape)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if get_worker_info() is not None:
-            tensor = _shared_tensor(shape, dtype)
-            if tensor is not None:
-                return tensor.numpy()  # its base is a tensor over the shared memory
-        if nbytes < self.min_bytes:
-            return np.empty(shape, dtype)
-        pool = self._pool.setdefault((shape, dtype.str), [])
-        for array in pool:
-            # the pool's list, this loop's name and getrefcount's argument
-            if sys.getrefcount(array) <= 3:
-                return array
-        array = np.empty(shape, dtype)
-        if len(pool) < self.keep:
-            pool.append(array)
-        return array
-
-    @staticmethod
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        """The tensor over ``array``'s memory (the shared-memory tensor in a worker)."""
-        base = array.base
-        if isinstance(base, torch.Tensor) and tuple(base.shape) == array.shape:
-            return base
-        return torch.from_numpy(array)
-
-
-def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor | None:
-    """A tensor allocated in shared memory, as DataLoader workers send them."""
+def _shared_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """In a DataLoader worker, an array in shared memory (sending it copies nothing)."""
+    if get_worker_info() is None:
+        return None
     torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(bool): torch.bool}.get(dtype)
     if torch_dtype is None:
         return None
-    try:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-        return torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape)
-    except (AttributeError, RuntimeError):  # pragma: no cover - private API moved
-        return None
+    return torch.empty(shape, dtype=torch_dtype).share_memory_().numpy()
 
 
-def _forget_inherited_files() -> None:
-    """Drop file handles a forked process inherited from xarray's file cache.
-
-    Lazy arrays reopen their file on next use; the inherited handles are kept
-    referenced (never closed here) so the parent's HDF5 state is not touched.
-    """
-    try:
-        from xarray.backends.file_manager import FILE_CACHE
-    except ImportError:  # pragma: no cover - layout of older xarray
-        return
-    for key in list(FILE_CACHE):
-        _INHERITED.append(FILE_CACHE[key])
-        del FILE_CACHE[key]
+def _buffers() -> Buffers:
+    return Buffers(run=_parallel, allocate=_shared_array)
 
 
-_INHERITED: list[Any] = []
-
-
-def _file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> _FileSource | None:
-    """A `_FileSource` for the variables that are unchanged selections of a netCDF file.
-
-    None unless ``response`` is one of them; the others stay with the Dataset.
-    """
-    source = ds.encoding.get("source")
-    if not source or not os.path.isfile(str(source)):
-        return None
-    names = [name for name in dims if _reads_file(ds[name].variable, str(source))]
-    if "response" not in names:
-        return None
-    dims = {name: dims[name] for name in names}
-    try:
-        base = _shared_handle(str(source))
-    except Exception:  # not readable as netCDF here: read through the Dataset instead
-        return None
-    for name in names:
-        if name not in base.data_vars or set(base[name].dims) != set(ds[name].dims):
-            return None
-        for dim in ds[name].dims:
-            if dim not in ("stim", "neuron") and not _same_or_prefix(base, ds, dim):
-                return None
-    pos = {}
-    for dim in ("stim", "neuron"):
-        if dim not in base.indexes or dim not in ds.indexes:
-            return None
-        pos[dim] = base.indexes[dim].get_indexer(ds.indexes[dim])
-        if (pos[dim] < 0).any() or len(pos[dim]) == 0:
-            return None
-    return _FileSource(str(source), dims, pos["stim"], pos["neuron"])
-
-
-def _same_or_prefix(base: xr.Dataset, ds: xr.Dataset, dim: str) -> bool:
-    """``dim`` of ``ds`` is the file's, or (``repeat`` only) its first entries."""
-    if base.sizes[dim] == ds.sizes[dim]:
-        return True
-    if dim != "repeat" or ds.sizes[dim] > base.sizes[dim] or dim not in ds.coords:
-        return False
-    return bool(np.array_equal(ds[dim].values, base[dim].values[: ds.sizes[dim]]))
-
-
-def _reads_file(var: xr.Variable, source: str) -> bool:
-    """True when ``var`` is an unmodified, not yet loaded selection of ``source``."""
-    data = var._data
-    if not hasattr(data, "dask"):
-        return _backend_file(data) == os.path.realpath(source)
-    layers = data.dask.layers
-    originals = {n[len("original-") :] for n in layers if n.startswith("original-")}
-    if not originals:
-        return False
-    for name, layer in layers.items():
-        if name.startswith("original-"):
-            if any(_backend_file(v) != os.path.realpath(source) for v in dict(layer).values()):
-                return False
-        elif name not in originals and not name.startswith(_SLICING_LAYERS):
-            return False
-    return True
-
-
-def _backend_file(array: Any) -> str | None:
-    """Path of the file under xarray's lazy array wrappers, None if in memory."""
-    from xarray.backends.common import BackendArray
-
-    for _ in range(16):
-        if isinstance(array, BackendArray):
-            name = getattr(getattr(array, "datastore", None), "_filename", None)
-            return os.path.realpath(str(name)) if name else None
-        array = getattr(array, "array", None)
-        if array is None:
-            return None
-    return None
-
-
-def _storage_groups(ds: xr.Dataset, file_src: _FileSource | None) -> list[np.ndarray] | None:
-    """Stim positions grouped by storage chunk, or None when the data are in memory."""
-    resp = ds["response"]
-    axis = resp.dims.index("stim")
-    if resp.chunks is not None:
-        bounds = np.cumsum((0, *resp.chunks[axis]))
-        return [np.arange(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-    if file_src is None:
-        return None
-    sizes = resp.encoding.get("chunksizes") or ()
-    step = int(sizes[axis]) if len(sizes) > axis and sizes[axis] else 1
-    keys = file_src.stim_pos // step
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    return [np.flatnonzero(inverse == k) for k in range(len(uniq))]
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """The tensor over ``array``'s memory (the shared-memory tensor in a worker)."""
+    base = array.base
+    if isinstance(base, torch.Tensor) and tuple(base.shape) == array.shape:
+        return base
+    return torch.from_numpy(array)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -556,18 +185,18 @@ class NAT4TorchDataset(_TorchDataset):
         else:
             self._n_repeats = np.full(len(self.stims), n_rep, dtype=np.int64)
         self.stim_meta = _stim_meta(ds)
-        file_src = _file_source(ds, dims)
+        file_src = file_source(ds, dims)
         rest = {k: v for k, v in dims.items() if file_src is None or k not in file_src.dims}
-        self._sources: list[_FileSource | _MemorySource] = [file_src] if file_src else []
+        self._sources: list[FileSource | MemorySource] = [file_src] if file_src else []
         if rest:
-            self._sources.append(_MemorySource(ds, rest))
-        self.storage_groups = _storage_groups(ds, file_src)
-        self._buffers = _Buffers()
+            self._sources.append(MemorySource(ds, rest))
+        self.storage_groups = storage_groups(ds, file_src)
+        self._buffers = _buffers()
 
     @property
     def file_backed(self) -> bool:
         """True when responses are read from the netCDF file (reopened per process)."""
-        return isinstance(self._sources[0], _FileSource)
+        return isinstance(self._sources[0], FileSource)
 
     def __len__(self) -> int:
         return len(self.stims)
@@ -575,7 +204,7 @@ class NAT4TorchDataset(_TorchDataset):
     def close(self) -> None:
         """Close the file handle this process opened, if any (reopened on next read)."""
         for source in self._sources:
-            if isinstance(source, _FileSource):
+            if isinstance(source, FileSource):
                 source.close()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -635,11 +264,13 @@ class NAT4TorchDataset(_TorchDataset):
         uniq, inverse = np.unique(idx, return_inverse=True)
         n_rep = int(self._n_repeats[uniq].max())
         arrays = {}
+        # A forked worker must not reach the parent's thread pool or dask cluster.
+        scheduler = "synchronous" if get_worker_info() is not None else None
         for source in self._sources:
-            arrays.update(source.read(uniq, n_rep, self._buffers))
-        mask = arrays.pop(_MASK, None)
+            arrays.update(source.read(uniq, n_rep, self._buffers, scheduler))
+        mask = arrays.pop(MASK, None)
         known = np.zeros(len(uniq), bool)  # rows whose mask a source filled
-        known[np.asarray(arrays.pop(_MASKED_ROWS, ()), dtype=np.intp)] = True
+        known[np.asarray(arrays.pop(MASKED_ROWS, ()), dtype=np.intp)] = True
         if not np.array_equal(uniq, idx):
             arrays = {k: v[inverse] for k, v in arrays.items()}
             mask = mask[inverse] if mask is not None else None
@@ -658,8 +289,8 @@ class NAT4TorchDataset(_TorchDataset):
         stims = torch.from_numpy(_writable(arrays[self.stim_var])).to(self.dtype).unsqueeze(1)
         return {
             "stims": stims,
-            "responses": self._buffers.tensor(resp).to(self.dtype),
-            "valid_mask": self._buffers.tensor(mask),
+            "responses": _tensor(resp).to(self.dtype),
+            "valid_mask": _tensor(mask),
             "stim_meta": [dict(self.stim_meta[i]) for i in idx],
             "stim": [self.stims[i] for i in idx],
             "neuron": list(self.neurons),
@@ -944,7 +575,8 @@ def to_torch(
         if key in loader_kwargs:
             raise TypeError(f"to_torch sets {key} itself; build a DataLoader directly instead")
     if preload:
-        ds = ds.assign(response=ds["response"].compute())  # a new array: the input stays lazy
+        # a new in-memory array (the input stays lazy), no longer tied to the file
+        ds = ds.assign(response=ds["response"].compute().drop_encoding())
     data = NAT4TorchDataset(ds, waveform=waveform, dtype=dtype, fill=fill)
     batches = StimBatchSampler(
         len(data),

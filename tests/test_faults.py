@@ -29,8 +29,10 @@ import pytest
 import xarray as xr
 
 import nat4xr
-from nat4xr import build, fetch, store
+from nat4xr import build, fetch
+from nat4xr.cachefile import writer
 from nat4xr.errors import CacheError, DownloadError, Nat4Warning
+from nat4xr.opening import open_nat4
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,7 @@ def cache(tmp_path, monkeypatch):
 def open_quiet(release_dir, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Nat4Warning)
-        return store.open_nat4("A1", path=release_dir, progress=False, **kw)
+        return open_nat4("A1", path=release_dir, progress=False, **kw)
 
 
 def child_env(cache: Path) -> dict[str, str]:
@@ -82,15 +84,16 @@ def served_files(cache: Path) -> list[Path]:
 
 _SLOW_FIRST_WRITE = """
 import sys, time
-from nat4xr import store
+from nat4xr.cachefile import writer
+from nat4xr.opening import open_nat4
 stage = sys.argv[3]  # "_write_response" (netCDF) or "_write_unfiltered" (h5py, after it)
-real = getattr(store, stage)
+real = getattr(writer, stage)
 def slow(*args):
     print("WRITING", flush=True)
     time.sleep(float(sys.argv[2]))
     return real(*args)
-setattr(store, stage, slow)
-store.open_nat4("A1", path=sys.argv[1], progress=False)
+setattr(writer, stage, slow)
+open_nat4("A1", path=sys.argv[1], progress=False)
 print("FINISHED", flush=True)
 """
 
@@ -148,13 +151,13 @@ def test_full_disk_raises_cache_error_and_leaves_nothing(
     folder = tmp_path / "small"
     mounted = _mount_tmpfs(folder, "40k")
     monkeypatch.setenv("NAT4XR_CACHE_DIR", str(folder))
-    real_write = store._write_response
+    real_write = nat4xr.cachefile.writer._write_response
     if not mounted:  # no privileges to mount: the same failure, injected mid-write
 
         def full(nc, ds, progress):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(store, "_write_response", full)
+        monkeypatch.setattr(writer, "_write_response", full)
     try:
         with pytest.raises(CacheError, match="free space") as err:
             open_quiet(release_dir)
@@ -162,7 +165,7 @@ def test_full_disk_raises_cache_error_and_leaves_nothing(
         assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == []
         # the build still works without the cache, and with space the cache recovers
         xr.testing.assert_identical(open_quiet(release_dir, cache=False).load(), reference)
-        monkeypatch.setattr(store, "_write_response", real_write)
+        monkeypatch.setattr(writer, "_write_response", real_write)
         if mounted:  # space again (a failed HDF5 write may still hold a handle: no umount)
             subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
         ds = open_quiet(release_dir)
@@ -178,7 +181,7 @@ def test_full_disk_while_writing_unfiltered_chunks(tmp_path, monkeypatch):
     ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=4, n_neurons=200, n_time=100)
     folder = tmp_path / "small"
     mounted = _mount_tmpfs(folder, "1m")  # the compressed part fits, 12 MB of raw chunks do not
-    real = store._write_unfiltered
+    real = nat4xr.cachefile.writer._write_unfiltered
     reached = []
 
     def unfiltered(path, *args):
@@ -187,17 +190,18 @@ def test_full_disk_while_writing_unfiltered_chunks(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, f"Can't write unprocessed chunk data ({path})")
         return real(path, *args)
 
-    monkeypatch.setattr(store, "_write_unfiltered", unfiltered)
+    monkeypatch.setattr(writer, "_write_unfiltered", unfiltered)
     try:
         with pytest.raises(CacheError, match="free space"):
-            store.write_cache(ds, folder / "c.nc")
+            nat4xr.cachefile.write_cache(ds, folder / "c.nc")
         assert reached  # the netCDF part was written, the raw part failed
         assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
         if mounted:
             subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
-        monkeypatch.setattr(store, "_write_unfiltered", real)
+        monkeypatch.setattr(writer, "_write_unfiltered", real)
         xr.testing.assert_identical(
-            store.open_cache(store.write_cache(ds, folder / "c.nc")).load(), ds
+            nat4xr.cachefile.open_cache(nat4xr.cachefile.write_cache(ds, folder / "c.nc")).load(),
+            ds,
         )
     finally:
         if mounted:
@@ -273,13 +277,14 @@ def test_read_only_cache_folder(cache, monkeypatch, release_dir, reference):
 _OPENER = """
 import sys
 import numpy as np
-from nat4xr import build, store
+from nat4xr import build
+from nat4xr.opening import open_nat4
 real = build.build_dataset
 def counted(*args, **kwargs):
     print("BUILT", flush=True)
     return real(*args, **kwargs)
 build.build_dataset = counted
-ds = store.open_nat4("A1", path=sys.argv[1], progress=False)
+ds = open_nat4("A1", path=sys.argv[1], progress=False)
 print("SOURCE", ds.encoding["source"])
 print("SUM", float(np.nansum(ds["response"].values)), int(np.isnan(ds["response"].values).sum()))
 """
@@ -313,7 +318,7 @@ def test_four_processes_open_the_same_uncached_area(cache, release_dir, referenc
         assert want in out.splitlines()
     assert len({ln for out in text for ln in out.splitlines() if ln.startswith("SOURCE")}) == 1
     (path,) = served_files(cache)
-    xr.testing.assert_identical(store.open_cache(path).load(), reference)
+    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), reference)
     assert not list(cache.glob(".*.tmp"))
 
 

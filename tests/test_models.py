@@ -256,15 +256,15 @@ def test_splits_are_identical_in_another_process():
 
 
 def test_splits_survive_selection_concat_and_the_cache(tmp_path):
-    store = pytest.importorskip("nat4xr.store")
+    store = pytest.importorskip("nat4xr.cachefile")
     ds = nat4xr.synthetic.random_dataset(n_est=8, n_val=2, n_neurons=4, seed=5)
     ds = assign_holdout(assign_folds(ds, 4), 0.25)
     sel = ds.nat4.sel_stims(holdout=False)
     xr.testing.assert_equal(sel["fold"], ds["fold"].sel(stim=sel.stim))
     joint = nat4xr.concat([ds, ds.assign_attrs(area="PEG")], names=["A1", "PEG"])
     np.testing.assert_array_equal(joint["fold"].values, np.tile(ds["fold"].values, 2))
-    path = store.write_cache(ds, tmp_path / "cache.nc")
-    back = store.open_cache(path)
+    path = nat4xr.cachefile.write_cache(ds, tmp_path / "cache.nc")
+    back = nat4xr.cachefile.open_cache(path)
     np.testing.assert_array_equal(back["fold"].values, ds["fold"].values)
     np.testing.assert_array_equal(back["holdout"].values, ds["holdout"].values)
     assert back["holdout"].dtype == bool and back["fold"].dtype == np.int64

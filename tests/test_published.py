@@ -330,7 +330,7 @@ def test_concat_fills_a_column_one_area_lacks_with_typed_values(tiny, peg, tmp_p
         table = joint.nat4.published()
         assert table.index.tolist() == joint["neuron"].values.tolist()
         assert table["note"].tolist() == joint["pub_note"].values.tolist()
-    back = nat4xr.open_cache(nat4xr.store.write_cache(joint, tmp_path / "joint.nc"))
+    back = nat4xr.open_cache(nat4xr.cachefile.write_cache(joint, tmp_path / "joint.nc"))
     xr.testing.assert_identical(back.load(), joint.load())
 
 

@@ -18,8 +18,10 @@ import pytest
 import xarray as xr
 
 import nat4xr
-from nat4xr import build, release, store
+from nat4xr import build, release
+from nat4xr.cachefile import writer
 from nat4xr.errors import CacheError, Nat4Warning
+from nat4xr.opening import open_nat4
 from nat4xr.testing import raise_if_dask_computes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def built(release_dir):
 def _open(release_dir, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Nat4Warning)  # the synthetic release's traps
-        return store.open_nat4("A1", path=release_dir, progress=False, **kwargs)
+        return open_nat4("A1", path=release_dir, progress=False, **kwargs)
 
 
 def _varied_dataset() -> xr.Dataset:
@@ -84,17 +86,19 @@ def _varied_dataset() -> xr.Dataset:
 
 @pytest.mark.parametrize("block_bytes", [64 << 20, 1])
 def test_round_trip_is_exact(tmp_path, monkeypatch, block_bytes):
-    monkeypatch.setattr(store, "_BLOCK_BYTES", block_bytes)  # 1: one stim per block
+    monkeypatch.setattr(writer, "_BLOCK_BYTES", block_bytes)  # 1: one stim per block
     ds = _varied_dataset()
-    path = store.write_cache(ds.chunk({"stim": 5}), tmp_path / "c.nc", key="k", options={"x": 1})
-    back = store.open_cache(path)
+    path = nat4xr.cachefile.write_cache(
+        ds.chunk({"stim": 5}), tmp_path / "c.nc", key="k", options={"x": 1}
+    )
+    back = nat4xr.cachefile.open_cache(path)
     xr.testing.assert_identical(back.load(), ds)
     for name, var in ds.variables.items():
         assert back[name].dtype == var.dtype, name
         assert back[name].dims == var.dims, name
     assert list(back.dims) == ["stim", "neuron", "repeat", "time", "freq"]
     assert back.encoding["nat4xr_cache"] == {
-        "format": store.CACHE_FORMAT,
+        "format": nat4xr.cachefile.CACHE_FORMAT,
         "key": "k",
         "options": {"x": 1},
     }
@@ -102,7 +106,7 @@ def test_round_trip_is_exact(tmp_path, monkeypatch, block_bytes):
 
 def test_only_recorded_repeats_are_stored(tmp_path):
     ds = _varied_dataset()
-    path = store.write_cache(ds, tmp_path / "c.nc")
+    path = nat4xr.cachefile.write_cache(ds, tmp_path / "c.nc")
     recorded = int(ds["n_repeats"].sum())
     with h5py.File(path, "r") as f:
         var = f["response"]
@@ -115,9 +119,9 @@ def test_only_recorded_repeats_are_stored(tmp_path):
 
 def test_opening_computes_nothing_and_is_chunked_by_stim(tmp_path):
     ds = _varied_dataset()
-    path = store.write_cache(ds, tmp_path / "c.nc")
+    path = nat4xr.cachefile.write_cache(ds, tmp_path / "c.nc")
     with raise_if_dask_computes():
-        lazy = store.open_cache(path)
+        lazy = nat4xr.cachefile.open_cache(path)
         picked = lazy.isel(stim=[1, 10], neuron=slice(0, 3))
         assert isinstance(lazy["response"].data, da.Array)
         assert isinstance(lazy["spectrogram"].data, da.Array)
@@ -128,44 +132,44 @@ def test_opening_computes_nothing_and_is_chunked_by_stim(tmp_path):
 
 def test_chunk_options(tmp_path):
     ds = _varied_dataset()
-    path = store.write_cache(ds, tmp_path / "c.nc")
-    eager = store.open_cache(path, chunks=None)
+    path = nat4xr.cachefile.write_cache(ds, tmp_path / "c.nc")
+    eager = nat4xr.cachefile.open_cache(path, chunks=None)
     assert isinstance(eager["response"].data, np.ndarray)
     xr.testing.assert_identical(eager, ds)
-    assert store.open_cache(path, chunks=4)["response"].chunks[0] == (4, 4, 4, 1)
-    by_dict = store.open_cache(path, chunks={"stim": 6, "neuron": 2})
+    assert nat4xr.cachefile.open_cache(path, chunks=4)["response"].chunks[0] == (4, 4, 4, 1)
+    by_dict = nat4xr.cachefile.open_cache(path, chunks={"stim": 6, "neuron": 2})
     assert by_dict["response"].chunks[:2] == ((6, 6, 1), (2, 2, 2, 1))
     with pytest.raises(ValueError, match="unknown dimension"):
-        store.open_cache(path, chunks={"cell": 2})
+        nat4xr.cachefile.open_cache(path, chunks={"cell": 2})
     with pytest.raises(ValueError, match="chunks must be"):
-        store.open_cache(path, chunks="big")
+        nat4xr.cachefile.open_cache(path, chunks="big")
 
 
 def test_auto_chunks_are_8_to_32_stims():
     dims = ("stim", "neuron", "repeat", "time")
     big = xr.Dataset({"response": (dims, da.zeros((600, 849, 20, 150), dtype="float32"))})
-    assert store._chunk_spec(big, "auto") == {"stim": 8}
+    assert nat4xr.cachefile.reading.chunk_spec(big, "auto") == {"stim": 8}
     small = big.isel(neuron=slice(0, 10))
-    assert store._chunk_spec(small, "auto") == {"stim": 32}
+    assert nat4xr.cachefile.reading.chunk_spec(small, "auto") == {"stim": 32}
 
 
 def test_open_cache_rejects_bad_files(tmp_path):
     ds = _varied_dataset()
-    good = store.write_cache(ds, tmp_path / "good.nc")
+    good = nat4xr.cachefile.write_cache(ds, tmp_path / "good.nc")
     with pytest.raises(CacheError, match="no such cache file"):
-        store.open_cache(tmp_path / "absent.nc")
+        nat4xr.cachefile.open_cache(tmp_path / "absent.nc")
     truncated = tmp_path / "truncated.nc"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CacheError, match=r"truncated\.nc"):
-        store.open_cache(truncated)
+        nat4xr.cachefile.open_cache(truncated)
     garbage = tmp_path / "garbage.nc"
     garbage.write_bytes(b"not a netCDF file at all" * 10)
     with pytest.raises(CacheError, match="not a readable netCDF"):
-        store.open_cache(garbage)
+        nat4xr.cachefile.open_cache(garbage)
     foreign = tmp_path / "foreign.nc"
     ds.to_netcdf(foreign)
     with pytest.raises(CacheError, match="not a nat4xr cache"):
-        store.open_cache(foreign)
+        nat4xr.cachefile.open_cache(foreign)
     future = tmp_path / "future.nc"
     shutil.copy(good, future)
     import netCDF4
@@ -173,7 +177,7 @@ def test_open_cache_rejects_bad_files(tmp_path):
     with netCDF4.Dataset(future, "a") as nc:
         nc.setncattr("nat4xr_cache_format", np.int64(99))
     with pytest.raises(CacheError, match="format 99"):
-        store.open_cache(future)
+        nat4xr.cachefile.open_cache(future)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -186,7 +190,7 @@ def test_failed_write_leaves_nothing(tmp_path):
         data=ds["response"].chunk({"stim": 2}).data.map_blocks(broken, dtype="float32")
     ))  # fmt: skip
     with pytest.raises(RuntimeError, match="disk on fire"):
-        store.write_cache(bad, tmp_path / "c.nc")
+        nat4xr.cachefile.write_cache(bad, tmp_path / "c.nc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.nc.lock"]
 
 
@@ -226,10 +230,10 @@ def test_cache_key_follows_options_and_sources(dirs, release_dir, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(release_dir, copy)
-    key = store.cache_key(release.source_files(copy, "A1"), {"a": 1})
+    key = nat4xr.cachedir.cache_key(release.source_files(copy, "A1"), {"a": 1})
     csv = copy / "A1_pred_correlation.csv"
     os.utime(csv, ns=(time.time_ns(), csv.stat().st_mtime_ns + 10**9))
-    assert store.cache_key(release.source_files(copy, "A1"), {"a": 1}) != key
+    assert nat4xr.cachedir.cache_key(release.source_files(copy, "A1"), {"a": 1}) != key
 
 
 def test_cache_false_writes_nothing(dirs, release_dir, built):
@@ -240,7 +244,7 @@ def test_cache_false_writes_nothing(dirs, release_dir, built):
 
 def test_missing_release_says_how_to_fetch(dirs, tmp_path):
     with pytest.raises(nat4xr.MissingFileError, match="download=True"):
-        store.open_nat4("A1", path=tmp_path / "nowhere")
+        open_nat4("A1", path=tmp_path / "nowhere")
 
 
 @pytest.mark.filterwarnings("ignore::nat4xr.errors.Nat4Warning")
@@ -252,9 +256,9 @@ def test_damaged_cache_is_rebuilt_with_a_warning(dirs, release_dir, built, damag
     else:
         nat4xr.synthetic.random_dataset().to_netcdf(path)
     with pytest.warns(Nat4Warning, match="rebuilding the cache"):
-        ds = store.open_nat4("A1", path=release_dir, progress=False)
+        ds = open_nat4("A1", path=release_dir, progress=False)
     xr.testing.assert_identical(ds.load(), built)
-    xr.testing.assert_identical(store.open_cache(path).load(), built)
+    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), built)
 
 
 def test_rebuild_replaces_the_file(dirs, release_dir, built):
@@ -270,14 +274,15 @@ def test_rebuild_replaces_the_file(dirs, release_dir, built):
 _BUILDER = """
 import sys, warnings
 import nat4xr
-from nat4xr import build, store
+from nat4xr import build
+from nat4xr.opening import open_nat4
 warnings.simplefilter("ignore")
 real = build.build_dataset
 def announcing(*a, **k):
     print("BUILT", flush=True)
     return real(*a, **k)
 build.build_dataset = announcing
-ds = store.open_nat4("A1", path=sys.argv[1], progress=False)
+ds = open_nat4("A1", path=sys.argv[1], progress=False)
 print("SOURCE", ds.encoding["source"])
 print("SUM", float(ds["response"].sum()))
 """
@@ -285,14 +290,13 @@ print("SUM", float(ds["response"].sum()))
 _SLOW_WRITER = """
 import sys, time
 import nat4xr
-from nat4xr import store
 ds = nat4xr.synthetic.random_dataset(n_est=40, n_val=2, n_neurons=6, seed=1)
 def slow(block):
     time.sleep(0.25)
     return block
 resp = ds["response"].chunk({"stim": 1})
 ds = ds.assign(response=resp.copy(data=resp.data.map_blocks(slow, dtype="float32")))
-store.write_cache(ds, sys.argv[1])
+nat4xr.cachefile.write_cache(ds, sys.argv[1])
 print("FINISHED", flush=True)
 """
 
@@ -328,7 +332,7 @@ def test_two_concurrent_builders_build_once(dirs, release_dir, built):
     assert len(sources) == 1 and len(sums) == 1
     (path,) = (dirs / "cache").glob("*.nc")
     assert sorted(p.name for p in (dirs / "cache").iterdir()) == [path.name, path.name + ".lock"]
-    xr.testing.assert_identical(store.open_cache(path).load(), built)
+    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), built)
 
 
 def test_writer_killed_mid_write_leaves_a_correct_cache(dirs, release_dir, built):
@@ -352,7 +356,7 @@ def test_writer_killed_mid_write_leaves_a_correct_cache(dirs, release_dir, built
     assert list(path.parent.glob(".*.tmp")), "the killed writer's temporary file"
 
     # The finished file was never touched, and the lock died with the writer.
-    xr.testing.assert_identical(store.open_cache(path).load(), built)
+    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), built)
     ds = _open(release_dir, rebuild=True)
     xr.testing.assert_identical(ds.load(), built)
     assert not list(path.parent.glob(".*.tmp"))
@@ -364,28 +368,28 @@ def test_writer_killed_mid_write_leaves_a_correct_cache(dirs, release_dir, built
 def test_open_demo_works_offline_and_is_written_once(dirs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Nat4Warning)
-        demo = store.open_demo()
+        demo = nat4xr.opening.open_demo()
     assert dict(demo.sizes) == {"stim": 34, "neuron": 40, "repeat": 20, "time": 150, "freq": 18}
     nat4xr.check_dataset(demo)
     (folder,) = (dirs / "data").glob("demo-*")
     stamp = (folder / ".complete").stat().st_mtime_ns
     with raise_if_dask_computes():
-        again = store.open_demo(chunks=5)
+        again = nat4xr.opening.open_demo(chunks=5)
     assert again["response"].chunks[0][0] == 5
     assert (folder / ".complete").stat().st_mtime_ns == stamp
     assert again.encoding["source"] == demo.encoding["source"]
 
 
 def test_cache_list_and_clear(dirs, release_dir):
-    assert store.cache_list() == []
+    assert nat4xr.cachedir.cache_list() == []
     _open(release_dir)
     _open(release_dir, subset="val")
-    entries = store.cache_list()
+    entries = nat4xr.cachedir.cache_list()
     assert sorted(e.subset for e in entries) == ["all", "val"]
     assert all(e.area == "A1" and len(e.key) == 16 and e.size > 0 for e in entries)
     stale = dirs / "cache" / f".{entries[0].path.name}.123-abcd.tmp"
     stale.write_bytes(b"partial")
-    assert store.cache_clear(area="PEG") == []
-    removed = store.cache_clear()
+    assert nat4xr.cachedir.cache_clear(area="PEG") == []
+    removed = nat4xr.cachedir.cache_clear()
     assert sorted(removed) == sorted([e.path for e in entries] + [stale])
-    assert store.cache_list() == []
+    assert nat4xr.cachedir.cache_list() == []

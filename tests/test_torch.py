@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import nat4xr.cachefile
+from nat4xr.cachefile import CacheSource
+
 torch = pytest.importorskip("torch")
 
 import nat4xr  # noqa: E402
@@ -47,10 +50,12 @@ def nc_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory):
     """The random Dataset in a cache file: validation sounds stored unfiltered."""
-    return nat4xr.store.write_cache(_random(), tmp_path_factory.mktemp("torch") / "cache.nc")
+    return nat4xr.cachefile.write_cache(_random(), tmp_path_factory.mktemp("torch") / "cache.nc")
 
 
-@pytest.fixture(params=["eager", "dask", "file", "file-chunked", "cache", "cache-selected"])
+@pytest.fixture(
+    params=["eager", "dask", "file", "file-chunked", "cache", "cache-selected", "cache-lazy"]
+)
 def any_ds(request, nc_path, cache_path):
     """The same Dataset in memory, dask-backed and lazily backed by a netCDF file."""
     if request.param == "eager":
@@ -58,7 +63,8 @@ def any_ds(request, nc_path, cache_path):
     elif request.param == "dask":
         yield _random().chunk({"stim": 4})
     elif request.param.startswith("cache"):
-        ds = nat4xr.store.open_cache(cache_path)
+        chunks = None if request.param == "cache-lazy" else "auto"  # no dask: lazily indexed
+        ds = nat4xr.cachefile.open_cache(cache_path, chunks=chunks)
         if request.param == "cache-selected":  # some neurons, out of order
             ds = ds.isel(neuron=[7, 0, 2, 3, 8])
         yield ds
@@ -112,7 +118,10 @@ def _assert_batch(batch: dict, expected: dict) -> None:
 
 def test_batches_match_dataset(any_ds):
     loader = to_torch(any_ds, batch_size=3)
-    assert loader.dataset.file_backed == ("source" in any_ds.encoding)
+    # dask arrays over a cache file are read straight from its chunks; lazily indexed
+    # ones (chunks=None) through xarray's indexing of the same reader
+    from_cache = isinstance(any_ds.response.encoding.get("nat4xr_source"), CacheSource)
+    assert loader.dataset.file_backed == (from_cache and any_ds.response.chunks is not None)
     batches = list(loader)
     assert len(batches) == len(loader) == 5
     for k, batch in enumerate(batches):
@@ -139,19 +148,21 @@ def test_preload_reads_once_and_gives_the_same_batches(any_ds):
         assert not isinstance(any_ds["response"].variable._data, np.ndarray)
 
 
-def test_selected_and_reordered_file_dataset(nc_path):
-    with xr.open_dataset(nc_path) as ds:
+@pytest.mark.parametrize("kind", ["netcdf", "cache"])
+def test_selected_and_reordered_file_dataset(nc_path, cache_path, kind):
+    opener = xr.open_dataset if kind == "netcdf" else nat4xr.cachefile.open_cache
+    with opener(nc_path if kind == "netcdf" else cache_path, chunks={"stim": 4}) as ds:
         sel = ds.isel(stim=[12, 3, 0, 11], neuron=[7, 2, 5])
         data = NAT4TorchDataset(sel)
-        assert data.file_backed
+        assert data.file_backed == (kind == "cache")
         batch = data.read_batch([3, 0, 1])
         data.close()
         _assert_batch(batch, _expected(sel.load(), [3, 0, 1]))
         _assert_batch(data.read_batch([2]), _expected(sel.load(), [2]))
 
 
-def test_file_response_with_computed_spectrogram(nc_path):
-    with xr.open_dataset(nc_path) as ds:
+def test_file_response_with_computed_spectrogram(cache_path):
+    with nat4xr.cachefile.open_cache(cache_path) as ds:
         mixed = ds.assign(spectrogram=ds.spectrogram * 1)  # computed: held in memory
         data = NAT4TorchDataset(mixed)
         assert data.file_backed
@@ -195,7 +206,7 @@ def test_fill_and_dtype():
 
 
 def test_fill_and_dtype_from_unfiltered_cache_chunks(cache_path):
-    with nat4xr.store.open_cache(cache_path) as ds:
+    with nat4xr.cachefile.open_cache(cache_path) as ds:
         sel = ds.isel(neuron=[8, 1, 5])
         idx = [N_EST - 1, N_EST, N_EST + 2]  # one compressed est sound, two unfiltered val sounds
         batch = NAT4TorchDataset(sel, fill=-1.5, dtype=torch.float64).read_batch(idx)
@@ -207,28 +218,21 @@ def test_fill_and_dtype_from_unfiltered_cache_chunks(cache_path):
     np.testing.assert_array_equal(resp[exp["valid_mask"]], exp["responses"][exp["valid_mask"]])
 
 
-def test_val_batches_from_cache_skip_netcdf(cache_path, monkeypatch):
-    """Validation sounds come from the memory map: netCDF is asked for the spectrogram only."""
-    from nat4xr.torch import _FileSource
+def test_cache_batches_read_no_netcdf(cache_path, monkeypatch):
+    """Batches of a cache file come from its memory map, compressed chunks included."""
+    import netCDF4
 
-    asked = []
-    original = _FileSource._read_netcdf
-
-    def recording(self, file_pos, n_rep, names):
-        asked.append((list(file_pos), list(names)))
-        return original(self, file_pos, n_rep, names)
-
-    monkeypatch.setattr(_FileSource, "_read_netcdf", recording)
-    with nat4xr.store.open_cache(cache_path) as ds:
+    with nat4xr.cachefile.open_cache(cache_path) as ds:
         sel = ds.isel(neuron=[2, 6, 3])
         data = NAT4TorchDataset(sel)
-        val = [N_EST + 3, N_EST + 1]
-        _assert_batch(data.read_batch(val), _expected(sel.load(), val))
-        assert asked == [([N_EST + 1, N_EST + 3], ["spectrogram"])]
-        asked.clear()
-        mixed = [0, N_EST]  # the est sound is compressed: its response goes through netCDF
-        _assert_batch(data.read_batch(mixed), _expected(sel.load(), mixed))
-        assert asked == [([0], ["response"]), ([0, N_EST], ["spectrogram"])]
+        assert data.file_backed
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("netCDF was asked for a batch")
+
+        monkeypatch.setattr(netCDF4, "Dataset", refuse)
+        for idx in ([N_EST + 3, N_EST + 1], [0, N_EST], [5, 1]):
+            _assert_batch(data.read_batch(idx), _expected(_random().isel(neuron=[2, 6, 3]), idx))
 
 
 def test_mask_from_memory_map_with_partly_missing_rows(tmp_path):
@@ -238,7 +242,7 @@ def test_mask_from_memory_map_with_partly_missing_rows(tmp_path):
     response[N_EST + 1, 4, 0, 3:7] = np.nan
     response[N_EST + 2, :, 1, -1] = np.nan
     ds["response"].values = response
-    with nat4xr.store.open_cache(nat4xr.store.write_cache(ds, tmp_path / "c.nc")) as cached:
+    with nat4xr.cachefile.open_cache(nat4xr.cachefile.write_cache(ds, tmp_path / "c.nc")) as cached:
         data = NAT4TorchDataset(cached.isel(neuron=[4, 5, 6, 0]), fill=0.0)
         # sorted as the sampler gives them, then reordered and with a duplicate
         for idx in ([0, N_EST + 1, N_EST + 2], [N_EST + 2, 0, N_EST + 1], [N_EST + 1] * 2):
@@ -254,12 +258,12 @@ def test_mask_from_memory_map_with_partly_missing_rows(tmp_path):
 
 def test_recycled_batch_memory_is_never_shared_with_live_batches(cache_path):
     """With recycling forced on for every size, batches kept by the caller stay intact."""
-    from nat4xr.torch import _Buffers
+    from nat4xr.batches import Buffers
 
-    with nat4xr.store.open_cache(cache_path) as ds:
+    with nat4xr.cachefile.open_cache(cache_path) as ds:
         for source in (ds, ds.load()):
             loader = to_torch(source, batch_size=2)
-            loader.dataset._buffers = _Buffers(keep=2, min_bytes=0)
+            loader.dataset._buffers = Buffers(keep=2, min_bytes=0)
             for _ in range(2):
                 kept = [b for b in loader]  # every batch alive at once
                 for k, batch in enumerate(kept):
@@ -275,8 +279,8 @@ def test_recycled_batch_memory_is_never_shared_with_live_batches(cache_path):
 
 
 @pytest.mark.parametrize("layout", ["transposed", "scaled"])
-def test_memory_map_only_for_files_whose_bytes_are_the_values(tmp_path, layout):
-    """Other dim orders or encoded values are read through netCDF, never misread."""
+def test_plain_netcdf_files_are_read_through_xarray(tmp_path, layout):
+    """Files that are not caches (other dim orders, encoded values) are never misread."""
     ds = _random()
     text = {k: {"dtype": "S1"} for k, v in ds.variables.items() if v.dtype.kind == "U"}
     n_stim, n_neuron, _, n_time = ds["response"].shape
@@ -287,23 +291,20 @@ def test_memory_map_only_for_files_whose_bytes_are_the_values(tmp_path, layout):
         enc = {"chunksizes": (1, n_neuron, 1, n_time), "scale_factor": np.float32(2.0)}
     path = tmp_path / f"{layout}.nc"
     ds.to_netcdf(path, encoding={**text, "response": {"dtype": "float32", **enc}})
-    from nat4xr.rawchunks import RawChunks
-
-    assert RawChunks(path).servable(np.arange(n_neuron if layout == "transposed" else 1), 1).all()
     with xr.open_dataset(path, chunks={}) as lazy:
         data = NAT4TorchDataset(lazy)
         idx = [1, N_EST, N_EST + 2]
         _assert_batch(data.read_batch(idx), _expected(_random(), idx))
-        assert data.file_backed and data._sources[0]._raw() is None
+        assert not data.file_backed
 
 
 def test_buffers_reuse_only_released_arrays():
-    from nat4xr.torch import _Buffers
+    from nat4xr.batches import Buffers
 
-    buffers = _Buffers(keep=2, min_bytes=0)
+    buffers = Buffers(keep=2, min_bytes=0)
     a = buffers.empty((3, 4), np.float32)
     first = a.ctypes.data
-    tensor = buffers.tensor(a)
+    tensor = torch.from_numpy(a)
     assert tensor.data_ptr() == first
     del a
     b = buffers.empty((3, 4), np.float32)
@@ -322,7 +323,7 @@ def test_buffers_reuse_only_released_arrays():
     assert buffers.empty((3, 5), np.float32).ctypes.data not in (first, b.ctypes.data)
     assert buffers.empty((5,), bool).dtype == bool
     assert pickle.loads(pickle.dumps(buffers))._pool == {}
-    small = _Buffers(min_bytes=1 << 20)
+    small = Buffers(min_bytes=1 << 20)
     small.empty((3, 4), np.float32)
     assert small._pool == {}  # small arrays are left to malloc
 
@@ -352,14 +353,14 @@ def test_one_indexing_call_per_batch(nc_path, cache_path, monkeypatch):
     def counting(original):
         def isel(self, *args, **kwargs):
             frame = sys._getframe(1)
-            if frame.f_globals.get("__name__") == "nat4xr.torch":
+            if frame.f_globals.get("__name__") in ("nat4xr.torch", "nat4xr.batches"):
                 indexers = args[0] if args and isinstance(args[0], dict) else kwargs
                 calls.append(indexers)
             return original(self, *args, **kwargs)
 
         return isel
 
-    with xr.open_dataset(nc_path) as lazy, nat4xr.store.open_cache(cache_path) as cached:
+    with xr.open_dataset(nc_path) as lazy, nat4xr.cachefile.open_cache(cache_path) as cached:
         for ds in (_random(), _random().chunk({"stim": 2}), lazy, cached):
             data = NAT4TorchDataset(ds)
             for cls in (xr.Dataset, xr.Variable):
@@ -367,8 +368,9 @@ def test_one_indexing_call_per_batch(nc_path, cache_path, monkeypatch):
             calls.clear()
             data.__getitems__([5, 1, 4])
             monkeypatch.undo()
-            # one call per variable read at most (response, spectrogram)
-            assert 1 <= len(calls) <= 2
+            # one call per variable read at most (response, spectrogram); none when
+            # the batch comes from the cache file's chunks
+            assert (len(calls) == 0) if data.file_backed else (1 <= len(calls) <= 2)
             for call in calls:
                 assert call["repeat"] == slice(0, 1)
                 assert list(np.asarray(call["stim"])) == [1, 4, 5]
@@ -405,12 +407,12 @@ def test_missing_torch_message(monkeypatch):
 # --------------------------------------------------------------------------- workers
 
 
-def test_file_backed_pickles_small(nc_path):
-    with xr.open_dataset(nc_path, chunks={"stim": 4}) as ds:
+def test_file_backed_pickles_small(cache_path):
+    with nat4xr.cachefile.open_cache(cache_path, chunks={"stim": 4}) as ds:
         data = NAT4TorchDataset(ds)
         size = len(pickle.dumps(data))
         assert data.file_backed
-        assert size < 8_000 < ds.response.nbytes
+        assert size < ds.response.nbytes / 4  # the handle and positions, not the data
         clone = pickle.loads(pickle.dumps(data))
         _assert_batch(clone.read_batch([0, 13]), _expected(ds.load(), [0, 13]))
     in_memory = NAT4TorchDataset(_random())
@@ -420,13 +422,15 @@ def test_file_backed_pickles_small(nc_path):
 @pytest.mark.parametrize("kind", ["netcdf", "cache"])
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_two_workers(nc_path, cache_path, context, kind):
-    opener = xr.open_dataset if kind == "netcdf" else nat4xr.store.open_cache
+    opener = xr.open_dataset if kind == "netcdf" else nat4xr.cachefile.open_cache
     with opener(nc_path if kind == "netcdf" else cache_path, chunks={"stim": 4}) as ds:
         sel = ds.isel(neuron=[0, 3, 4, 8])
         loader = to_torch(sel, batch_size=4, num_workers=2, multiprocessing_context=context)
         batches = list(loader)
         expected = sel.load()
-    assert loader.dataset._sources[0]._base is None  # the parent never opened the file
+    if kind == "cache":  # the parent never mapped the file: each worker maps its own
+        assert loader.dataset.file_backed
+        assert loader.dataset._sources[0].source.file._map is None
     assert len(batches) == 4
     for k, batch in enumerate(batches):
         idx = list(range(4 * k, min(4 * k + 4, N_EST + N_VAL)))
@@ -607,9 +611,8 @@ def test_no_compute_while_building_loader(nc_path):
 
 
 def test_cache_opened_by_store_is_file_backed(tmp_path):
-    store = pytest.importorskip("nat4xr.store")
-    path = store.write_cache(_random(), tmp_path / "cache.nc")
-    ds = store.open_cache(path, chunks=4)
+    path = nat4xr.cachefile.write_cache(_random(), tmp_path / "cache.nc")
+    ds = nat4xr.cachefile.open_cache(path, chunks=4)
     sel = ds.isel(neuron=[1, 4, 6])
     data = NAT4TorchDataset(sel)
     assert data.file_backed

@@ -7,10 +7,9 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
+from nat4xr.rawchunks import FILTERED, UNALLOCATED, RawChunks
 
 import nat4xr
-from nat4xr import store
-from nat4xr.rawchunks import FILTERED, UNALLOCATED, RawChunks
 
 
 def _dataset() -> xr.Dataset:
@@ -30,7 +29,7 @@ def _dataset() -> xr.Dataset:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     ds = _dataset()
-    return ds, store.write_cache(ds, tmp_path_factory.mktemp("raw") / "c.nc")
+    return ds, nat4xr.cachefile.write_cache(ds, tmp_path_factory.mktemp("raw") / "c.nc")
 
 
 def test_repeated_sounds_are_stored_unfiltered(written):
@@ -58,7 +57,7 @@ def test_repeated_sounds_are_stored_unfiltered(written):
 
 def test_netcdf_and_xarray_read_the_same_values(written):
     ds, path = written
-    xr.testing.assert_identical(store.open_cache(path).load(), ds)
+    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), ds)
     with netCDF4.Dataset(path) as nc:
         np.testing.assert_array_equal(nc["response"][:].filled(np.nan), ds["response"].values)
 

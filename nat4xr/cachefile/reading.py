@@ -1,0 +1,256 @@
+"""Open a cache file: check it, read its small coordinates, and wrap its data lazily.
+
+:func:`open_store` is what the ``nat4`` xarray backend engine calls;
+:func:`open_cache` adds nat4xr's chunking on top. Nothing here reads a data
+value: data variables are :class:`~nat4xr.cachefile.arrays.CacheArray` objects
+that read chunks from a memory map when indexed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from xarray.core import indexing
+
+from ..errors import CacheError
+from ..schema import SCHEMA_VERSION, check_dataset
+from .arrays import CacheArray, CacheSource
+from .chunks import ChunkFile, read_index
+from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
+
+__all__ = ["open_cache", "open_store", "read_metadata"]
+
+#: Bytes of ``response`` per dask chunk that ``chunks='auto'`` aims at.
+_CHUNK_BYTES = 64 << 20
+_REBUILD = "rebuild it with open_nat4(..., rebuild=True)"
+
+
+def read_metadata(path: str | os.PathLike, nc: Any = None) -> tuple[dict[str, xr.Variable], dict]:
+    """Coordinates (in memory, strings as ``<U``) and global attributes without the stamps."""
+    ds, _ = _root(path, nc)
+    try:
+        return _coords(ds), {k: v for k, v in ds.attrs.items() if k not in STAMPS}
+    finally:
+        ds.close()
+
+
+def _root(path: str | os.PathLike, nc: Any = None) -> tuple[xr.Dataset, Any]:
+    """The root group through xarray's netCDF4 store (lazy data), and the netCDF4 handle."""
+    import netCDF4
+
+    if nc is None:
+        nc = netCDF4.Dataset(os.fspath(path), "r")
+    store = xr.backends.NetCDF4DataStore(nc)
+    return xr.open_dataset(store, cache=False), nc
+
+
+def _coords(ds: xr.Dataset) -> dict[str, xr.Variable]:
+    out = {}
+    for name in ds.coords:
+        var = ds.variables[name].load()
+        if var.dtype == object:  # fixed-width characters decode to objects: the contract's <U
+            var = var.astype(str)
+        var.encoding = {}
+        out[name] = var
+    return out
+
+
+def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Dataset:
+    """The lazy Dataset of a cache file, without dask (the ``nat4`` engine's result).
+
+    Raises
+    ------
+    CacheError
+        The file is missing, unreadable, truncated, damaged, not a nat4xr
+        cache or written by an incompatible version.
+    """
+    import netCDF4
+
+    path = Path(path)
+    try:
+        st = path.stat()
+        nc = netCDF4.Dataset(str(path), "r")
+    except FileNotFoundError:
+        raise CacheError(
+            f"{path}: no such cache file; open_nat4() (or `nat4xr build AREA`) builds one"
+        ) from None
+    except Exception as exc:  # HDF5/netCDF raise assorted types for broken files
+        raise CacheError(
+            f"{path} is not a readable netCDF file ({exc}); delete it, or call "
+            "open_nat4(..., rebuild=True)"
+        ) from exc
+    try:
+        stamp = _stamp(nc, path)
+        index = read_index(nc, str(path))
+        expected = str(nc.groups[INDEX_GROUP].getncattr("digest"))
+        root, _ = _root(path, nc)
+        coords = _coords(root)
+        attrs = {k: v for k, v in root.attrs.items() if k not in STAMPS}
+        if digest(coords, attrs) != expected:
+            raise CacheError(
+                f"{path}: its coordinates or attributes do not match the digest written with "
+                f"them: the file is damaged; {_REBUILD}"
+            )
+        meta = {name: (var.dims, dict(var.attrs)) for name, var in root.data_vars.items()}
+    except CacheError:
+        nc.close()
+        raise
+    except Exception as exc:  # a damaged header or attribute surfaces here
+        nc.close()
+        raise CacheError(f"{path}: cannot read ({exc}); {_REBUILD}") from exc
+    nc.close()
+    files = ChunkFile(path, index, (st.st_ino, st.st_size, st.st_mtime_ns))
+    all_dims = {d for var_dims, _ in meta.values() for d in var_dims}
+    drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
+    source = CacheSource(
+        path=str(path.resolve()),
+        identity=files.identity,
+        format=stamp["format"],
+        stims=coords["stim"].values,
+        neurons=coords["neuron"].values,
+        axes={d: coords[d].values for d in coords if d not in ("stim", "neuron") and d in all_dims},
+        file=files,
+    )
+    data = {}
+    for name in ["response", *(n for n in meta if n != "response")]:
+        if name in drop or name not in meta:
+            continue
+        if name not in index:
+            raise CacheError(f"{path}: {name} has no chunk index; {_REBUILD}")
+        dims, var_attrs = meta[name]
+        var_attrs = {k: v for k, v in var_attrs.items() if k not in ("_FillValue", "coordinates")}
+        array = CacheArray(source, index[name])
+        encoding = {
+            "preferred_chunks": dict(zip(dims, index[name].chunks)),
+            "nat4xr_source": source,
+        }
+        lazy = indexing.LazilyIndexedArray(array)
+        data[name] = xr.Variable(dims, lazy, var_attrs, encoding)
+    coords = {k: v for k, v in coords.items() if k not in drop}
+    ds = xr.Dataset(data, coords=_in_contract_order(coords), attrs=attrs)
+    ds.set_close(files.close)
+    ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
+    try:
+        check_dataset(ds)
+    except ValueError as exc:
+        raise CacheError(f"{path}: {exc}; {_REBUILD}") from exc
+    return ds
+
+
+def _stamp(nc: Any, path: Path) -> dict[str, Any]:
+    attrs = set(nc.ncattrs())
+    if "nat4xr_cache_format" not in attrs:
+        raise CacheError(
+            f"{path} is not a nat4xr cache file (no nat4xr_cache_format stamp), or its "
+            "writing never finished; delete it or rebuild with open_nat4(..., rebuild=True)"
+        )
+    fmt = nc.getncattr("nat4xr_cache_format")
+    schema = nc.getncattr("nat4xr_schema") if "nat4xr_schema" in attrs else None
+    if int(fmt) != CACHE_FORMAT or schema is None or int(schema) != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} was written in cache format {fmt} / schema {schema}, this nat4xr reads "
+            f"format {CACHE_FORMAT} / schema {SCHEMA_VERSION}; {_REBUILD}"
+        )
+    try:
+        options = json.loads(nc.getncattr("nat4xr_cache_options"))
+        key = str(nc.getncattr("nat4xr_cache_key"))
+    except (ValueError, AttributeError, KeyError) as exc:
+        raise CacheError(f"{path}: unreadable build options stamp ({exc}); {_REBUILD}") from exc
+    return {"format": int(fmt), "key": key, "options": options}
+
+
+def _in_contract_order(coords: dict[str, xr.Variable]) -> dict[str, xr.Variable]:
+    first = [d for d in ("stim", "neuron", "repeat", "time", "freq") if d in coords]
+    return {name: coords[name] for name in [*first, *(c for c in coords if c not in first)]}
+
+
+def open_cache(path: str | os.PathLike, chunks: Any = "auto") -> xr.Dataset:
+    """Open a cache file written by :func:`~nat4xr.cachefile.write_cache`.
+
+    Coordinates are read into memory (they are small) and checked against the
+    digest written with them; data variables stay in the file.
+
+    Parameters
+    ----------
+    path : path-like
+        Cache file.
+    chunks : 'auto', int, dict or None
+        ``'auto'``: dask arrays with stim chunks of ~64 MB of ``response`` (8
+        to 32 stims); an int: that many stims per dask chunk; a dict: chunk
+        sizes per dimension (dimensions not named stay whole); ``None``: no
+        dask: lazily indexed arrays that read only what is selected, loaded
+        by ``.load()`` or ``.values``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds.encoding`` holds ``source`` and ``nat4xr_cache`` (format, key and
+        build options). ``close()`` (or a ``with`` block) unmaps the file.
+
+    Raises
+    ------
+    CacheError
+        The file is missing, unreadable, truncated, damaged, not a nat4xr
+        cache or written by an incompatible version.
+
+    Examples
+    --------
+    >>> import tempfile, nat4xr
+    >>> from nat4xr.cachefile import write_cache
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=4)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with open_cache(write_cache(ds, Path(tmp) / "demo.nc")) as lazy:
+    ...         print(type(lazy["response"].data).__name__, lazy["response"].chunks[0])
+    Array (5,)
+    """
+    ds = xr.open_dataset(path, engine="nat4", chunks=None, cache=False)
+    if chunks is None:
+        return ds
+    try:
+        spec = chunk_spec(ds, chunks)
+        return chunked(ds, spec)
+    except BaseException:
+        ds.close()
+        raise
+
+
+def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
+    """``ds`` with its data variables as dask arrays of ``spec`` (coordinates untouched)."""
+    from dask.base import tokenize
+
+    source = ds.encoding.get("source", "")
+    identity = ds["response"].encoding["nat4xr_source"].identity
+    out = ds.copy(deep=False)
+    for name in list(ds.data_vars):
+        var = ds.variables[name]
+        dims = {d: spec.get(d, -1) for d in var.dims}
+        token = tokenize(source, identity, name, sorted(dims.items()))
+        out[name] = var.chunk(dims, from_array_kwargs={"name": f"nat4xr-{name}-{token}"})
+    out.set_close(ds.close)
+    return out
+
+
+def chunk_spec(ds: xr.Dataset, chunks: Any) -> dict[str, int]:
+    """Dask chunk sizes per dimension for ``chunks`` (see :func:`open_cache`)."""
+    if isinstance(chunks, Mapping):
+        unknown = set(chunks) - set(ds.dims)
+        if unknown:
+            raise ValueError(
+                f"chunks names unknown dimension(s) {sorted(unknown)}; "
+                f"the dimensions are {list(ds.dims)}"
+            )
+        return {d: int(n) for d, n in chunks.items()}
+    n_stim = max(1, ds.sizes["stim"])
+    if chunks == "auto":
+        per_stim = 4 * ds.sizes["neuron"] * ds.sizes["repeat"] * ds.sizes["time"]
+        stims = int(np.clip(_CHUNK_BYTES // max(1, per_stim), 8, 32))
+        return {"stim": min(stims, n_stim)}
+    if isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool) and chunks > 0:
+        return {"stim": min(int(chunks), n_stim)}
+    raise ValueError(f"chunks must be 'auto', a positive int, a dict or None, got {chunks!r}")

@@ -1,0 +1,210 @@
+"""The front door: open one area of NAT4, building its cache on first use.
+
+:func:`open_nat4` resolves the release files once, finds the cache file they
+name (:func:`nat4xr.cachedir.cache_key`) or builds and writes it
+(:mod:`nat4xr.build`, :func:`nat4xr.cachefile.write_cache`), and opens it
+through the ``nat4`` backend engine. A cache that cannot be read, is damaged
+or was written by another version is rebuilt with a
+:class:`~nat4xr.errors.Nat4Warning`. :func:`open_demo` does the same on a
+small synthetic release written once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import filelock
+import xarray as xr
+
+from ._version import __version__
+from .cachedir import cache_dir, cache_key
+from .cachefile.reading import chunk_spec, open_cache
+from .cachefile.writer import LOCK_TIMEOUT, locked, write_unlocked
+from .errors import CacheError, Nat4Warning
+from .fetch import check_area, data_dir, fetch
+from .files import atomic_path, remove_stale
+
+__all__ = ["open_demo", "open_nat4"]
+
+
+def open_nat4(
+    area: str,
+    subset: str = "all",
+    path: str | os.PathLike | None = None,
+    download: bool = False,
+    normalize: str | None = None,
+    smooth_ms: float | None = None,
+    chunks: Any = "auto",
+    cache: bool = True,
+    rebuild: bool = False,
+    waveform: bool = False,
+    audio_fs: int = 44100,
+    progress: bool | None = None,
+) -> xr.Dataset:
+    """Open one area of NAT4 as a lazy Dataset, building its cache on first use.
+
+    Parameters
+    ----------
+    area : {'A1', 'PEG'}
+        Recording area.
+    subset : {'all', 'est', 'val'}
+        Which sounds.
+    path : path-like, optional
+        Release folder; :func:`nat4xr.fetch.data_dir` when omitted.
+    download : bool
+        Fetch the release files first (:func:`nat4xr.fetch.fetch`).
+    normalize : {None, 'nems'}
+        Scaling of the build (see :func:`nat4xr.build.build_dataset`).
+    smooth_ms : float, optional
+        Smoothing of the build.
+    chunks : 'auto', int, dict or None
+        Dask chunks of the result (see :func:`nat4xr.cachefile.open_cache`);
+        ``None``: no dask, data read lazily from the cache file on indexing
+        (with ``cache=False``: the build result loaded into memory).
+    cache : bool
+        Write (and reuse) the netCDF cache. ``False`` returns the build
+        result without writing anything.
+    rebuild : bool
+        Build again and replace the cache file.
+    waveform : bool
+        Add the ``waveform`` variable (needs ``wav/``; fetched with
+        ``download=True``).
+    audio_fs : int
+        Sampling rate of ``waveform``.
+    progress : bool, optional
+        Progress bars; by default shown when stderr is a terminal.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    MissingFileError
+        A release file is missing (``download=True`` fetches it).
+
+    Examples
+    --------
+    >>> ds = open_nat4("A1", path="/data/NAT4")  # doctest: +SKIP
+
+    Without writing a cache, on a small synthetic release:
+
+    >>> import tempfile, warnings, nat4xr
+    >>> with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # the synthetic release's deliberate traps
+    ...     rel = nat4xr.synthetic.write_release(tmp, "A1", scale="tiny")
+    ...     ds = open_nat4("A1", path=rel.root, cache=False)
+    >>> ds["response"].dims, ds.sizes["stim"]
+    (('stim', 'neuron', 'repeat', 'time'), 8)
+    """
+    from . import build, release
+
+    check_area(area)
+    release.check_subset(subset)
+    root = Path(path).expanduser() if path is not None else data_dir()
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    if download:
+        fetch(area, root, wav=waveform, progress=show)
+    options = {
+        "area": area,
+        "subset": subset,
+        "normalize": normalize,
+        "smooth_ms": smooth_ms,
+        "waveform": bool(waveform),
+        "audio_fs": int(audio_fs) if waveform else None,
+    }
+    if waveform:  # the two resamplers give different samples: never share a cache file
+        from .waveform import default_resampler
+
+        options["resampler"] = default_resampler()
+
+    def _build() -> xr.Dataset:
+        return build.build_dataset(
+            root,
+            area,
+            subset=subset,
+            normalize=normalize,
+            smooth_ms=smooth_ms,
+            waveform=waveform,
+            audio_fs=audio_fs,
+            progress=show,
+        )
+
+    if not cache:
+        ds = _build()
+        if chunks is None:
+            return ds.load()
+        return ds if chunks == "auto" else ds.chunk(chunk_spec(ds, chunks))
+
+    key = cache_key(release.source_files(root, area, subset, waveform), options)
+    target = cache_dir() / f"{area}-{subset}-{key}.nc"
+    failed = None  # identity of a file that could not be opened
+    if not rebuild and target.exists():
+        failed = _identity(target)
+        try:
+            return open_cache(target, chunks)
+        except CacheError as exc:
+            _warn_rebuild(exc)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot create the cache folder {target.parent}: {exc}; set NAT4XR_CACHE_DIR "
+            "to a writable folder, or pass cache=False"
+        ) from exc
+    before = _identity(target)
+    with locked(target):
+        # Another process may have (re)written the file while we waited for the lock.
+        now = _identity(target)
+        if now is not None and now != failed and (not rebuild or now != before):
+            try:
+                return open_cache(target, chunks)
+            except CacheError as exc:
+                _warn_rebuild(exc)
+        write_unlocked(_build(), target, key, options, show)
+    return open_cache(target, chunks)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _warn_rebuild(exc: CacheError) -> None:
+    warnings.warn(f"{exc}; rebuilding the cache", Nat4Warning, stacklevel=3)
+
+
+def open_demo(chunks: Any = "auto") -> xr.Dataset:
+    """A small synthetic NAT4 release, built and cached once, opened like the real one.
+
+    Writes the release (``nat4xr.synthetic.write_release``, ``scale='small'``)
+    under ``<data_dir>/demo-<version>`` the first time, then returns
+    :func:`open_nat4` on it. Works offline.
+
+    Examples
+    --------
+    >>> demo = open_demo()  # doctest: +SKIP
+    >>> demo.sizes["neuron"]  # doctest: +SKIP
+    40
+    """
+    from . import synthetic
+
+    base = data_dir()
+    root = base / f"demo-{__version__}"
+    marker = root / ".complete"
+    if not marker.is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(base / ".demo.lock"), timeout=LOCK_TIMEOUT):
+            if not marker.is_file():
+                remove_stale(root)  # a killed writer's
+                with atomic_path(root, directory=True) as tmp:
+                    synthetic.write_release(tmp, area="A1", scale="small", seed=0)
+                    (tmp / ".complete").write_text(__version__)
+    return open_nat4("A1", path=root, chunks=chunks, progress=False)
