@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -68,6 +67,7 @@ import xarray as xr
 from ._version import __version__
 from .errors import CacheError, Nat4Warning
 from .fetch import check_area, data_dir, fetch
+from .files import atomic_path, remove_stale
 from .schema import SCHEMA_VERSION, check_dataset
 
 __all__ = [
@@ -754,18 +754,10 @@ def open_demo(chunks: Any = "auto") -> xr.Dataset:
         base.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(str(base / ".demo.lock"), timeout=LOCK_TIMEOUT):
             if not marker.is_file():
-                for stale in base.glob(".demo.*.tmp"):
-                    shutil.rmtree(stale, ignore_errors=True)  # a killed writer's
-                tmp = base / f".demo.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-                tmp.mkdir()
-                try:
+                remove_stale(root)  # a killed writer's
+                with atomic_path(root, directory=True) as tmp:
                     synthetic.write_release(tmp, area="A1", scale="small", seed=0)
                     (tmp / ".complete").write_text(__version__)
-                    if root.exists():
-                        shutil.rmtree(root)
-                    os.replace(tmp, root)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
     return open_nat4("A1", path=root, chunks=chunks, progress=False)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import wave
 import zipfile
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from ..files import atomic_path, remove_stale
 from .constants import _FIELD, AUDIO_FS, FS_POP, FS_SITE, N_REPEATS, N_TIME, TRIAL_DURATION
 from .formats import (
     _blocks,
@@ -35,11 +35,14 @@ from .responses import _Counts
 
 
 def _replace_into(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temp file in the same folder; only a complete file gets the name."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as fh:
+    """Write through a temp file in the same folder; only a complete file gets the name.
+
+    A release folder has one writer at a time (:func:`nat4xr.open_demo` holds a
+    lock around it), so what a killed writer left is cleared first.
+    """
+    remove_stale(path)
+    with atomic_path(path) as part, open(part, "wb") as fh:
         write(fh)
-    os.replace(part, path)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
