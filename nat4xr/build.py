@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import pandas as pd
 import xarray as xr
 
 from . import release
-from .errors import FormatError, MissingFileError, Nat4Error, Nat4Warning
+from .archives import open_zip, zip_member
+from .errors import FormatError, MissingFileError, Nat4Warning
 from .filters import hanning_smooth, hanning_window
 from .nems import Recording, Signal, open_recording
 from .schema import PUBLISHED_PREFIX, make_dataset
@@ -353,15 +353,12 @@ def _site_recordings(sources: list[Path], progress: bool) -> Iterator[Recording]
     items: list[tuple[str, Any]] = []
     for src in sources:
         if src.suffix == ".zip":
-            try:
-                with zipfile.ZipFile(src) as zf:
-                    names = [
-                        n
-                        for n in zf.namelist()
-                        if n.endswith((".tgz", ".tar.gz")) and not n.startswith("__MACOSX")
-                    ]
-            except zipfile.BadZipFile as exc:
-                raise FormatError(f"{src}: not a readable zip ({exc}); fetch it again") from exc
+            with open_zip(src) as zf:
+                names = [
+                    n
+                    for n in zf.namelist()
+                    if n.endswith((".tgz", ".tar.gz")) and not n.startswith("__MACOSX")
+                ]
             if not names:
                 raise FormatError(f"{src}: holds no single-site recordings (*.tgz)")
             items += [(f"{src}:{n}", (src, n)) for n in sorted(names)]
@@ -375,16 +372,8 @@ def _site_recordings(sources: list[Path], progress: bool) -> Iterator[Recording]
     try:
         for label, item in items:
             if isinstance(item, tuple):
-                try:
-                    with zipfile.ZipFile(item[0]) as zf, zf.open(item[1]) as member:
-                        rec = open_recording(member, {"resp"}, label=label)
-                except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
-                    if isinstance(exc, Nat4Error):
-                        raise
-                    raise FormatError(
-                        f"{label}: unreadable zip member ({exc}); delete {item[0].name} and "
-                        "fetch it again (download=True)"
-                    ) from exc
+                with zip_member(*item, label=label) as member:
+                    rec = open_recording(member, {"resp"}, label=label)
                 yield rec
             else:
                 yield open_recording(item, {"resp"})

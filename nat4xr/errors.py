@@ -47,3 +47,19 @@ class CacheError(Nat4Error, OSError):
 
 class Nat4Warning(UserWarning):
     """Something in the data is suspicious but the build could go on."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none).
+
+    Keeps a library's multi-line message from swamping the one nat4xr wraps it in.
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad header\\nat byte 12"))
+    'bad header'
+    >>> first_line(EOFError())
+    'EOFError'
+    """
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

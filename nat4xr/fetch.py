@@ -26,7 +26,6 @@ import copy
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import zipfile
 from importlib import resources
@@ -37,6 +36,7 @@ import pooch
 
 from ._version import __version__
 from .errors import DownloadError
+from .files import atomic_path, remove_stale, temp_path
 from .release import AREAS, check_area, population_file, pred_file, sites_folder
 
 __all__ = [
@@ -349,9 +349,9 @@ def _write_record(root: Path, base_url: str, registry: dict[str, str]) -> None:
     known.update(registry)
     lines = [f"# hashes verified by nat4xr, source {base_url}", f"# source {_source_tag(base_url)}"]
     lines += [f"{n} {h}" for n, h in sorted(known.items())]
-    tmp = root / f".registry.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    remove_stale(record)  # a killed writer's; we hold the lock
+    with atomic_path(record) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 class _AtomicUnzip:
@@ -369,12 +369,8 @@ class _AtomicUnzip:
         dest = archive.parent / self.folder
         if action == "fetch" and dest.is_dir():
             return str(dest)
-        for stale in archive.parent.glob(f".{self.folder}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)  # a killed unzip's; we hold the lock
-        # Not mkdtemp: its 0700 mode would stick to the renamed folder.
-        tmp = archive.parent / f".{self.folder}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        tmp.mkdir()
-        try:
+        remove_stale(dest)  # a killed unzip's; we hold the lock
+        with atomic_path(dest, directory=True) as tmp:
             _check_unzip_size(archive, tmp)
             try:  # zipfile strips absolute and '..' parts and never makes links
                 pooch.Unzip(extract_dir=str(tmp))(fname, "download", pup)
@@ -384,11 +380,11 @@ class _AtomicUnzip:
                 ) from exc
             entries = [p for p in tmp.iterdir() if p.name != "__MACOSX"]
             nested = len(entries) == 1 and entries[0].is_dir() and entries[0].name == self.folder
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(entries[0] if nested else tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if nested:  # the members sit under <folder>/: that folder becomes the result
+                inner = temp_path(dest)
+                os.replace(entries[0], inner)
+                shutil.rmtree(tmp)
+                os.replace(inner, tmp)
         return str(dest)
 
 

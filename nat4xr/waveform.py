@@ -59,6 +59,7 @@ from typing import IO, Any
 import numpy as np
 import xarray as xr
 
+from .archives import open_zip
 from .errors import FormatError, MissingFileError
 
 __all__ = ["add_waveforms", "default_resampler", "hop_length", "read_wav", "sound_file_name"]
@@ -453,11 +454,7 @@ def _open_sounds(source: str | os.PathLike) -> Iterator[_Sounds]:
             f"{root}: the source sounds (wav/ folder or wav.zip) not found. Pass download=True "
             "with waveform=True (or run `nat4xr fetch AREA --wav`) to fetch them"
         )
-    try:
-        zf = zipfile.ZipFile(root)
-    except zipfile.BadZipFile as exc:
-        raise FormatError(f"{root}: not a readable zip ({exc}); fetch it again") from exc
-    with zf:
+    with open_zip(root) as zf:
         names = [
             i.filename
             for i in zf.infolist()

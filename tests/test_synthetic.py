@@ -20,13 +20,9 @@ import pandas as pd
 import pytest
 
 from nat4xr.schema import check_dataset
-from nat4xr.synthetic import (
-    _FULL_AREAS,
-    _SCALES,
-    SyntheticRelease,
-    _Layout,
-    write_release,
-)
+from nat4xr.synthetic import SyntheticRelease, write_release
+from nat4xr.synthetic.constants import _FULL_AREAS, _SCALES
+from nat4xr.synthetic.layout import _Layout
 
 KEY_RE = re.compile(r"^([A-Z]{3}\d+[a-z])-(\d+)-(\d+)$")
 NUMBER_RE = re.compile(rb"^(nan|\d\.\d{18}e[+-]\d{2})$")
