@@ -256,7 +256,7 @@ def test_splits_are_identical_in_another_process():
 
 
 def test_splits_survive_selection_concat_and_the_cache(tmp_path):
-    store = pytest.importorskip("nat4xr.cachefile")
+    pytest.importorskip("nat4xr.cachefile")
     ds = nat4xr.synthetic.random_dataset(n_est=8, n_val=2, n_neurons=4, seed=5)
     ds = assign_holdout(assign_folds(ds, 4), 0.25)
     sel = ds.nat4.sel_stims(holdout=False)
