@@ -1,156 +1,175 @@
-"""Unfiltered chunks of repeated sounds in the cache, and reading them from a memory map."""
+"""The cache file format and the ``nat4`` backend engine: indexing, laziness, integrity."""
 
 from __future__ import annotations
 
+import shutil
+import tracemalloc
+
 import h5py
-import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-from nat4xr.rawchunks import FILTERED, UNALLOCATED, RawChunks
 
 import nat4xr
-
-
-def _dataset() -> xr.Dataset:
-    ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=4, n_neurons=20, n_time=9, seed=11)
-    reps = ds["n_repeats"].values.copy()
-    reps[6] = 1  # a val sound with one recorded repeat: compressed like est
-    response = ds["response"].values.copy()
-    response[6, :, 1:] = np.nan
-    response[7, 3, 0, 2:5] = np.nan  # rows with both values and NaN
-    response[8, :, 1, 0] = np.nan
-    ds = ds.assign_coords(n_repeats=("stim", reps, ds["n_repeats"].attrs))
-    ds["response"].values = response
-    nat4xr.schema.check_dataset(ds)
-    return ds
+from nat4xr.cachefile import CACHE_FORMAT, CacheSource, open_cache, write_cache
+from nat4xr.errors import CacheError
+from nat4xr.testing import raise_if_dask_computes
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    ds = _dataset()
-    return ds, nat4xr.cachefile.write_cache(ds, tmp_path_factory.mktemp("raw") / "c.nc")
+    ds = nat4xr.synthetic.random_dataset(n_est=6, n_val=3, n_neurons=7, n_time=9, seed=3)
+    return ds, write_cache(ds, tmp_path_factory.mktemp("cachefile") / "c.nc")
 
 
-def test_repeated_sounds_are_stored_unfiltered(written):
+def _copy(path, tmp_path, name="copy.nc"):
+    target = tmp_path / name
+    shutil.copyfile(path, target)
+    return target
+
+
+def _flip(path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x40]))
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def test_engine_gives_the_written_dataset(written):
     ds, path = written
-    reps = ds["n_repeats"].values
-    n, t = ds.sizes["neuron"], ds.sizes["time"]
-    with h5py.File(path, "r") as f:
-        var = f["response"]
-        n_filters = var.id.get_create_plist().get_nfilters()
-        assert n_filters >= 1  # compressed variable
-        seen = {}
-        var.id.chunk_iter(lambda info: seen.__setitem__(info.chunk_offset, info))
-    assert {(s, r) for s, _, r, _ in seen} == {(s, r) for s, k in enumerate(reps) for r in range(k)}
-    for (s, _, r, _), info in seen.items():
-        if reps[s] > 1:
-            assert info.filter_mask == (1 << n_filters) - 1
-            assert info.size == n * t * 4
-            with open(path, "rb") as fh:
-                fh.seek(info.byte_offset)
-                stored = np.frombuffer(fh.read(info.size), "<f4").reshape(n, t)
-            np.testing.assert_array_equal(stored, ds["response"].values[s, :, r])
-        else:
-            assert info.filter_mask == 0
+    with xr.open_dataset(path, engine="nat4") as lazy:
+        assert lazy.encoding["nat4xr_cache"]["format"] == CACHE_FORMAT
+        assert isinstance(lazy.response.encoding["nat4xr_source"], CacheSource)
+        assert lazy.response.chunks is None
+        xr.testing.assert_identical(lazy.load(), ds)
+    with xr.open_dataset(path, engine="nat4", chunks={"stim": 2}) as chunked:
+        assert chunked.response.chunks[0] == (2, 2, 2, 2, 1)
+        xr.testing.assert_identical(chunked.load(), ds)
 
 
-def test_netcdf_and_xarray_read_the_same_values(written):
+INDEXERS = [
+    {"stim": 3},
+    {"stim": -1, "neuron": -2},
+    {"stim": slice(1, 7, 2)},
+    {"stim": slice(None, None, -1), "time": slice(8, 0, -3)},
+    {"stim": [8, 0, 3], "neuron": [6, 1, 1]},
+    {"stim": [], "neuron": [2]},
+    {"repeat": slice(2, 5), "time": [0, 8]},
+    {"stim": np.array([True, False] * 4 + [True])},
+    # vectorized: pointwise along a new dimension
+    {"stim": xr.Variable("k", [0, 7, 8]), "neuron": xr.Variable("k", [1, 6, 0])},
+    {"stim": xr.Variable(("a", "b"), [[1, 8], [6, 0]]), "time": 4},
+]
+
+
+@pytest.mark.parametrize("indexer", INDEXERS, ids=range(len(INDEXERS)))
+def test_every_indexing_kind_matches_the_dense_array(written, indexer):
     ds, path = written
-    xr.testing.assert_identical(nat4xr.cachefile.open_cache(path).load(), ds)
-    with netCDF4.Dataset(path) as nc:
-        np.testing.assert_array_equal(nc["response"][:].filled(np.nan), ds["response"].values)
+    with open_cache(path, chunks=None) as lazy:
+        for name in ("response", "spectrogram"):
+            usable = {k: v for k, v in indexer.items() if k in ds[name].dims}
+            want = ds[name].variable.isel(usable)
+            got = lazy[name].variable.isel(usable)
+            assert got.dims == want.dims
+            np.testing.assert_array_equal(got.values, want.values)
 
 
-def test_table_and_servable(written):
+def test_chunks_none_reads_nothing_until_asked(written, monkeypatch):
     ds, path = written
-    reps = ds["n_repeats"].values
-    chunks = RawChunks(path)
-    assert chunks.shape == ds["response"].shape
-    assert np.isnan(chunks.fill)
-    for s, k in enumerate(reps):
-        codes = chunks.table[s]
-        assert (codes[k:] == UNALLOCATED).all()
-        if k > 1:
-            assert (codes[:k] >= 0).all()
-        else:
-            assert (codes[:k] == FILTERED).all()
-    n_rep = ds.sizes["repeat"]
-    expected = reps > 1
-    np.testing.assert_array_equal(chunks.servable(np.arange(len(reps)), n_rep), expected)
-    # a repeat past a sound's recorded ones is unwritten: servable, read as the fill value
-    assert chunks.servable(np.array([5]), n_rep)[0]
-    chunks.close()
+    reads = []
+    from nat4xr.cachefile.chunks import ChunkFile
 
+    original = ChunkFile.decoded
 
-@pytest.mark.parametrize(
-    "neurons",
-    [
-        np.arange(20),  # one run: strided copies
-        np.r_[0:8, 10:20],  # two runs
-        np.array([6, 0, 3]),  # scattered: a gather per chunk
-        np.array([2, 2, 5, 1, 0, 4, 6, 3]),
-    ],
-)
-def test_read_into_matches_the_dataset(written, neurons):
-    ds, path = written
-    chunks = RawChunks(path)
-    stims = np.flatnonzero(ds["n_repeats"].values > 1)[::-1].copy()
-    n_rep = ds.sizes["repeat"]
-    out = np.full((len(stims) + 1, len(neurons), n_rep, ds.sizes["time"]), 7.0, np.float32)
-    rows = np.arange(1, len(stims) + 1)
-    mask = np.zeros(out.shape, bool)
-    for _ in range(2):  # the second read knows the rows' states from the first
-        chunks.read_into(out, stims, neurons, rows=rows, mask=mask)
-        expected = ds["response"].values[stims][:, neurons]
-        np.testing.assert_array_equal(out[1:], expected)
-        np.testing.assert_array_equal(mask[1:], ~np.isnan(expected))
-        assert (out[0] == 7.0).all() and not mask[0].any()  # rows not asked for: left alone
-    assert np.isnan(expected).any() and (~np.isnan(expected)).any()
-    chunks.close()
+    def counting(self, index, flat, where=""):
+        reads.append((index.name, flat))
+        return original(self, index, flat, where)
 
-
-@pytest.mark.parametrize("neurons", [np.array([4, 1, 6]), np.arange(20), np.r_[2:10, 12:20]])
-def test_chunks_that_are_not_back_to_back(tmp_path, neurons):
-    """Chunks written out of order (or missing) are read one by one, with the same result."""
-    rng = np.random.default_rng(0)
-    values = rng.poisson(1.0, (3, 20, 4, 9)).astype("<f4")
-    path = tmp_path / "h5.nc"
-    with h5py.File(path, "w") as f:
-        var = f.create_dataset(
-            "response",
-            shape=values.shape,
-            dtype="<f4",
-            chunks=(1, 20, 1, 9),
-            compression="gzip",
-            fillvalue=np.nan,
+    monkeypatch.setattr(ChunkFile, "decoded", counting)
+    with raise_if_dask_computes(), open_cache(path, chunks=None) as lazy:
+        sel = lazy.nat4.sel_stims(subset="val").isel(neuron=[0, 2])
+        assert reads == []
+        values = sel.response.values
+        touched = {flat for name, flat in reads if name == "response"}
+        n_rep = ds.sizes["repeat"]
+        val = np.flatnonzero(ds.subset.values == "val")
+        # only the selected sounds' chunks (every repeat of each) were read
+        assert touched == {s * n_rep + r for s in val for r in range(n_rep)}
+        np.testing.assert_array_equal(
+            values, ds.nat4.sel_stims(subset="val").isel(neuron=[0, 2]).response.values
         )
-        for s in range(3):
-            for r in reversed(range(4 - s)):  # descending places; stim s has 4 - s repeats
-                var.id.write_direct_chunk((s, 0, r, 0), values[s, :, r].tobytes(), filter_mask=1)
-    chunks = RawChunks(path)
-    assert (np.diff(chunks.table[0]) < 0).all()
-    out = np.empty((3, len(neurons), 4, 9), np.float32)
-    chunks.read_into(out, np.arange(3), neurons)
-    expected = values[:, neurons].copy()
-    for s in range(3):
-        expected[s, :, 4 - s :] = np.nan
-    np.testing.assert_array_equal(out, expected)
 
 
-def test_refuses_what_it_cannot_serve(written, tmp_path):
+def test_chunks_none_on_a_full_scale_shaped_file_allocates_little(tmp_path):
+    ds = nat4xr.synthetic.random_dataset(n_est=120, n_val=6, n_neurons=300, n_time=150, seed=1)
+    path = write_cache(ds, tmp_path / "big.nc")
+    dense = ds.sizes["stim"] * ds.sizes["neuron"] * ds.sizes["repeat"] * ds.sizes["time"] * 4
+    tracemalloc.start()
+    with open_cache(path, chunks=None) as lazy:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert lazy.response.shape == ds.response.shape
+    assert dense > 400e6
+    assert peak < 8e6  # coordinates and the chunk index, never the response
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def _chunk_offset(path, name: str, stim: int, rep: int = 0) -> tuple[int, bool]:
+    with open_cache(path, chunks=None) as lazy:
+        index = lazy[name].encoding["nat4xr_source"].file.index[name]
+    cell = (stim, 0, rep, 0) if name == "response" else (stim, 0, 0)
+    return int(index.offset[cell]), bool(index.compressed[cell])
+
+
+@pytest.mark.parametrize("kind", ["unfiltered", "compressed", "spectrogram"])
+def test_a_flipped_byte_in_a_chunk_is_a_cache_error(written, tmp_path, kind):
     ds, path = written
-    chunks = RawChunks(path)
-    out = np.empty((1, 20, 1, 9), np.float32)
-    with pytest.raises(ValueError, match="compressed"):
-        chunks.read_into(out, np.array([0]), np.arange(20))
-    with pytest.raises(IndexError, match="out of range"):
-        chunks.read_into(np.empty((1, 2, 1, 9), np.float32), np.array([5]), np.array([0, 20]))
-    with pytest.raises(ValueError, match="out must be"):
-        chunks.read_into(out, np.array([5]), np.arange(19))
-    with pytest.raises(ValueError, match="out must be"):
-        chunks.read_into(np.empty((1, 20, 21, 9), np.float32), np.array([5]), np.arange(20))
-    plain = tmp_path / "plain.nc"
-    ds.drop_vars([c for c in ds.coords if ds[c].dtype.kind == "U"]).to_netcdf(plain)
-    with pytest.raises(ValueError, match="chunks"):
-        RawChunks(plain)
+    copy = _copy(path, tmp_path)
+    stim = int(np.flatnonzero(ds.subset.values == ("val" if kind == "unfiltered" else "est"))[0])
+    name = "spectrogram" if kind == "spectrogram" else "response"
+    offset, compressed = _chunk_offset(copy, name, stim)
+    assert compressed == (kind != "unfiltered")
+    _flip(copy, offset + 5)
+    for chunks in (None, 2):
+        with open_cache(copy, chunks=chunks) as lazy:
+            with pytest.raises(CacheError, match=rf"{copy.name}.*{name}.*stim={stim}.*rebuild"):
+                _ = lazy[name].isel(stim=stim).values
+            # the rest of the file is still served
+            other = (stim + 1) % ds.sizes["stim"]
+            np.testing.assert_array_equal(
+                lazy[name].isel(stim=other).values, ds[name].isel(stim=other).values
+            )
+
+
+def test_a_flipped_byte_in_a_coordinate_fails_the_open(written, tmp_path):
+    _, path = written
+    copy = _copy(path, tmp_path)
+    with h5py.File(copy, "r") as f:
+        offset = f["neuron"].id.get_offset()
+    _flip(copy, offset + 3)
+    with pytest.raises(CacheError, match=rf"{copy.name}.*digest.*rebuild"):
+        open_cache(copy)
+
+
+def test_close_releases_the_file_and_a_replaced_file_is_never_read(written, tmp_path):
+    _, path = written
+    copy = _copy(path, tmp_path)
+    lazy = open_cache(copy, chunks=None)
+    file = lazy.response.encoding["nat4xr_source"].file
+    _ = lazy.response.isel(stim=0).values
+    assert file._map is not None
+    lazy.close()
+    assert file._map is None
+    other = nat4xr.synthetic.random_dataset(n_est=6, n_val=3, n_neurons=7, n_time=9, seed=4)
+    write_cache(other, tmp_path / "other.nc")
+    shutil.move(tmp_path / "other.nc", copy)  # replaced in place under the same name
+    with pytest.raises(CacheError, match="replaced after it was opened"):
+        _ = lazy.response.isel(stim=1).values
+    with open_cache(copy) as fresh:
+        xr.testing.assert_identical(fresh.load(), other)

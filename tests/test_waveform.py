@@ -338,7 +338,7 @@ def test_build_with_waveform_equals_adding_it(rel, base):
 
 
 def test_open_nat4_round_trips_the_waveform_through_the_cache(rel, base, tmp_path, monkeypatch):
-    from nat4xr.store import open_nat4
+    from nat4xr.opening import open_nat4
 
     monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
     expected = add_waveforms(base, rel.files["wav_zip"])

@@ -43,7 +43,7 @@ class CacheSource:
         The ids along ``stim`` and ``neuron`` in file order.
     axes : dict
         The file's other dimension coordinates (``repeat``, ``time``, ...).
-    file : ChunkFile
+    file : nat4xr.cachefile.chunks.ChunkFile
         The memory map serving checked chunks (reopened per process).
     """
 

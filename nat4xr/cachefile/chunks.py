@@ -24,8 +24,8 @@ Examples
 ...     f = lazy["response"].encoding["nat4xr_source"].file
 ...     values = f.chunk("response", (3, 0, 1, 0))   # stim 3, repeat 1
 ...     f.close()
->>> np.array_equal(values, ds.response[3, :, 1].values, equal_nan=True)
-True
+>>> values.shape, np.array_equal(values[0, :, 0], ds.response[3, :, 1].values, equal_nan=True)
+((1, 3, 1, 4), True)
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class ChunkFile:
     def chunk(
         self, name_or_index: str | ChunkIndex, position: tuple[int, ...], where: str = ""
     ) -> np.ndarray | None:
-        """Values of the chunk holding element ``position`` (chunk-shaped, read-only).
+        """A copy of the chunk holding element ``position``, chunk-shaped.
 
         ``None`` when the chunk was never written (it reads as the fill value).
         """
@@ -249,10 +249,14 @@ class ChunkFile:
         )
         cell = tuple(p // c for p, c in zip(position, index.chunks))
         flat = int(np.ravel_multi_index(cell, index.grid))
-        return self.decoded(index, flat, where)
+        values = self.decoded(index, flat, where)
+        return None if values is None else values.copy()
 
     def decoded(self, index: ChunkIndex, flat: int, where: str = "") -> np.ndarray | None:
-        """Values of chunk ``flat``, shaped like a chunk; None if never written."""
+        """Values of chunk ``flat``, shaped like a chunk; None if never written.
+
+        Unfiltered chunks are read-only views of the memory map: copy what you keep.
+        """
         raw = self.stored(index, flat, where)
         if raw is None:
             return None

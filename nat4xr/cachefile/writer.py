@@ -125,6 +125,8 @@ def write_unlocked(
     try:
         with atomic_path(path) as tmp:
             _write(ds, tmp, key, options, progress)
+    except _DataError as exc:  # computing the data failed, not storing it
+        raise exc.__cause__ from None
     except (OSError, RuntimeError) as exc:  # HDF5/netCDF report storage faults as either
         if isinstance(exc, CacheError):
             raise
@@ -317,10 +319,17 @@ def _each_chunk(dset: Any, visit: Any) -> None:
             visit(dset.id.get_chunk_info(i))
 
 
+class _DataError(Exception):
+    """Computing the values to write failed (raised from the original error)."""
+
+
 def _computed(block: Any) -> np.ndarray:
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block, dtype=np.float32)
+    try:
+        if hasattr(block, "compute"):
+            block = block.compute()
+        return np.asarray(block, dtype=np.float32)
+    except Exception as exc:
+        raise _DataError from exc
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -180,7 +180,7 @@ def write_release(
 
     Parameters
     ----------
-    root : path
+    root : path-like
         Folder to write into (created if needed).
     area : str
         Area name; ``'A1'`` and ``'PEG'`` get the published counts at
