@@ -106,41 +106,46 @@ def cache_list() -> list[CacheEntry]:
 
 
 def cache_clear(area: str | None = None) -> list[Path]:
-    """Delete cache files (all, or one area's) and leftovers of interrupted writes.
+    """Delete cache files (all, or one area's), leftovers of interrupted writes, and locks.
 
-    A file that another process is writing right now is skipped.
+    A file that another process is writing right now is skipped, with its
+    lock. Lock files left behind are harmless (a lock is held through the
+    operating system, not by the file's existence); this removes those of
+    files it deletes and those whose cache file is gone.
 
     Returns
     -------
     list of pathlib.Path
-        The files deleted.
+        The cache and temporary files deleted (their lock files go silently).
 
     Examples
     --------
     >>> isinstance(cache_clear(area="PEG"), list)  # doctest: +SKIP
     True
     """
-    removed = []
-    for entry in cache_list():
-        if area is not None and entry.area != area:
+    removed: list[Path] = []
+    folder = cache_dir()
+    if not folder.is_dir():
+        return removed
+    for lock_file in sorted(folder.glob("*.nc.lock")):
+        target = folder / lock_file.name[: -len(".lock")]
+        if area is not None and not target.name.startswith(f"{area}-"):
             continue
+        leftovers = [target, *folder.glob(f".{target.name}.*.tmp")]
         try:
+            with filelock.FileLock(str(lock_file), timeout=0):
+                for path in leftovers:
+                    if path.exists():
+                        path.unlink(missing_ok=True)
+                        removed.append(path)
+                # deleted while held, so no process can be waiting on this inode
+                lock_file.unlink(missing_ok=True)
+        except filelock.Timeout:
+            continue
+    for entry in cache_list():  # caches without a lock file (copied in, say)
+        if area is None or entry.area == area:
             with filelock.FileLock(f"{entry.path}.lock", timeout=0):
                 entry.path.unlink(missing_ok=True)
                 removed.append(entry.path)
-        except filelock.Timeout:
-            continue
-    folder = cache_dir()
-    if folder.is_dir():
-        for tmp in folder.glob(".*.nc.*.tmp"):
-            if area is not None and not tmp.name.startswith(f".{area}-"):
-                continue
-            try:
-                with filelock.FileLock(
-                    str(folder / tmp.name[1:].split(".nc.")[0]) + ".nc.lock", timeout=0
-                ):
-                    tmp.unlink(missing_ok=True)
-                    removed.append(tmp)
-            except filelock.Timeout:
-                continue
+            Path(f"{entry.path}.lock").unlink(missing_ok=True)
     return removed

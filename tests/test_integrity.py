@@ -1,0 +1,124 @@
+"""A damaged cache is never served: injected faults end in identical values or a CacheError.
+
+The counts in docs/reliability.md come from ``python tests/faultinjection.py
+--cases 200``; here a smaller seeded sample runs on every test run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from faultinjection import REGIONS, run
+
+import nat4xr
+from nat4xr.cachefile import open_cache, write_cache
+from nat4xr.errors import CacheError, Nat4Warning
+
+torch = pytest.importorskip("torch")
+
+
+def test_seeded_faults_in_every_region_never_give_a_wrong_value(tmp_path):
+    counts = run(cases=12, seed=1, workdir=tmp_path)
+    assert set(counts) == {*REGIONS, "truncation"}
+    allowed = {"identical", "error at open", "error at read"}
+    for region, outcomes in counts.items():
+        assert sum(outcomes.values()) == 12, region
+        assert set(outcomes) <= allowed, (region, dict(outcomes))
+    # damage to data always shows; damage to the coordinates mostly at open
+    for region in ("raw chunks", "compressed chunks"):
+        assert counts[region]["error at read"] == 12
+    assert counts["attributes"]["error at open"] == 12
+
+
+@pytest.fixture
+def release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    nat4xr.synthetic.write_release(root, "A1", scale="tiny", seed=5)
+    return root
+
+
+def _open(root, **kw):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "cell", Nat4Warning)  # the release's own traps
+        warnings.filterwarnings("ignore", "row", Nat4Warning)
+        return nat4xr.open_nat4("A1", path=root, progress=False, **kw)
+
+
+def test_damage_found_at_open_rebuilds_with_a_warning(release, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
+    first = _open(release)
+    path = first.encoding["source"]
+    expected = first.load()
+    first.close()
+    with h5py.File(path, "r") as f:
+        offset = f["neuron"].id.get_offset()
+    with open(path, "r+b") as fh:  # one cell id renamed: ...-17-1 would read ...-17-0
+        fh.seek(offset + 2)
+        byte = fh.read(1)
+        fh.seek(offset + 2)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.warns(Nat4Warning, match=rf"{path}.*digest.*rebuilding"):
+        again = _open(release)
+    xr.testing.assert_identical(again.load(), expected)
+
+
+def test_damage_found_by_a_dask_task_or_a_torch_worker_names_file_variable_and_stim(tmp_path):
+    ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=5, n_time=8, seed=3)
+    path = write_cache(ds, tmp_path / "c.nc")
+    val = int(np.flatnonzero(ds.subset.values == "val")[0])
+    with open_cache(path, chunks=None) as lazy:
+        index = lazy.response.encoding["nat4xr_source"].file.index["response"]
+        offset = int(index.offset[val, 0, 1, 0])
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 7)
+        fh.write(b"\xff")
+    message = rf"{path}.*response.*stim={val}.*repeat=1.*open_nat4\(\.\.\., rebuild=True\)"
+    with open_cache(path, chunks=2) as lazy:
+        with pytest.raises(CacheError, match=message):
+            lazy.response.sum().compute(scheduler="threads")
+        loader = lazy.nat4.to_torch(batch_size=2, num_workers=1, multiprocessing_context="fork")
+        with pytest.raises(CacheError, match=message):
+            list(loader)
+
+
+def test_cache_clear_removes_leftover_lock_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path))
+    ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=4)
+    path = write_cache(ds, tmp_path / "A1-all-0123456789abcdef.nc")
+    stray = tmp_path / "PEG-val-fedcba9876543210.nc.lock"  # a lock whose cache is gone
+    stray.write_text("")
+    assert (tmp_path / f"{path.name}.lock").exists()
+    removed = nat4xr.cachedir.cache_clear()
+    assert [p.name for p in removed] == [path.name]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_names_the_folder_and_the_cause(tmp_path, monkeypatch):
+    import errno
+
+    from nat4xr.cachefile import writer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "_chunk_tables", full)
+    ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=4)
+    with pytest.raises(CacheError, match=rf"in {tmp_path}: the disk is full") as err:
+        write_cache(ds, tmp_path / "c.nc")
+    assert isinstance(err.value.__cause__, OSError)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.nc.lock"]
+
+
+def test_shutil_copy_of_a_cache_is_served(tmp_path):
+    ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=4, n_time=6)
+    path = write_cache(ds, tmp_path / "c.nc")
+    copy = tmp_path / "elsewhere" / "c.nc"
+    copy.parent.mkdir()
+    shutil.copy2(path, copy)
+    with open_cache(copy) as back:
+        xr.testing.assert_identical(back.load(), ds)
