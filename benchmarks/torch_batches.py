@@ -20,9 +20,9 @@ Two workloads, each timed warm (after one untimed pass), best of
 - 64 est sounds, auditory cells, batch size 8 (8 batches).
 
 The val sounds are also timed with ``preload=True`` (their responses read
-into memory once, ~170 MB). Read lazily, they come from the cache's
-unfiltered chunks through a memory map (:mod:`nat4xr.rawchunks`); est
-sounds come from compressed chunks through netCDF.
+into memory once, ~170 MB). Read lazily, all sounds come from the cache
+file's memory map (:mod:`nat4xr.batches`): val sounds from unfiltered
+chunks, est sounds from compressed ones, each checked by CRC-32.
 
 deepSTRF's loader was quoted at 5 val batches in ~0.62 s and 8 est batches
 in ~2.4 s on another machine; ``benchmarks/torch_vs_deepstrf.py`` times both

@@ -4,8 +4,8 @@
 ``/nat4xr`` group (see :mod:`nat4xr.cachefile.layout`); :class:`ChunkFile` is
 one process's read-only memory map of a cache file. :meth:`ChunkFile.chunk`
 returns the values of one chunk: unfiltered chunks are their own bytes,
-compressed ones are inflated (ISA-L when installed, else zlib) and
-un-shuffled. Every chunk's stored bytes are checked against the CRC-32 the
+compressed ones are inflated (ISA-L when installed, else zlib) and, for
+variables stored with HDF5's byte shuffle, un-shuffled. Every chunk's stored bytes are checked against the CRC-32 the
 writer recorded before anything is decoded: compressed chunks on every read
 (the check costs ~1 % of inflating them), unfiltered chunks on their first
 read in each :class:`ChunkFile` (they are read far more often, and checking
@@ -61,7 +61,9 @@ class ChunkIndex:
         Per chunk, shaped like the chunk grid: byte offset (-1: not written),
         stored size and CRC-32 of the stored bytes.
     compressed : numpy.ndarray
-        Bool per chunk: shuffled and deflated (else the raw values).
+        Bool per chunk: deflated (else the raw values).
+    shuffle : bool
+        Compressed chunks were byte-shuffled before deflate.
     """
 
     name: str
@@ -74,6 +76,7 @@ class ChunkIndex:
     nbytes: np.ndarray
     compressed: np.ndarray
     crc32: np.ndarray
+    shuffle: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -116,6 +119,13 @@ def read_index(nc: Any, path: str) -> dict[str, ChunkIndex]:
                 "open_nat4(..., rebuild=True)"
             )
         fill = var.getncattr("_FillValue") if "_FillValue" in var.ncattrs() else np.nan
+        filters = var.filters() or {}
+        others = [k for k, v in filters.items() if v and k not in ("zlib", "shuffle", "complevel")]
+        if others:
+            raise CacheError(
+                f"{path}: {name} is stored with the filter(s) {others}, which this reader does "
+                "not decode; rebuild it with open_nat4(..., rebuild=True)"
+            )
         out[name] = ChunkIndex(
             name=name,
             dims=tuple(var.dimensions),
@@ -127,6 +137,7 @@ def read_index(nc: Any, path: str) -> dict[str, ChunkIndex]:
             nbytes=fields["nbytes"].astype(np.int64).reshape(grid),
             compressed=fields["compressed"].astype(bool).reshape(grid),
             crc32=fields["crc32"].astype(np.int64).reshape(grid),
+            shuffle=bool(filters.get("shuffle", False)),
         )
     return out
 
@@ -265,12 +276,14 @@ class ChunkFile:
                 raise self.damaged(index, flat, "has the wrong size", where)
             return np.frombuffer(raw, dtype=index.dtype).reshape(index.chunks)
         try:
-            shuffled = _inflate(raw)
+            inflated = _inflate(raw)
         except Exception as exc:  # zlib.error / IsalError: the CRC matched, so the writer erred
             raise self.damaged(index, flat, f"cannot be inflated ({exc})", where) from exc
-        if len(shuffled) != index.chunk_bytes:
+        if len(inflated) != index.chunk_bytes:
             raise self.damaged(index, flat, "inflates to the wrong size", where)
-        return _unshuffle(shuffled, index.dtype).reshape(index.chunks)
+        if index.shuffle:
+            return _unshuffle(inflated, index.dtype).reshape(index.chunks)
+        return np.frombuffer(inflated, dtype=index.dtype).reshape(index.chunks)
 
     def damaged(self, index: ChunkIndex, flat: int, what: str, where: str = "") -> CacheError:
         """The error for a damaged chunk, naming file, variable and chunk."""

@@ -22,7 +22,16 @@ import xarray as xr
 from ..errors import CacheError
 from ..files import atomic_path, remove_stale
 from ..schema import check_dataset
-from .layout import CACHE_FORMAT, COMPRESSION, FIELDS, INDEX_GROUP, STAMPS, chunk_shape, digest
+from .layout import (
+    CACHE_FORMAT,
+    COMPRESSION,
+    FIELDS,
+    INDEX_GROUP,
+    RESPONSE_COMPRESSION,
+    STAMPS,
+    chunk_shape,
+    digest,
+)
 
 __all__ = ["LOCK_TIMEOUT", "lock", "write_cache"]
 
@@ -234,7 +243,7 @@ def _write_response(
         resp.dims,
         chunksizes=chunk_shape(resp.dims, resp.shape),
         fill_value=np.float32(np.nan),
-        **COMPRESSION,
+        **RESPONSE_COMPRESSION,
     )
     attrs = {k: v for k, v in resp.attrs.items() if k not in ("_FillValue", "coordinates")}
     var.setncatts(attrs)
