@@ -5,8 +5,9 @@
 one process's read-only memory map of a cache file. :meth:`ChunkFile.chunk`
 returns the values of one chunk: unfiltered chunks are their own bytes,
 compressed ones are inflated (ISA-L when installed, else zlib) and, for
-variables stored with HDF5's byte shuffle, un-shuffled. Every chunk's stored bytes are checked against the CRC-32 the
-writer recorded before anything is decoded: compressed chunks on every read
+variables stored with HDF5's byte shuffle, un-shuffled. Every chunk's stored
+bytes are checked against the CRC-32 the writer recorded before anything is
+decoded: compressed chunks on every read
 (the check costs ~1 % of inflating them), unfiltered chunks on their first
 read in each :class:`ChunkFile` (they are read far more often, and checking
 them costs as much as copying them; the memory map then holds the checked
