@@ -10,13 +10,12 @@ Examples
 
 from . import accessor, models, synthetic
 from ._version import __version__
-from .cachedir import cache_dir
+from .cachedir import cache_dir, data_dir
 from .cachefile import open_cache
 from .comparison import compare, leaderboard, significant
 from .concat import concat
 from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
 from .evaluation import evaluate
-from .fetch import data_dir
 from .lagged import design
 from .opening import open_demo, open_nat4
 from .schema import check_dataset, make_dataset

@@ -1,4 +1,4 @@
-"""Where cache files live, what names them, and housekeeping.
+"""Where release files and cache files live, what names a cache, and housekeeping.
 
 A cache file's name is ``<area>-<subset>-<key>.nc`` in :func:`cache_dir`; the
 key hashes everything its content depends on (:func:`cache_key`), so a changed
@@ -18,10 +18,28 @@ import filelock
 
 from ._version import __version__
 from .cachefile.layout import CACHE_FORMAT
-from .fetch import data_dir
 from .schema import SCHEMA_VERSION
 
-__all__ = ["CacheEntry", "cache_clear", "cache_dir", "cache_key", "cache_list"]
+__all__ = ["CacheEntry", "cache_clear", "cache_dir", "cache_key", "cache_list", "data_dir"]
+
+
+def data_dir() -> Path:
+    """The folder releases are downloaded to and the cache lives under.
+
+    ``NAT4XR_DATA_DIR`` when set, else the platform cache folder
+    (e.g. ``~/.cache/nat4xr`` on Linux). Nothing is created.
+
+    Examples
+    --------
+    >>> data_dir().is_absolute() or "NAT4XR_DATA_DIR" in os.environ
+    True
+    """
+    env = os.environ.get("NAT4XR_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # what pooch.os_cache uses, without importing pooch
+
+    return Path(platformdirs.user_cache_dir("nat4xr"))
 
 
 class CacheEntry(NamedTuple):

@@ -35,6 +35,7 @@ import filelock
 import pooch
 
 from ._version import __version__
+from .cachedir import data_dir
 from .errors import DownloadError
 from .files import atomic_path, remove_stale, temp_path
 from .release import AREAS, check_area, population_file, pred_file, sites_folder
@@ -72,21 +73,6 @@ POOCH = pooch.create(
     registry=None,
     retry_if_failed=RETRIES,
 )
-
-
-def data_dir() -> Path:
-    """The folder releases are downloaded to and the cache lives under.
-
-    ``NAT4XR_DATA_DIR`` when set, else the platform cache folder
-    (e.g. ``~/.cache/nat4xr`` on Linux). Nothing is created.
-
-    Examples
-    --------
-    >>> data_dir().is_absolute() or "NAT4XR_DATA_DIR" in os.environ
-    True
-    """
-    env = os.environ.get("NAT4XR_DATA_DIR")
-    return Path(env).expanduser() if env else Path(pooch.os_cache("nat4xr"))
 
 
 def release_files(area: str, wav: bool = False) -> list[str]:

@@ -21,12 +21,12 @@ import filelock
 import xarray as xr
 
 from ._version import __version__
-from .cachedir import cache_dir, cache_key
+from .cachedir import cache_dir, cache_key, data_dir
 from .cachefile.reading import chunk_spec, open_cache
 from .cachefile.writer import LOCK_TIMEOUT, locked, write_unlocked
 from .errors import CacheError, Nat4Warning
-from .fetch import check_area, data_dir, fetch
 from .files import atomic_path, remove_stale
+from .release import check_area
 
 __all__ = ["open_demo", "open_nat4"]
 
@@ -54,7 +54,7 @@ def open_nat4(
     subset : {'all', 'est', 'val'}
         Which sounds.
     path : path-like, optional
-        Release folder; :func:`nat4xr.fetch.data_dir` when omitted.
+        Release folder; :func:`nat4xr.cachedir.data_dir` when omitted.
     download : bool
         Fetch the release files first (:func:`nat4xr.fetch.fetch`).
     normalize : {None, 'nems'}
@@ -108,6 +108,8 @@ def open_nat4(
     root = Path(path).expanduser() if path is not None else data_dir()
     show = sys.stderr.isatty() if progress is None else bool(progress)
     if download:
+        from .fetch import fetch
+
         fetch(area, root, wav=waveform, progress=show)
     options = {
         "area": area,
