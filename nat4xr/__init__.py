@@ -1,5 +1,9 @@
 """nat4xr: the NAT4 auditory-cortex dataset as a labeled, lazy xarray Dataset.
 
+Importing :mod:`nat4xr` registers the ``.nat4`` Dataset accessor and nothing
+heavier: the functions below, and submodules such as :mod:`nat4xr.synthetic`
+or :mod:`nat4xr.torch`, are imported on first use.
+
 Examples
 --------
 >>> import nat4xr
@@ -8,17 +12,91 @@ Examples
 6
 """
 
-from . import accessor, models, synthetic
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+from . import accessor as accessor  # registers ds.nat4; light (numpy, pandas, xarray)
 from ._version import __version__
-from .comparison import compare, leaderboard, significant
+
+# The function shares its module's name: once nat4xr.concat (the module) is
+# imported, Python binds it to this package's attribute, which the function
+# must win. The module is light, so it is imported here, not on demand.
 from .concat import concat
-from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
-from .evaluation import evaluate
-from .fetch import data_dir
-from .lagged import design
-from .schema import check_dataset, make_dataset
-from .store import cache_dir, open_cache, open_demo, open_nat4
-from .waveform import add_waveforms
+
+if _TYPE_CHECKING:
+    from .comparison import compare, leaderboard, significant
+    from .errors import (
+        CacheError,
+        DownloadError,
+        FormatError,
+        MissingFileError,
+        Nat4Error,
+        Nat4Warning,
+    )
+    from .evaluation import evaluate
+    from .fetch import data_dir
+    from .lagged import design
+    from .schema import check_dataset, make_dataset
+    from .store import cache_dir, open_cache, open_demo, open_nat4
+    from .waveform import add_waveforms
+
+#: Public name -> the submodule that defines it, imported on first access.
+_LAZY: dict[str, str] = {
+    "CacheError": "errors",
+    "DownloadError": "errors",
+    "FormatError": "errors",
+    "MissingFileError": "errors",
+    "Nat4Error": "errors",
+    "Nat4Warning": "errors",
+    "add_waveforms": "waveform",
+    "cache_dir": "store",
+    "check_dataset": "schema",
+    "compare": "comparison",
+    "data_dir": "fetch",
+    "design": "lagged",
+    "evaluate": "evaluation",
+    "leaderboard": "comparison",
+    "make_dataset": "schema",
+    "open_cache": "store",
+    "open_demo": "store",
+    "open_nat4": "store",
+    "significant": "comparison",
+}
+
+#: Submodules reachable as attributes (``nat4xr.synthetic.write_release``).
+_SUBMODULES = frozenset(
+    {
+        "accelerated",
+        "accessor",
+        "build",
+        "cli",
+        "comparison",
+        "errors",
+        "evaluation",
+        "fetch",
+        "files",
+        "filters",
+        "lagged",
+        "metrics",
+        "models",
+        "nems",
+        "peer_metrics",
+        "plot",
+        "rawchunks",
+        "release",
+        "schema",
+        "selection",
+        "splits",
+        "store",
+        "synthetic",
+        "testing",
+        "torch",
+        "waveform",
+    }
+)
 
 __all__ = [
     "CacheError",
@@ -28,7 +106,6 @@ __all__ = [
     "Nat4Error",
     "Nat4Warning",
     "__version__",
-    "accessor",
     "add_waveforms",
     "cache_dir",
     "check_dataset",
@@ -39,10 +116,24 @@ __all__ = [
     "evaluate",
     "leaderboard",
     "make_dataset",
-    "models",
     "open_cache",
     "open_demo",
     "open_nat4",
     "significant",
-    "synthetic",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    """Import a public function, class or submodule on first access (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *_SUBMODULES})
