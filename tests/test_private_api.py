@@ -105,6 +105,11 @@ def private_uses(source: str, filename: str = "<source>") -> list[str]:
         problems: list[str] = []
         if isinstance(node, ast.Call):
             problems += ["fastpath= keyword" for kw in node.keywords if kw.arg == "fastpath"]
+            func, args = node.func, node.args
+            if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr") and len(args) > 1:
+                name = args[1]
+                if isinstance(name, ast.Constant) and name.value in PRIVATE_ATTRIBUTES:
+                    problems.append(f"private attribute .{name.value} by {func.id}()")
         elif isinstance(node, ast.Import):
             problems += [p for alias in node.names if (p := _module_problem(alias.name))]
         elif isinstance(node, ast.ImportFrom):
@@ -150,6 +155,7 @@ def test_pending_files_exist() -> None:
         "from dask.array.core import _concatenate2",
         "data = var._data",
         "ds = ds._replace(variables=v)",
+        "replace = getattr(ds, '_replace', None)",
         "meta = array._meta",
         "names = list(arr.dask.layers)",
         "graph = arr.__dask_graph__()",
