@@ -361,7 +361,8 @@ def select(
     Equivalent to ``ds.isel(stim=stim, neuron=neuron)``, but contiguous
     positions become slices, and dask arrays with one chunk along an indexed
     axis (``response`` along ``neuron``) are gathered block by block, so
-    selecting on a lazy full-scale Dataset takes a few milliseconds.
+    selecting on a lazy full-scale Dataset takes about a millisecond
+    (``benchmarks/selection.py``).
 
     Examples
     --------
