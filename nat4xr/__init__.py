@@ -1,5 +1,9 @@
 """nat4xr: the NAT4 auditory-cortex dataset as a labeled, lazy xarray Dataset.
 
+Importing :mod:`nat4xr` registers the ``.nat4`` Dataset accessor and nothing
+heavier: the functions below, and submodules such as :mod:`nat4xr.synthetic`
+or :mod:`nat4xr.torch`, are imported on first use.
+
 Examples
 --------
 >>> import nat4xr
@@ -8,18 +12,95 @@ Examples
 6
 """
 
-from . import accessor, models, synthetic
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+from . import accessor as accessor  # registers ds.nat4; light (numpy, pandas, xarray)
 from ._version import __version__
-from .cachedir import cache_dir, data_dir
-from .cachefile import open_cache
-from .comparison import compare, leaderboard, significant
+
+# The function shares its module's name: once nat4xr.concat (the module) is
+# imported, Python binds it to this package's attribute, which the function
+# must win. The module is light, so it is imported here, not on demand.
 from .concat import concat
-from .errors import CacheError, DownloadError, FormatError, MissingFileError, Nat4Error, Nat4Warning
-from .evaluation import evaluate
-from .lagged import design
-from .opening import open_demo, open_nat4
-from .schema import check_dataset, make_dataset
-from .waveform import add_waveforms
+
+if _TYPE_CHECKING:
+    from .cachedir import cache_dir, data_dir
+    from .cachefile import open_cache
+    from .comparison import compare, leaderboard, significant
+    from .errors import (
+        CacheError,
+        DownloadError,
+        FormatError,
+        MissingFileError,
+        Nat4Error,
+        Nat4Warning,
+    )
+    from .evaluation import evaluate
+    from .lagged import design
+    from .opening import open_demo, open_nat4
+    from .schema import check_dataset, make_dataset
+    from .waveform import add_waveforms
+
+#: Public name -> the submodule that defines it, imported on first access.
+_LAZY: dict[str, str] = {
+    "CacheError": "errors",
+    "DownloadError": "errors",
+    "FormatError": "errors",
+    "MissingFileError": "errors",
+    "Nat4Error": "errors",
+    "Nat4Warning": "errors",
+    "add_waveforms": "waveform",
+    "cache_dir": "cachedir",
+    "check_dataset": "schema",
+    "compare": "comparison",
+    "data_dir": "cachedir",
+    "design": "lagged",
+    "evaluate": "evaluation",
+    "leaderboard": "comparison",
+    "make_dataset": "schema",
+    "open_cache": "cachefile",
+    "open_demo": "opening",
+    "open_nat4": "opening",
+    "significant": "comparison",
+}
+
+#: Submodules reachable as attributes (``nat4xr.synthetic.write_release``).
+_SUBMODULES = frozenset(
+    {
+        "accelerated",
+        "accessor",
+        "archives",
+        "batches",
+        "build",
+        "cachedir",
+        "cachefile",
+        "cli",
+        "comparison",
+        "errors",
+        "evaluation",
+        "fetch",
+        "files",
+        "filters",
+        "lagged",
+        "metrics",
+        "models",
+        "nems",
+        "opening",
+        "peer_metrics",
+        "plot",
+        "release",
+        "schema",
+        "selection",
+        "splits",
+        "synthetic",
+        "testing",
+        "torch",
+        "waveform",
+    }
+)
 
 __all__ = [
     "CacheError",
@@ -29,7 +110,6 @@ __all__ = [
     "Nat4Error",
     "Nat4Warning",
     "__version__",
-    "accessor",
     "add_waveforms",
     "cache_dir",
     "check_dataset",
@@ -40,10 +120,24 @@ __all__ = [
     "evaluate",
     "leaderboard",
     "make_dataset",
-    "models",
     "open_cache",
     "open_demo",
     "open_nat4",
     "significant",
-    "synthetic",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    """Import a public function, class or submodule on first access (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *_SUBMODULES})

@@ -20,267 +20,16 @@ Examples
 from __future__ import annotations
 
 import html
-from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["Nat4Accessor", "axis_table", "select"]
+from . import selection
+from .selection import axis_coords, coverage_array, ids, metadata_values
 
-AXES = ("stim", "neuron")
-_OTHER = {"stim": "neuron", "neuron": "stim"}
-# Backend encodings that describe the on-disk layout of the full array; after a
-# selection they are stale and would make `to_netcdf` fail on the smaller array.
-_STALE_ENCODING = ("chunksizes", "original_shape", "preferred_chunks", "contiguous")
-
-
-# -- small helpers on coordinates ---------------------------------------------------------------
-
-
-def _values(var: xr.Variable | xr.DataArray) -> np.ndarray:
-    """In-memory values of a small (metadata) variable.
-
-    Dask-backed metadata (e.g. after ``Dataset.chunk``) is computed with the
-    synchronous scheduler: these arrays are tiny, and shipping them to a
-    cluster would cost more than reading them here.
-    """
-    data = var.data
-    if hasattr(data, "dask"):
-        data = data.compute(scheduler="sync")
-    return np.asarray(data)
-
-
-def _axis_coords(ds: xr.Dataset, dim: str) -> list[Hashable]:
-    """Names of the 1-D coordinates along ``dim`` (the id index itself excluded)."""
-    # iterate names, not ds.coords.items(): that builds a DataArray per coordinate
-    variables = ds.variables
-    return [n for n in ds.coords if n != dim and variables[n].dims == (dim,)]
-
-
-def _ids(ds: xr.Dataset, dim: str) -> np.ndarray:
-    if dim not in ds.dims:
-        raise ValueError(
-            f"this Dataset has no {dim!r} dimension (dims: {list(ds.dims)}); "
-            "the .nat4 accessor needs a nat4xr Dataset (see nat4xr.open_nat4)"
-        )
-    if dim in ds.variables:
-        return _values(ds.variables[dim])
-    return np.arange(ds.sizes[dim])
-
-
-def coverage_array(ds: xr.Dataset) -> np.ndarray:
-    """The ``(stim, neuron)`` coverage as an in-memory bool array.
-
-    Examples
-    --------
-    >>> import nat4xr
-    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, p_missing=0.0)
-    >>> coverage_array(ds).all()
-    np.True_
-    """
-    if "coverage" not in ds.variables:
-        need = "response" if "response" not in ds.variables else "coverage"
-        raise ValueError(
-            f"this Dataset has no {need!r} variable, which the .nat4 accessor needs; "
-            "open one with nat4xr.open_nat4 or build one with nat4xr.make_dataset"
-        )
-    var = ds.variables["coverage"]
-    if set(var.dims) != set(AXES):
-        raise ValueError(f"coverage has dims {var.dims}, expected ('stim', 'neuron')")
-    cov = _values(var).astype(bool, copy=False)
-    return cov.T if var.dims == ("neuron", "stim") else cov
-
-
-def axis_table(ds: xr.Dataset, dim: str) -> pd.DataFrame:
-    """Metadata of one axis as a DataFrame indexed by id (2-D coordinates excluded).
-
-    Examples
-    --------
-    >>> import nat4xr
-    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3)
-    >>> list(axis_table(ds, "stim").columns)
-    ['subset', 'n_repeats']
-    """
-    ids = _ids(ds, dim)
-    columns = {name: _values(ds.variables[name]) for name in _axis_coords(ds, dim)}
-    return pd.DataFrame(columns, index=pd.Index(ids, name=dim))
-
-
-# -- masks from filters -------------------------------------------------------------------------
-
-
-def _as_mask(value: Any, n: int, what: str) -> np.ndarray:
-    mask = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
-    if mask.shape != (n,):
-        raise ValueError(f"{what} gave a mask of shape {mask.shape}, expected ({n},)")
-    if mask.dtype != bool:
-        raise TypeError(f"{what} gave a mask of dtype {mask.dtype}, expected bool")
-    return mask
-
-
-def _mask(ds: xr.Dataset, dim: str, predicates: tuple, filters: dict[str, Any]) -> np.ndarray:
-    """Bool mask over ``dim`` from positional predicates and keyword filters."""
-    n = ds.sizes[dim] if dim in ds.dims else len(_ids(ds, dim))
-    mask = np.ones(n, dtype=bool)
-    table = None
-    for i, pred in enumerate(predicates):
-        if callable(pred):
-            if table is None:
-                table = axis_table(ds, dim)
-            pred = pred(table)
-        mask &= _as_mask(pred, n, f"{dim} predicate #{i}")
-    allowed = _axis_coords(ds, dim)
-    for name, value in filters.items():
-        if name != dim and name not in allowed and f"{dim}_{name}" in allowed:
-            name = f"{dim}_{name}"  # e.g. source= means stim_source / neuron_source
-        if name != dim and name not in allowed:
-            names = ", ".join(map(str, [dim, *allowed]))
-            raise KeyError(f"no {dim} coordinate named {name!r}; available: {names}")
-        values = _ids(ds, dim) if name == dim else _values(ds.variables[name])
-        if callable(value):
-            m = value(pd.Series(values, index=_ids(ds, dim), name=name))
-        elif isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
-            m = np.isin(values, np.asarray(list(value)))
-        else:
-            m = values == value
-            if np.ndim(m) == 0:  # numpy gives a scalar when types cannot be compared
-                m = np.full(n, bool(m))
-        mask &= _as_mask(m, n, f"filter {name}=")
-    return mask
-
-
-# -- fast positional selection ------------------------------------------------------------------
-
-
-def _indexer(idx: np.ndarray, n: int) -> slice | np.ndarray | None:
-    """Cheapest equivalent of sorted unique positions: None (all), a slice, or the array."""
-    if len(idx) == n:
-        return None
-    if len(idx) == 0:
-        return slice(0, 0)
-    if idx[-1] - idx[0] == len(idx) - 1:
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return idx.astype(np.intp, copy=False)
-
-
-def _take_block(block: Any, idx: np.ndarray, axis: int) -> Any:
-    return block.take(idx, axis=axis)
-
-
-def _take(data: Any, axis: int, key: slice | np.ndarray) -> Any:
-    if isinstance(key, slice):
-        return data[(slice(None),) * axis + (key,)]
-    if isinstance(data, np.ndarray):
-        if axis == 0 or data.ndim == 1:
-            return data.take(key, axis=axis)
-        # numpy gathers along inner axes much faster with a bool mask (same result:
-        # the positions are sorted and unique)
-        mask = np.zeros(data.shape[axis], dtype=bool)
-        mask[key] = True
-        return data[(slice(None),) * axis + (mask,)]
-    if data.numblocks[axis] == 1:
-        # One chunk along this axis: a Blockwise layer is built in O(1), whereas
-        # dask's generic fancy indexing walks every block up front.
-        import dask.array as da
-        from dask.base import tokenize
-
-        ind = tuple(range(data.ndim))
-        return da.blockwise(
-            _take_block,
-            ind,
-            data,
-            ind,
-            key,
-            None,
-            axis,
-            None,
-            adjust_chunks={axis: len(key)},
-            dtype=data.dtype,
-            meta=data._meta,
-            name=f"nat4-take-{tokenize(data.name, axis, key)}",
-        )
-    return data[(slice(None),) * axis + (key,)]
-
-
-class _Fallback(Exception):
-    """The fast path does not apply; use ``Dataset.isel``."""
-
-
-def _is_array(data: Any) -> bool:
-    return isinstance(data, np.ndarray) or type(data).__module__.startswith("dask.array")
-
-
-def _fast_isel(ds: xr.Dataset, indexers: dict[str, slice | np.ndarray]) -> xr.Dataset:
-    """``ds.isel(indexers)`` without xarray's general machinery (same result)."""
-    replace = getattr(ds, "_replace", None)
-    if replace is None:
-        raise _Fallback
-    sizes = dict(ds.sizes)
-    for dim, key in indexers.items():
-        sizes[dim] = len(range(sizes[dim])[key]) if isinstance(key, slice) else len(key)
-    indexes: dict[Hashable, Any] = {}
-    variables: dict[Hashable, xr.Variable] = {}
-    for name, index in ds.xindexes.items():
-        dims = set(ds.variables[name].dims)
-        hit = {d: k for d, k in indexers.items() if d in dims}
-        if not hit:
-            indexes[name] = index
-            continue
-        if type(index) is not xr.indexes.PandasIndex:
-            raise _Fallback
-        new = index.isel(hit)
-        if new is None:
-            raise _Fallback
-        indexes[name] = new
-        variables.update(new.create_variables({name: ds.variables[name]}))
-    for name, var in ds.variables.items():
-        if name in variables:
-            continue
-        hit = [(axis, indexers[d]) for axis, d in enumerate(var.dims) if d in indexers]
-        if not hit:
-            variables[name] = var
-            continue
-        data = var._data
-        if not _is_array(data):  # lazily indexed backend arrays: let xarray compose them
-            variables[name] = var.isel({var.dims[a]: k for a, k in hit})
-            continue
-        for axis, key in hit:
-            data = _take(data, axis, key)
-        encoding = {k: v for k, v in var.encoding.items() if k not in _STALE_ENCODING}
-        variables[name] = xr.Variable(var.dims, data, var.attrs, encoding, fastpath=True)
-    return replace(variables=variables, coord_names=set(ds.coords), dims=sizes, indexes=indexes)
-
-
-def select(ds: xr.Dataset, stim: np.ndarray | None = None, neuron: np.ndarray | None = None):
-    """Positional selection by sorted unique integer positions (None keeps the axis).
-
-    Equivalent to ``ds.isel(stim=stim, neuron=neuron)``, but contiguous
-    positions become slices and dask arrays are indexed without walking their
-    blocks, so selecting on a lazy full-scale Dataset takes well under a
-    millisecond.
-
-    Examples
-    --------
-    >>> import nat4xr
-    >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=1, n_neurons=3)
-    >>> select(ds, stim=np.array([0, 2])).identical(ds.isel(stim=[0, 2]))
-    True
-    """
-    indexers: dict[str, slice | np.ndarray] = {}
-    for dim, idx in (("stim", stim), ("neuron", neuron)):
-        if idx is None:
-            continue
-        key = _indexer(np.asarray(idx, dtype=np.intp), ds.sizes[dim])
-        if key is not None:
-            indexers[dim] = key
-    if not indexers:
-        return ds.copy(deep=False)
-    try:
-        return _fast_isel(ds, indexers)
-    except _Fallback:
-        return ds.isel(indexers)
+__all__ = ["Nat4Accessor"]
 
 
 # -- the accessor -------------------------------------------------------------------------------
@@ -334,7 +83,7 @@ class Nat4Accessor:
         >>> ds.nat4.stim_table()["subset"].tolist()
         ['est', 'est', 'val']
         """
-        return axis_table(self._ds, "stim")
+        return selection.axis_table(self._ds, "stim")
 
     def neuron_table(self) -> pd.DataFrame:
         """Neuron metadata as a DataFrame indexed by cell id (every neuron coordinate).
@@ -346,7 +95,7 @@ class Nat4Accessor:
         >>> "animal" in ds.nat4.neuron_table().columns
         True
         """
-        return axis_table(self._ds, "neuron")
+        return selection.axis_table(self._ds, "neuron")
 
     def published(self) -> pd.DataFrame:
         """The release's per-cell table (``<area>_pred_correlation.csv``) as a DataFrame.
@@ -386,31 +135,20 @@ class Nat4Accessor:
         """
         from .schema import PUBLISHED_PREFIX
 
-        names = [n for n in _axis_coords(self._ds, "neuron") if str(n).startswith(PUBLISHED_PREFIX)]
+        names = [n for n in axis_coords(self._ds, "neuron") if str(n).startswith(PUBLISHED_PREFIX)]
         if not names:
             raise ValueError(
                 "this Dataset has no published table (no pub_* neuron coordinates); "
                 "build it from a NAT4 release, e.g. nat4xr.open_nat4(area, path=...), whose "
                 "<area>_pred_correlation.csv becomes the pub_* coordinates"
             )
-        columns = {str(n)[len(PUBLISHED_PREFIX) :]: _values(self._ds.variables[n]) for n in names}
-        index = pd.Index(_ids(self._ds, "neuron"), name="neuron")
+        columns = {
+            str(n)[len(PUBLISHED_PREFIX) :]: metadata_values(self._ds.variables[n]) for n in names
+        }
+        index = pd.Index(ids(self._ds, "neuron"), name="neuron")
         return pd.DataFrame(columns, index=index, copy=True)
 
     # selection -------------------------------------------------------------------------------
-
-    def _sel(self, dim: str, predicates: tuple, filters: dict[str, Any]) -> xr.Dataset:
-        ds = self._ds
-        cov = coverage_array(ds)
-        mask = _mask(ds, dim, predicates, filters)
-        keep = np.flatnonzero(mask)
-        other = _OTHER[dim]
-        # the fastest "any" numpy has for each orientation of the C-ordered coverage
-        if dim == "stim":
-            rest = np.flatnonzero(cov[keep].any(axis=0))
-        else:
-            rest = np.flatnonzero(np.dot(cov, mask))  # bool dot = any over kept columns
-        return select(ds, **{dim: keep, other: rest})
 
     def sel_stims(self, *predicate: Any, **filters: Any) -> xr.Dataset:
         """Keep the matching stims, then drop neurons with no data among them.
@@ -445,7 +183,7 @@ class Nat4Accessor:
         >>> ds.nat4.sel_stims(lambda t: t["n_repeats"] > 1).sizes["stim"]
         2
         """
-        return self._sel("stim", predicate, filters)
+        return selection.select_matching(self._ds, "stim", *predicate, **filters)
 
     def sel_neurons(self, *predicate: Any, **filters: Any) -> xr.Dataset:
         """Keep the matching neurons, then drop stims with no data among them.
@@ -461,7 +199,7 @@ class Nat4Accessor:
         >>> sorted(set(sub["animal"].values.tolist()))
         ['ARM', 'CRD']
         """
-        return self._sel("neuron", predicate, filters)
+        return selection.select_matching(self._ds, "neuron", *predicate, **filters)
 
     def prune(self) -> xr.Dataset:
         """Drop stims and neurons that have no data at all.
@@ -473,10 +211,7 @@ class Nat4Accessor:
         >>> dict(ds.nat4.prune().sizes)["stim"]
         0
         """
-        cov = coverage_array(self._ds)
-        return select(
-            self._ds, stim=np.flatnonzero(cov.any(axis=1)), neuron=np.flatnonzero(cov.any(axis=0))
-        )
+        return selection.prune(self._ds)
 
     # metrics and plots -----------------------------------------------------------------------
 
@@ -718,14 +453,14 @@ class Nat4Accessor:
             "neurons": ds.sizes.get("neuron", 0),
         }
         if "subset" in ds.variables:
-            subset = _values(ds.variables["subset"])
+            subset = metadata_values(ds.variables["subset"])
             out["est"] = int((subset == "est").sum())
             out["val"] = int((subset == "val").sum())
         if "auditory" in ds.variables:
-            out["auditory"] = int(_values(ds.variables["auditory"]).sum())
+            out["auditory"] = int(metadata_values(ds.variables["auditory"]).sum())
         for name in ("animal", "site"):
             if name in ds.variables:
-                vals = _values(ds.variables[name])
+                vals = metadata_values(ds.variables[name])
                 out[name + "s"] = len({str(v) for v in vals if str(v)})
         if "coverage" in ds.variables:
             cov = coverage_array(ds)

@@ -20,17 +20,11 @@ import xarray as xr
 
 from .errors import Nat4Warning
 from .schema import RESPONSE_DIMS, check_dataset
+from .selection import axis_coords, metadata_values
 
 __all__ = ["concat"]
 
 _STIM_VARS_EXCLUDED = ("response",)
-
-
-def _values(var: Any) -> np.ndarray:
-    data = getattr(var, "data", var)
-    if hasattr(data, "dask"):
-        data = data.compute(scheduler="sync")
-    return np.asarray(data)
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -53,7 +47,7 @@ def _check_compatible(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> N
                 "resample one of them first"
             )
         for coord, what in (("time", "time axis"), ("freq", "freq bands")):
-            a, b = _values(ref[coord]), _values(ds[coord])
+            a, b = metadata_values(ref[coord]), metadata_values(ds[coord])
             same = a.shape == b.shape and (
                 np.allclose(a, b)
                 if a.dtype.kind in "fiu" and b.dtype.kind in "fiu"
@@ -112,11 +106,7 @@ def _concat_coords(
 
 
 def _columns(ds: xr.Dataset, dim: str) -> dict[str, np.ndarray]:
-    return {
-        str(name): _values(var)
-        for name, var in ds.coords.items()
-        if var.dims == (dim,) and name != dim
-    }
+    return {str(name): metadata_values(ds.variables[name]) for name in axis_coords(ds, dim)}
 
 
 def _prefixed(ids: list[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
@@ -195,7 +185,7 @@ def _stim_union(
     datasets: Sequence[xr.Dataset], names: Sequence[str], join: str
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """Union stim ids, owner/position of each union row, and each input's row positions."""
-    ids = [_values(ds["stim"]).astype(str) for ds in datasets]
+    ids = [metadata_values(ds["stim"]).astype(str) for ds in datasets]
     sizes = [len(i) for i in ids]
     owner = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)]).astype(np.intp)
     pos = np.concatenate([np.arange(n) for n in sizes]).astype(np.intp)
@@ -208,7 +198,7 @@ def _stim_union(
             rows.append(p)
         return _prefixed(ids, names), owner, pos, rows, np.ones(len(owner), dtype=bool)
     # join == "shared": a name seen before with an identical spectrogram is the same stim
-    specs = [_values(ds["spectrogram"]) for ds in datasets]
+    specs = [metadata_values(ds["spectrogram"]) for ds in datasets]
     first: dict[str, int] = {}  # id -> union row
     keep = np.ones(len(owner), dtype=bool)
     merged = np.full(len(owner), -1, dtype=np.intp)  # union row each input row maps to
@@ -334,7 +324,7 @@ def concat(
         if "n_repeats" in stim_cols:
             reps = np.full(len(stim_ids), -1, dtype=np.int64)
             for ds, p in zip(datasets, rows):
-                r = _values(ds["n_repeats"]).astype(np.int64)
+                r = metadata_values(ds["n_repeats"]).astype(np.int64)
                 hit = p >= 0
                 reps[hit] = np.maximum(reps[hit], r[p[hit]])
             stim_cols["n_repeats"] = reps
@@ -349,7 +339,7 @@ def concat(
 
     # neurons
     neuron_ids = np.concatenate(
-        _prefixed([_values(ds["neuron"]).astype(str) for ds in datasets], names)
+        _prefixed([metadata_values(ds["neuron"]).astype(str) for ds in datasets], names)
     )
     sizes_n = [ds.sizes["neuron"] for ds in datasets]
     neuron_cols = _concat_coords([_columns(ds, "neuron") for ds in datasets], sizes_n)
@@ -365,7 +355,7 @@ def concat(
     coverage = np.zeros((len(stim_ids), len(neuron_ids)), dtype=bool)
     col = 0
     for ds, p, n in zip(datasets, rows, sizes_n):
-        cov = _values(ds["coverage"].transpose("stim", "neuron")).astype(bool)
+        cov = metadata_values(ds["coverage"].transpose("stim", "neuron")).astype(bool)
         hit = np.flatnonzero(p >= 0)
         coverage[hit, col : col + n] = cov[p[hit]]
         col += n

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .selection import coverage_array, metadata_values
+
 __all__ = ["plot_coverage", "plot_scores", "plot_strf", "plot_trial"]
 
 
@@ -49,12 +51,10 @@ def plot_coverage(ds: xr.Dataset, ax: Any = None) -> Any:
     >>> ax.get_xlabel()
     'stim (est | val)'
     """
-    from .accessor import _values, coverage_array
-
     plt = _pyplot()
     cov = coverage_array(ds)
     subset = (
-        _values(ds.variables["subset"]).astype(str)
+        metadata_values(ds.variables["subset"]).astype(str)
         if "subset" in ds.variables
         else np.full(cov.shape[0], "est")
     )

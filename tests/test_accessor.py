@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nat4xr
-from nat4xr.accessor import select
 from nat4xr.schema import make_dataset
+from nat4xr.selection import select
 from nat4xr.testing import raise_if_dask_computes
 
 
@@ -207,10 +207,32 @@ def test_select_matches_isel_on_every_backend(random_ds, tmp_path):
     path = tmp_path / "ds.nc"
     random_ds.compute().to_netcdf(path)
     with xr.open_dataset(path) as on_disk:  # lazily indexed backend arrays, no dask
-        for source in (random_ds, on_disk):
+        # one stim per chunk: neuron positions are gathered block by block
+        per_stim = random_ds.chunk({"stim": 1})
+        for source in (random_ds, on_disk, per_stim, per_stim.chunk({"neuron": 2})):
             for s, n in cases:
                 got = select(source, stim=s, neuron=n)
-                xr.testing.assert_identical(got.compute(), source.isel(stim=s, neuron=n).compute())
+                want = source.isel(stim=s, neuron=n)
+                assert list(got.variables) == list(want.variables)
+                assert (got["response"].chunks is None) == (want["response"].chunks is None)
+                xr.testing.assert_identical(got.compute(), want.compute())
+
+
+def test_select_returns_a_new_object_that_closes_the_file(random_ds, tmp_path):
+    path = tmp_path / "ds.nc"
+    random_ds.compute().to_netcdf(path)
+    ds = xr.open_dataset(path, chunks={"stim": 1})
+    sub = select(ds, stim=np.array([0, 2]), neuron=np.array([1, 3]))
+    sub.attrs["changed"] = 1
+    sub.encoding["changed"] = 1
+    assert "changed" not in ds.attrs and "changed" not in ds.encoding
+    assert sub.encoding["source"] == ds.encoding["source"]
+    # the file's layout no longer describes the selected dask arrays
+    assert "chunksizes" in ds["response"].encoding
+    assert "chunksizes" not in sub["response"].encoding
+    with sub:  # a context manager, as ds.isel's result
+        sub.load()
+    ds.close()
 
 
 def test_summary_counts(random_ds):
