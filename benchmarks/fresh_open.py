@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", type=Path, required=True, help="full-scale A1 release")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--cache-dir", type=Path, help="cache folder (a temporary one if absent)")
+    parser.add_argument(
+        "--chunks",
+        nargs="+",
+        default=["None", "'auto'"],
+        help="open_nat4 chunks= values to time (Python literals)",
+    )
     args = parser.parse_args(argv)
 
     import nat4xr
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NAT4XR_CACHE_DIR"] = str(cache)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the synthetic release's deliberate traps
-            ds = nat4xr.open_nat4("A1", path=args.release, chunks=None, progress=False)
+            ds = nat4xr.open_nat4("A1", path=args.release, chunks="auto", progress=False)
         path = ds.encoding["source"]
         stim = int((ds.subset.values == "val").argmax())
         n_rep = int(ds.n_repeats.values[stim])
@@ -69,11 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONWARNINGS"] = "ignore"
         call = [str(path), str(stim), str(n_rep), str(args.release)]
-        kinds = {
-            "floor: import xarray + h5py, read with h5py": FLOOR,
-            "nat4xr: open_nat4(chunks=None) + read": NAT4XR.format(chunks="None"),
-            "nat4xr: open_nat4(chunks='auto') + read": NAT4XR.format(chunks="'auto'"),
-        }
+        kinds = {"floor: import xarray + h5py, read with h5py": FLOOR}
+        for chunks in args.chunks:
+            kinds[f"nat4xr: open_nat4(chunks={chunks}) + read"] = NAT4XR.format(chunks=chunks)
         for code in kinds.values():  # warm the bytecode cache and the page cache
             _time(code, call, env)
         times: dict[str, list[float]] = {k: [] for k in kinds}

@@ -455,13 +455,10 @@ def _from_file(da: xr.DataArray, source: CacheSource) -> bool:
     return True
 
 
-def storage_groups(ds: xr.Dataset, src: FileSource | None) -> list[np.ndarray] | None:
-    """Stim positions grouped by dask chunk, by file position for file-backed Datasets, or None."""
+def storage_groups(ds: xr.Dataset) -> list[np.ndarray] | None:
+    """Stim positions grouped by dask chunk, or None when ``response`` is not dask-backed."""
     resp = ds["response"]
-    axis = resp.dims.index("stim")
-    if resp.chunks is not None:
-        bounds = np.cumsum((0, *resp.chunks[axis]))
-        return [np.arange(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-    if src is None:
+    if resp.chunks is None:
         return None
-    return [np.array([i]) for i in np.argsort(src.stim_pos, kind="stable")]
+    bounds = np.cumsum((0, *resp.chunks[resp.dims.index("stim")]))
+    return [np.arange(a, b) for a, b in itertools.pairwise(bounds) if b > a]

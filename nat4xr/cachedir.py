@@ -161,9 +161,14 @@ def cache_clear(area: str | None = None) -> list[Path]:
         except filelock.Timeout:
             continue
     for entry in cache_list():  # caches without a lock file (copied in, say)
-        if area is None or entry.area == area:
-            with filelock.FileLock(f"{entry.path}.lock", timeout=0):
+        if area is not None and entry.area != area:
+            continue
+        lock_file = Path(f"{entry.path}.lock")
+        try:
+            with filelock.FileLock(str(lock_file), timeout=0):
                 entry.path.unlink(missing_ok=True)
                 removed.append(entry.path)
-            Path(f"{entry.path}.lock").unlink(missing_ok=True)
+                lock_file.unlink(missing_ok=True)
+        except filelock.Timeout:
+            continue
     return removed

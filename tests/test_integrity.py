@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import filelock
 import h5py
 import numpy as np
 import pytest
@@ -93,9 +94,13 @@ def test_cache_clear_removes_leftover_lock_files(tmp_path, monkeypatch):
     stray = tmp_path / "PEG-val-fedcba9876543210.nc.lock"  # a lock whose cache is gone
     stray.write_text("")
     assert (tmp_path / f"{path.name}.lock").exists()
-    removed = nat4xr.cachedir.cache_clear()
-    assert [p.name for p in removed] == [path.name]
-    assert list(tmp_path.iterdir()) == []
+    copy = tmp_path / "PEG-all-00000000000000aa.nc"  # a cache copied in: no lock file
+    shutil.copyfile(path, copy)
+    busy = write_cache(ds, tmp_path / "A1-val-00000000000000bb.nc")
+    with filelock.FileLock(f"{busy}.lock", timeout=0):  # being written by someone else
+        removed = nat4xr.cachedir.cache_clear()
+    assert sorted(p.name for p in removed) == sorted([path.name, copy.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, f"{busy.name}.lock"]
 
 
 def test_a_full_disk_names_the_folder_and_the_cause(tmp_path, monkeypatch):

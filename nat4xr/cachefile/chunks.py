@@ -312,9 +312,6 @@ def _unshuffle(shuffled: bytes, dtype: np.dtype) -> np.ndarray:
     src = np.frombuffer(shuffled, dtype=np.uint8)
     n = src.size // size
     out = np.empty(n, dtype=dtype)
-    if size == 1:
-        out.view(np.uint8)[:] = src
-        return out
     planes = out.view(np.uint8).reshape(n, size)
     for k in range(size):
         planes[:, k] = src[k * n : (k + 1) * n]

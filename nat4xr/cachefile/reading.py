@@ -119,8 +119,6 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     )
     data = {}
     for name in ["response", *(n for n in meta if n != "response")]:
-        if name in drop or name not in meta:
-            continue
         if name not in index:
             raise CacheError(f"{path}: {name} has no chunk index; {_REBUILD}")
         dims, var_attrs = meta[name]
@@ -132,14 +130,15 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
         }
         lazy = indexing.LazilyIndexedArray(array)
         data[name] = xr.Variable(dims, lazy, var_attrs, encoding)
-    coords = {k: v for k, v in coords.items() if k not in drop}
     ds = xr.Dataset(data, coords=_in_contract_order(coords), attrs=attrs)
-    ds.set_close(files.close)
-    ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
     try:
         check_dataset(ds)
     except ValueError as exc:
         raise CacheError(f"{path}: {exc}; {_REBUILD}") from exc
+    if drop:
+        ds = ds.drop_vars([name for name in drop if name in ds.variables])
+    ds.set_close(files.close)
+    ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
     return ds
 
 

@@ -203,9 +203,8 @@ def _encoding(var: xr.Variable, data: bool) -> dict[str, Any]:
 
 
 def _recorded_repeats(ds: xr.Dataset) -> np.ndarray:
+    """Repeats written per stim: ``n_repeats`` (a contract coordinate), within the axis."""
     n_rep = ds.sizes["repeat"]
-    if "n_repeats" not in ds.coords:
-        return np.full(ds.sizes["stim"], n_rep, dtype=np.int64)
     return np.clip(np.asarray(ds["n_repeats"].values, dtype=np.int64), 0, n_rep)
 
 

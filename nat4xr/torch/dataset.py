@@ -161,7 +161,7 @@ class NAT4TorchDataset(_TorchDataset):
         self._sources: list[FileSource | MemorySource] = [file_src] if file_src else []
         if rest:
             self._sources.append(MemorySource(ds, rest))
-        self.storage_groups = storage_groups(ds, file_src)
+        self.storage_groups = storage_groups(ds)
         self._buffers = _buffers()
 
     @property
