@@ -350,12 +350,13 @@ class ResponseReader:
         def task(i: int) -> None:
             s = int(stims[i])
             target = out[i]  # (neuron, repeat, time)
-            chunks = [self._chunk(s, r) for r in range(n_rep)]  # checked before any copy
             if adjacent[i] and by_runs:
+                self._row_state(s)  # the first read of a sound checks each of its chunks
                 start = int(offsets[i, 0])
                 whole = self.file.bytes[start : start + n_rep * chunk_bytes].view("<f4")
                 copy(whole.reshape(n_rep, n_neuron, n_time).transpose(1, 0, 2), target)
             else:
+                chunks = [self._chunk(s, r) for r in range(n_rep)]  # checked before any copy
                 for r, values in enumerate(chunks):
                     if values is None:
                         target[:, r, :] = index.fill

@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import shutil
-import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import xarray as xr
 from ..errors import CacheError
 from ..files import atomic_path, remove_stale
 from ..schema import check_dataset
+from .chunks import crc32
 from .layout import (
     CACHE_FORMAT,
     COMPRESSION,
@@ -312,7 +312,7 @@ def _chunk_table(dset: Any, fh: Any) -> dict[str, np.ndarray]:
         fields["offset"][cell] = info.byte_offset
         fields["nbytes"][cell] = info.size
         fields["compressed"][cell] = skip_all and (info.filter_mask & skip_all) != skip_all
-        fields["crc32"][cell] = zlib.crc32(fh.read(info.size))
+        fields["crc32"][cell] = crc32(fh.read(info.size))
 
     _each_chunk(dset, visit)
     return fields
