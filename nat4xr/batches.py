@@ -98,9 +98,6 @@ class Buffers:
         Arrays kept per shape and dtype, and the smallest array kept.
     run : callable, optional
         ``run(task, n)`` runs the copies (threads); sequential by default.
-    allocate : callable, optional
-        ``allocate(shape, dtype)`` returning an array or None, tried first
-        (DataLoader workers allocate in shared memory).
     """
 
     def __init__(
@@ -108,17 +105,15 @@ class Buffers:
         keep: int = 2,
         min_bytes: int = 1 << 20,
         run: Run | None = None,
-        allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray | None] | None = None,
     ) -> None:
         self.keep = keep
         self.min_bytes = min_bytes
         self.run = run or sequential
-        self.allocate = allocate
         self._pool: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"keep": self.keep, "min_bytes": self.min_bytes, "allocate": self.allocate}
+        return {"keep": self.keep, "min_bytes": self.min_bytes, "run": self.run}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -126,13 +121,9 @@ class Buffers:
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialized array of ``shape`` and ``dtype``."""
         if self._pid != os.getpid():
-            self.__init__(self.keep, self.min_bytes, None, self.allocate)
+            self.__init__(self.keep, self.min_bytes, self.run)
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
-        if self.allocate is not None:
-            array = self.allocate(shape, dtype)
-            if array is not None:
-                return array
         if math.prod(shape) * dtype.itemsize < self.min_bytes:
             return np.empty(shape, dtype)
         pool = self._pool.setdefault((shape, dtype.str), [])

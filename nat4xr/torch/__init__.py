@@ -12,7 +12,7 @@ plus the selection, and each worker opens its own handle.
 Every public name is importable from here; the modules hold one job each:
 
 - ``nat4xr.torch.dataset``: :class:`NAT4TorchDataset`, :func:`collate` and
-  the per-process helpers (threads, shared-memory batch arrays).
+  the per-process helpers (threads, recycled batch arrays).
 - ``nat4xr.torch.sampling``: :class:`StimBatchSampler`.
 - ``nat4xr.torch.loader``: :func:`to_torch`.
 - ``nat4xr.torch.prediction``: :func:`predict`.

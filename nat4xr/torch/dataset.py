@@ -4,8 +4,10 @@
 :mod:`nat4xr.batches` (a cache file's chunks, or xarray indexing) and turns it
 into tensors; :func:`collate` hands that batch to the DataLoader, or stacks
 single items. The per-process helpers below run the batch copies on torch's
-threads in the main process and inline in DataLoader workers, where batch
-arrays are allocated in shared memory so sending them copies nothing.
+threads in the main process and inline in DataLoader workers. A worker's
+batch arrays come from its own recycled pool; PyTorch copies each batch into
+shared memory as it sends it (allocating the arrays in shared memory instead
+measured no faster with PyTorch's public ``share_memory_``, which copies too).
 """
 
 from __future__ import annotations
@@ -48,26 +50,8 @@ def _parallel(task: Callable[[int], None], n: int) -> None:
         threaded(torch.get_num_threads())(task, n)
 
 
-def _shared_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-    """In a DataLoader worker, an array in shared memory (sending it copies nothing)."""
-    if get_worker_info() is None:
-        return None
-    torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(bool): torch.bool}.get(dtype)
-    if torch_dtype is None:
-        return None
-    return torch.empty(shape, dtype=torch_dtype).share_memory_().numpy()
-
-
 def _buffers() -> Buffers:
-    return Buffers(run=_parallel, allocate=_shared_array)
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """The tensor over ``array``'s memory (the shared-memory tensor in a worker)."""
-    base = array.base
-    if isinstance(base, torch.Tensor) and tuple(base.shape) == array.shape:
-        return base
-    return torch.from_numpy(array)
+    return Buffers(run=_parallel)
 
 
 class _Batch(list):
@@ -260,8 +244,8 @@ class NAT4TorchDataset(_TorchDataset):
         stims = torch.from_numpy(_writable(arrays[self.stim_var])).to(self.dtype).unsqueeze(1)
         return {
             "stims": stims,
-            "responses": _tensor(resp).to(self.dtype),
-            "valid_mask": _tensor(mask),
+            "responses": torch.from_numpy(resp).to(self.dtype),
+            "valid_mask": torch.from_numpy(mask),
             "stim_meta": [dict(self.stim_meta[i]) for i in idx],
             "stim": [self.stims[i] for i in idx],
             "neuron": list(self.neurons),
