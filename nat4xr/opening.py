@@ -101,7 +101,7 @@ def open_nat4(
     >>> ds["response"].dims, ds.sizes["stim"]
     (('stim', 'neuron', 'repeat', 'time'), 8)
     """
-    from . import build, release
+    from . import release
 
     check_area(area)
     release.check_subset(subset)
@@ -125,7 +125,9 @@ def open_nat4(
         options["resampler"] = default_resampler()
 
     def _build() -> xr.Dataset:
-        return build.build_dataset(
+        from .build import build_dataset  # the builder's imports are heavy: only to build
+
+        return build_dataset(
             root,
             area,
             subset=subset,
