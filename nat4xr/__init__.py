@@ -88,6 +88,7 @@ _SUBMODULES = frozenset(
         "metrics",
         "models",
         "nems",
+        "neurons",
         "opening",
         "peer_metrics",
         "plot",
