@@ -165,6 +165,11 @@ class ChunkFile:
     -----
     Thread-safe for reading. After :meth:`close` the next read maps the file
     again (checking ``identity``), as xarray's lazy arrays reopen files.
+
+    Which unfiltered chunks have passed their check is kept in memory shared
+    with the processes forked from this one (DataLoader workers, dask's
+    process pools), so each chunk of a file is checked once for all of them,
+    not once per fresh worker; a copy unpickled elsewhere starts its own.
     """
 
     def __init__(
@@ -179,7 +184,7 @@ class ChunkFile:
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
-        self._checked: set[tuple[str, int]] = set()
+        self._checked = _shared_flags(index)
         self._decoded: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._decoded_bytes = 0
 
@@ -235,7 +240,6 @@ class ChunkFile:
                 except BufferError:  # a view is still alive: unmapped when it is dropped
                     pass
                 self._map = None
-            self._checked = set()
             self._decoded.clear()
             self._decoded_bytes = 0
 
@@ -249,13 +253,13 @@ class ChunkFile:
         if offset + n > data.size:
             raise self.damaged(index, flat, "lies past the end of the file", where)
         raw = data[offset : offset + n]
-        key = (index.name, flat)
         compressed = bool(index.compressed.flat[flat])
-        if compressed or key not in self._checked:
+        checked = self._checked[index.name]
+        if compressed or not checked[flat]:
             if crc32(raw) != int(index.crc32.flat[flat]):
                 raise self.damaged(index, flat, "fails its CRC-32 check", where)
             if not compressed:
-                self._checked.add(key)
+                checked[flat] = True
         return raw.data
 
     def chunk(
@@ -324,6 +328,18 @@ class ChunkFile:
             f"{self.path}: the chunk of {index.name} at {where or at} {what}: the cache file is "
             "damaged; open_nat4(..., rebuild=True) builds it again"
         )
+
+
+def _shared_flags(index: dict[str, ChunkIndex]) -> dict[str, np.ndarray]:
+    """One False per chunk and variable, in anonymous memory that forked children share."""
+    sizes = {name: int(np.prod(ix.grid)) for name, ix in index.items()}
+    total = sum(sizes.values())
+    memory = np.frombuffer(mmap.mmap(-1, max(1, total)), dtype=bool)  # zero-filled: False
+    out, start = {}, 0
+    for name, n in sizes.items():
+        out[name] = memory[start : start + n]
+        start += n
+    return out
 
 
 def crc32(data: Any) -> int:
