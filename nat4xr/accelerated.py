@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "resampled_sums", "trial_metrics"]
+__all__ = ["available", "resampled_sums", "run_on_two_threads", "trial_metrics"]
 
 #: Relative variance under which a signal counts as constant (as in peer_metrics).
 CONSTANT = 1e-10
 #: NEMS0 r_ceiling: floor of the single-trial correlation, and the most pairs it averages.
 RAC_LIMIT, MAX_PAIRS = 0.01, 1000
+
+
+def run_on_two_threads(task: Any, starts: range) -> None:
+    """``task(start)`` for every start, on two threads when there is more than one."""
+    if len(starts) > 1 and (os.cpu_count() or 1) > 1:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(task, starts))  # numpy releases the GIL in the heavy parts
+    else:
+        for start in starts:
+            task(start)
 
 
 def available() -> bool:
@@ -44,8 +55,6 @@ def resampled_sums(x: Any, y: Any, i_x: Any, i_y: Any, out: Any) -> None:
     ``x`` and ``y`` are ``(L, C)`` float64, C-contiguous; ``i_x``, ``i_y``
     ``(K, n)`` integer indices into their first axis.
     """
-    from .peer_metrics import run_on_two_threads
-
     kernel = _kernels().resampled_sums
     run_on_two_threads(lambda c0: kernel(x, y, i_x, i_y, c0, out), range(0, x.shape[1], 64))
 
@@ -91,8 +100,6 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: int) -> dict[str, An
 
     def cells(c0: int) -> None:  # the kernel releases the GIL: two threads, two cores
         kernel(obs, order, pred, n_first, c0, min(c0 + 64, n_cells), *(out[k] for k in names))
-
-    from .peer_metrics import run_on_two_threads
 
     run_on_two_threads(cells, range(0, n_cells, 64))
     return out

@@ -283,7 +283,7 @@ def _single_trial_metrics(
             if key in out:
                 out[key][cells] = values.reshape(out[key][cells].shape)
 
-    peer_metrics.run_on_two_threads(block, range(0, len(todo), _BLOCK))
+    accelerated.run_on_two_threads(block, range(0, len(todo), _BLOCK))
     return out
 
 

@@ -9,15 +9,14 @@ numbers one cell at a time.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from . import accelerated
+from .accelerated import run_on_two_threads
 
 __all__ = [
     "FloorDraws",
@@ -26,7 +25,6 @@ __all__ = [
     "nems_ceiling",
     "nems_floor",
     "nems_jackknife",
-    "run_on_two_threads",
     "schoppe",
     "trial_metrics",
 ]
@@ -36,16 +34,6 @@ _MAX_PAIRS = 1000  # NEMS0 r_ceiling: single-trial pairs averaged
 _RAC_LIMIT = 0.01  # NEMS0 r_ceiling: floor of the single-trial correlation
 _EPS = 1e-12  # deepSTRF: zero-variance threshold
 _CONSTANT = 1e-10  # relative variance under which a signal counts as constant
-
-
-def run_on_two_threads(task: Any, starts: range) -> None:
-    """``task(start)`` for every start, on two threads when there is more than one."""
-    if len(starts) > 1 and (os.cpu_count() or 1) > 1:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(task, starts))  # numpy releases the GIL in the heavy parts
-    else:
-        for start in starts:
-            task(start)
 
 
 # -- correlation from sums ------------------------------------------------------------------------

@@ -82,3 +82,63 @@ def test_concat_stays_the_function_after_its_module_is_imported() -> None:
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         nat4xr.no_such_name  # noqa: B018
+
+
+def _relative_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (relative imports, inside functions too)."""
+    import ast
+
+    root = Path(nat4xr.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(["nat4xr", *parts])] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found = [f"{target}.{alias.name}" for alias in node.names]
+            found += [target] if node.module else []
+            graph[name] |= {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _relative_imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_lower_layers_import_nothing_above_them() -> None:
+    graph = _relative_imports()
+    base = {"nat4xr.errors", "nat4xr.schema", "nat4xr.files", "nat4xr._version"}
+    for name, targets in graph.items():
+        if name.startswith(
+            "nat4xr.cachefile"
+        ):  # knows nothing of releases, downloads, synthetic data
+            outside = {t for t in targets if not t.startswith("nat4xr.cachefile")}
+            assert outside <= base, (name, outside)
+        if name in ("nat4xr.build", "nat4xr.neurons", "nat4xr.release") or name.startswith(
+            "nat4xr.nems"
+        ):  # the builder knows nothing of the accessor, the cache or the front door
+            assert not any(
+                t.startswith(("nat4xr.accessor", "nat4xr.cachefile", "nat4xr.opening"))
+                for t in targets
+            ), (name, targets)
