@@ -64,7 +64,9 @@ def open_nat4(
     chunks : 'auto', int, dict or None
         Dask chunks of the result (see :func:`nat4xr.cachefile.open_cache`);
         ``None``: no dask, data read lazily from the cache file on indexing
-        (with ``cache=False``: the build result loaded into memory).
+        (with ``cache=False`` there is no file: ``None`` and ``'auto'`` give
+        the build's own arrays, the recorded values in memory under a lazy
+        padding; ``.load()`` makes the padding dense).
     cache : bool
         Write (and reuse) the netCDF cache. ``False`` returns the build
         result without writing anything.
@@ -139,10 +141,8 @@ def open_nat4(
         )
 
     if not cache:
-        ds = _build()
-        if chunks is None:
-            return ds.load()
-        return ds if chunks == "auto" else ds.chunk(chunk_spec(ds, chunks))
+        ds = _build()  # in-memory blocks under a lazy padding: never loaded behind your back
+        return ds if chunks in ("auto", None) else ds.chunk(chunk_spec(ds, chunks))
 
     key = cache_key(release.source_files(root, area, subset, waveform), options)
     target = cache_dir() / f"{area}-{subset}-{key}.nc"
