@@ -3,13 +3,17 @@
 Each input keeps its own stims and neurons; a neuron of one input has no
 data (NaN, coverage False) for the stims of another. With ``join="shared"``
 a sound heard by several populations (same name, identical spectrogram)
-becomes one stim that all of them cover. The result's ``response`` is a dask
-array assembled from the inputs and lazily filled NaN blocks: the dense
-joint array is never allocated.
+becomes one stim that all of them cover. The result's data variables are
+dask arrays over the inputs themselves: an in-memory input is sliced (never
+copied) when a chunk is computed, a lazy one (dask, or a cache opened with
+``chunks=None``) is read only then, and the NaN blocks off the diagonal and
+the padding of shorter repeat axes are lazy fills: the dense joint array is
+never allocated.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from collections.abc import Hashable, Sequence
@@ -62,8 +66,12 @@ def _check_compatible(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> N
 
 
 def _pad_repeats(ds: xr.Dataset, n_repeat: int) -> xr.Dataset:
-    """``ds`` with ``n_repeat`` repeats, the new ones NaN (lazy on dask data)."""
-    return ds.reindex(repeat=np.arange(n_repeat, dtype=ds["repeat"].dtype), fill_value=np.nan)
+    """``ds`` (without ``response``) with ``n_repeat`` repeats, the new ones NaN.
+
+    Variables without a repeat axis are kept as they are (``copy=False``).
+    """
+    repeats = np.arange(n_repeat, dtype=ds["repeat"].dtype)
+    return ds.reindex(repeat=repeats, fill_value=np.nan, copy=False)
 
 
 def _fill_value(dtype: np.dtype) -> Any:
@@ -121,12 +129,111 @@ def _prefixed(ids: list[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
     return out
 
 
-def _as_dask(data: Any) -> Any:
+class _Slices:
+    """A non-dask variable that dask slices when a chunk is computed, copying nothing.
+
+    ``dask.array.from_array`` copies a numpy array it is given (and
+    ``Variable.chunk`` hands it the numpy array); through this wrapper a chunk
+    is ``variable[key].values`` at compute time: a view of an in-memory
+    variable, or a read of just that part of a lazily indexed one (a cache
+    opened with ``chunks=None``).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> data = np.arange(6.0).reshape(3, 2)
+    >>> part = _Slices(xr.Variable(("stim", "time"), data))[1:, :]
+    >>> part.tolist(), np.shares_memory(part, data)
+    ([[2.0, 3.0], [4.0, 5.0]], True)
+    """
+
+    def __init__(self, variable: xr.Variable) -> None:
+        self.variable = variable
+        self.shape = variable.shape
+        self.dtype = variable.dtype
+        self.ndim = variable.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.variable[key].values)
+
+
+def _as_dask(variable: xr.Variable, sized_as: tuple[int, ...] | None = None) -> Any:
+    """``variable``'s data as a dask array, without copying or reading it.
+
+    Dask data is returned as is. Anything else (numpy, or lazily indexed
+    file data) becomes a dask array over the variable itself, in chunks along
+    the first dimension (the others whole) of about dask's
+    ``array.chunk-size``, as an array of shape ``sized_as`` (default: its own)
+    would be chunked: a response padded to more repeats is sized as padded.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> var = xr.Variable(("stim", "time"), np.zeros((4, 3), dtype=np.float32))
+    >>> lazy = _as_dask(var)
+    >>> type(lazy).__name__, lazy.chunks
+    ('Array', ((4,), (3,)))
+    >>> _as_dask(var, sized_as=(4, 2**25)).chunks  # 4 rows of 128 MiB: one row per chunk
+    ((1, 1, 1, 1), (3,))
+    """
+    import dask.array as da
+    from dask.array.core import normalize_chunks
+
+    if variable.chunks is not None:
+        return variable.data
+    shape = variable.shape
+    chunks: Any = shape
+    if all(shape):
+        sized = sized_as or shape
+        auto = normalize_chunks(("auto", *sized[1:]), sized, dtype=variable.dtype)
+        chunks = (auto[0], *shape[1:])
+    return da.from_array(
+        _Slices(variable),
+        chunks=chunks,
+        name=False,  # hashing would read every value of a lazily indexed variable
+        fancy=False,  # keep dask's fancy indexing off xarray's orthogonal indexing
+        meta=np.empty((0,) * variable.ndim, dtype=variable.dtype),
+    )
+
+
+def _repeat_bounds(responses: list[Any], n_repeat: int) -> list[int]:
+    """Chunk boundaries along ``repeat`` shared by every padded response.
+
+    Each input's own chunk boundaries, its repeat count (where its padding
+    starts) and ``n_repeat``: cutting every input there lets the blocks be
+    joined without rechunking.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> full = da.zeros((2, 3, 20, 4), chunks=(1, 3, 20, 4))
+    >>> est_only = da.zeros((2, 3, 1, 4), chunks=(1, 3, 1, 4))
+    >>> _repeat_bounds([full, est_only], 20)
+    [0, 1, 20]
+    """
+    bounds = {0, n_repeat}
+    for resp in responses:
+        bounds.update(np.cumsum(resp.chunks[2]).tolist())
+    return sorted(int(b) for b in bounds)
+
+
+def _padded(resp: Any, bounds: list[int]) -> Any:
+    """``resp`` cut at ``bounds`` along ``repeat``, NaN (a lazy fill) past its own repeats.
+
+    The fill is never merged into ``resp``'s chunks: a selection of the result
+    slices the pieces instead of building whole padded chunks.
+    """
     import dask.array as da
 
-    if hasattr(data, "dask"):
-        return data
-    return da.from_array(np.asarray(data), chunks=data.shape)
+    pieces = []
+    for lo, hi in itertools.pairwise(bounds):
+        if hi <= resp.shape[2]:
+            pieces.append(resp[:, :, lo:hi])
+        else:
+            shape = (resp.shape[0], resp.shape[1], hi - lo, resp.shape[3])
+            chunks = (resp.chunks[0], resp.chunks[1], hi - lo, resp.chunks[3])
+            pieces.append(da.full(shape, np.nan, dtype=resp.dtype, chunks=chunks))
+    return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=2)
 
 
 def _runs(pos: np.ndarray, template: np.ndarray) -> list[tuple[int, int]]:
@@ -144,18 +251,21 @@ def _runs(pos: np.ndarray, template: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _response(responses: list[Any], rows: list[np.ndarray], template: np.ndarray) -> Any:
-    """Union response: column block i holds input i's cells, NaN where it has no row."""
+    """Union response: column block i holds input i's cells, NaN where it has no row.
+
+    ``responses`` are dask arrays with the same number of repeats.
+    """
     import dask.array as da
 
     columns = []
     for resp, pos in zip(responses, rows):
-        resp = _as_dask(resp)
         _, n, r, t = resp.shape
         pieces = []
         for start, end in _runs(pos, template):
             if pos[start] < 0:
                 shape = (end - start, n, r, t)
-                pieces.append(da.full(shape, np.nan, dtype=resp.dtype, chunks=shape))
+                chunks = (end - start, *resp.chunks[1:])  # as the input's: no rechunking
+                pieces.append(da.full(shape, np.nan, dtype=resp.dtype, chunks=chunks))
             else:
                 pieces.append(resp[int(pos[start]) : int(pos[end - 1]) + 1])
         columns.append(da.concatenate(pieces, axis=0) if pieces else resp[:0])
@@ -163,8 +273,9 @@ def _response(responses: list[Any], rows: list[np.ndarray], template: np.ndarray
 
 
 def _gather_rows(arrays: list[Any], owner: np.ndarray, pos: np.ndarray) -> Any:
-    """Rows of the union taken from their owning input (numpy or dask, as the inputs)."""
-    lazy = any(hasattr(a, "dask") for a in arrays)
+    """Rows of the union taken from their owning input (dask arrays, sliced, never computed)."""
+    import dask.array as da
+
     pieces = []
     if len(owner):
         brk = np.flatnonzero((owner[1:] != owner[:-1]) | (pos[1:] != pos[:-1] + 1))
@@ -173,12 +284,7 @@ def _gather_rows(arrays: list[Any], owner: np.ndarray, pos: np.ndarray) -> Any:
         for s, e in zip(starts, ends):
             src = arrays[owner[s]]
             pieces.append(src[int(pos[s]) : int(pos[e - 1]) + 1])
-    if lazy:
-        import dask.array as da
-
-        pieces = [_as_dask(p) for p in pieces] or [_as_dask(arrays[0][:0])]
-        return da.concatenate(pieces, axis=0)
-    return np.concatenate(pieces or [arrays[0][:0]], axis=0)
+    return da.concatenate(pieces or [arrays[0][:0]], axis=0)
 
 
 def _stim_union(
@@ -264,8 +370,11 @@ def concat(
     Returns
     -------
     xarray.Dataset
-        ``response`` is dask-backed (NaN off the blocks, never allocated
-        densely); ``coverage`` is block-diagonal; coordinates missing from an
+        Data variables are dask arrays over the inputs, whatever backs them:
+        nothing is copied or read until computed. ``response`` has NaN off the
+        blocks (never allocated densely); an input that is not dask-backed is
+        cut into stim chunks of dask's ``array.chunk-size``. ``coverage`` is
+        block-diagonal; coordinates missing from an
         input are filled with ``""``, ``-1``, ``False`` or NaN (by dtype: str,
         int, bool, float; e.g. a ``pub_*`` column only one area's table has)
         so their dtypes survive a netCDF round trip. Attributes common to all inputs are kept;
@@ -306,8 +415,17 @@ def concat(
         raise ValueError(f"{len(names)} names for {len(datasets)} datasets")
     names = _unique_names([str(n) for n in names])
     _check_compatible(datasets, names)
-    # an est-only build has one repeat: pad every input (lazily, with NaN) to the longest
+    # every response as dask over the input itself (nothing copied or read); an est-only
+    # build has one repeat: pad every input (lazily, with NaN) to the longest
     n_repeat = max(ds.sizes["repeat"] for ds in datasets)
+    responses = []
+    for ds in datasets:
+        var = ds.variables["response"]
+        responses.append(_as_dask(var, sized_as=(*var.shape[:2], n_repeat, *var.shape[3:])))
+    bounds = _repeat_bounds(responses, n_repeat)
+    responses = [_padded(resp, bounds) for resp in responses]
+    response_attrs = dict(datasets[0]["response"].attrs)
+    datasets = [ds.drop_vars("response") for ds in datasets]
     datasets = [
         ds if ds.sizes["repeat"] == n_repeat else _pad_repeats(ds, n_repeat) for ds in datasets
     ]
@@ -362,16 +480,13 @@ def concat(
 
     # one template chunk id per union row: its owner's chunk, so NaN blocks line up
     template = np.empty(len(stim_ids), dtype=np.int64)
-    for k, ds in enumerate(datasets):
-        chunks = ds["response"].chunks
-        bounds = np.cumsum(chunks[0]) if chunks else np.array([ds.sizes["stim"]])
+    for k, resp in enumerate(responses):
+        bounds = np.cumsum(resp.chunks[0])
         mine = owner == k
         template[mine] = k * 10**9 + np.searchsorted(bounds, pos[mine], side="right")
-    response = _response([ds["response"].data for ds in datasets], rows, template)
+    response = _response(responses, rows, template)
 
-    data_vars: dict[Hashable, Any] = {
-        "response": (RESPONSE_DIMS, response, dict(datasets[0]["response"].attrs)),
-    }
+    data_vars: dict[Hashable, Any] = {"response": (RESPONSE_DIMS, response, response_attrs)}
     stim_vars = {
         name
         for name, var in datasets[0].data_vars.items()
@@ -386,15 +501,13 @@ def concat(
                 stacklevel=2,
             )
             continue
-        arrays = [ds[name].data for ds in datasets]
+        arrays = [_as_dask(ds.variables[name]) for ds in datasets]
         data_vars[name] = (
             datasets[0][name].dims,
             _gather_rows(arrays, owner, pos),
             dict(datasets[0][name].attrs),
         )
-    others = [
-        str(n) for ds in datasets for n in ds.data_vars if n != "response" and n not in stim_vars
-    ]
+    others = [str(n) for ds in datasets for n in ds.data_vars if n not in stim_vars]
     if others:
         warnings.warn(
             f"concat: data variables {sorted(set(others))} are neither per stim "

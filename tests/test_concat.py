@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -206,3 +208,182 @@ def test_fewer_repeats_are_padded_with_nan(chunked):
     np.testing.assert_array_equal(block[:, :, :1], est_only["response"].values)
     assert np.isnan(block[:, :, 1:]).all()
     np.testing.assert_array_equal(joint["coverage"].values[5:, 3:], est_only["coverage"].values)
+
+
+# -- memory: inputs are never copied, padding never allocated, lazy inputs never read ---------
+
+
+def _reference(datasets: list[xr.Dataset], join: str):
+    """Dense union response, coverage and spectrogram, from plain loops over the inputs."""
+    n_rep = max(ds.sizes["repeat"] for ds in datasets)
+    rows: list[tuple[str, np.ndarray]] = []  # (stim name, spectrogram) per union row
+    where: list[list[int]] = []  # union row of each stim, per input
+    for ds in datasets:
+        mine = []
+        for name, spec in zip(ds["stim"].values.tolist(), ds["spectrogram"].values):
+            match = [
+                u
+                for u, (n, s) in enumerate(rows)
+                if join == "shared" and n == name and np.array_equal(s, spec, equal_nan=True)
+            ]
+            if match:
+                mine.append(match[0])
+            else:
+                rows.append((name, spec))
+                mine.append(len(rows) - 1)
+        where.append(mine)
+    n_cells = sum(ds.sizes["neuron"] for ds in datasets)
+    t = datasets[0].sizes["time"]
+    response = np.full((len(rows), n_cells, n_rep, t), np.nan, dtype=np.float32)
+    coverage = np.zeros((len(rows), n_cells), dtype=bool)
+    col = 0
+    for ds, mine in zip(datasets, where):
+        resp, cov = ds["response"].values, ds["coverage"].values
+        for i, u in enumerate(mine):
+            for j in range(ds.sizes["neuron"]):
+                response[u, col + j, : ds.sizes["repeat"]] = resp[i, j]
+                coverage[u, col + j] = cov[i, j]
+        col += ds.sizes["neuron"]
+    spectrogram = np.stack([s for _, s in rows])
+    return response, coverage, spectrogram
+
+
+def _random_inputs(seed: int, join: str, backing: str) -> list[xr.Dataset]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(int(rng.integers(2, 4))):
+        ds = nat4xr.synthetic.random_dataset(
+            n_est=int(rng.integers(1, 6)),
+            n_val=int(rng.integers(0, 3)),
+            n_neurons=int(rng.integers(1, 5)),
+            area=f"X{k}",
+            seed=seed * 10 + k,
+        )
+        if ds.sizes["stim"] > 1 and rng.random() < 0.4:  # an est-only build: one repeat
+            ds = ds.isel(repeat=slice(0, 1))
+        if join == "shared" and out:  # some sounds also in the first input
+            first = out[0]
+            n = min(first.sizes["stim"], ds.sizes["stim"], int(rng.integers(0, 3)))
+            names = ds["stim"].values.copy()
+            names[:n] = first["stim"].values[:n]
+            spec = ds["spectrogram"].values.copy()
+            spec[:n] = first["spectrogram"].values[:n]
+            ds = ds.assign_coords(stim=names).assign(spectrogram=(ds["spectrogram"].dims, spec))
+        lazy = backing == "dask" or (backing == "mixed" and k % 2)
+        out.append(ds.chunk({"stim": int(rng.integers(1, 4))}) if lazy else ds)
+    return out
+
+
+@pytest.mark.parametrize("join", ["block", "shared"])
+@pytest.mark.parametrize("backing", ["eager", "dask", "mixed"])
+@pytest.mark.parametrize("seed", range(4))
+def test_values_match_a_dense_reference(seed, join, backing):
+    inputs = _random_inputs(seed, join, backing)
+    joint = nat4xr.concat(inputs, join=join)
+    response, coverage, spectrogram = _reference([ds.compute() for ds in inputs], join)
+    assert isinstance(joint["response"].data, da.Array)
+    np.testing.assert_array_equal(joint["response"].values, response)
+    np.testing.assert_array_equal(joint["coverage"].values, coverage)
+    np.testing.assert_array_equal(joint["spectrogram"].values, spectrogram)
+    assert joint["repeat"].values.tolist() == list(range(response.shape[2]))
+    # a selection of the result computes the same values as the dense reference
+    stims, cells = [0, response.shape[0] - 1], [response.shape[1] - 1]
+    np.testing.assert_array_equal(
+        joint["response"].isel(stim=stims, neuron=cells).values, response[stims][:, cells]
+    )
+
+
+def _in_memory(area: str, n_stim: int, n_cell: int, n_rep: int) -> xr.Dataset:
+    stims = pd.DataFrame(
+        {"subset": ["est"] * n_stim, "n_repeats": [n_rep] * n_stim},
+        index=[f"STIM_{area}_{i:04d}" for i in range(n_stim)],
+    )
+    neurons = pd.DataFrame(
+        {
+            "area": [area] * n_cell,
+            "site": ["ARM029a"] * n_cell,
+            "animal": ["ARM"] * n_cell,
+            "electrode": np.ones(n_cell, dtype=np.int64),
+            "unit": np.arange(n_cell, dtype=np.int64),
+            "auditory": np.ones(n_cell, dtype=bool),
+        },
+        index=[f"{area}-{i}" for i in range(n_cell)],
+    )
+    resp = np.arange(n_stim * n_cell * n_rep * 100, dtype=np.float32)
+    resp = resp.reshape(n_stim, n_cell, n_rep, 100)
+    spec = np.ones((n_stim, 18, 100), dtype=np.float32)
+    cov = np.ones((n_stim, n_cell), dtype=bool)
+    return make_dataset(resp, spec, stims, neurons, coverage=cov, attrs={"area": area})
+
+
+def test_in_memory_inputs_are_not_copied_and_padding_not_allocated():
+    """~100 MB each; the est-only one would be 2 GB padded to 20 repeats."""
+    import tracemalloc
+
+    a1 = _in_memory("A1", 50, 250, 20)  # 100 MB
+    peg = _in_memory("PEG", 1000, 250, 1)  # 100 MB, 2 GB once padded
+    assert isinstance(a1["response"].data, np.ndarray)
+    mib = 2**20
+    tracemalloc.start()
+    try:
+        joint = nat4xr.concat([a1, peg])
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < 10 * mib, f"concat allocated {peak / mib:.0f} MiB"
+        tracemalloc.reset_peak()
+        start, _ = tracemalloc.get_traced_memory()
+        part = joint["response"].isel(stim=[0, 50]).values  # an A1 and a PEG stim, all cells
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert part.nbytes < 8 * mib
+    assert peak - start < 4 * part.nbytes + 4 * mib, f"{(peak - start) / mib:.0f} MiB"
+    assert joint["response"].shape == (1050, 500, 20, 100)
+    np.testing.assert_array_equal(part[0, :250], a1["response"].values[0])
+    np.testing.assert_array_equal(part[1, 250:, :1], peg["response"].values[0])
+    assert np.isnan(part[0, 250:]).all() and np.isnan(part[1, :250]).all()
+    assert np.isnan(part[1, 250:, 1:]).all()
+    # no task of the result is bigger than dask's chunk size (the padded blocks included)
+    limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+    assert max(np.prod(c) for c in _block_shapes(joint["response"].data)) * 4 <= limit
+
+
+def test_padded_lazy_inputs_stay_lazy():
+    a, est_only = _pair(lazy=True)
+    est_only = est_only.isel(repeat=slice(0, 1))
+    with raise_if_dask_computes():
+        joint = nat4xr.concat([a, est_only])
+        sub = joint.nat4.sel_neurons(source="PEG")
+    assert isinstance(sub["response"].data, da.Array)
+
+
+def test_cache_inputs_opened_without_dask_stay_unread(tmp_path, monkeypatch):
+    from nat4xr.cachefile import open_cache, write_cache
+    from nat4xr.cachefile.arrays import CacheArray
+
+    a1, peg = _pair(lazy=False)
+    peg = peg.isel(repeat=slice(0, 3))
+    reads: list[str] = []
+    original = CacheArray.read
+
+    def counted(self, positions):
+        reads.append(Path(self.source.path).name)
+        return original(self, positions)
+
+    monkeypatch.setattr(CacheArray, "read", counted)
+    with (
+        open_cache(write_cache(a1, tmp_path / "a1.nc"), chunks=None) as lazy_a1,
+        open_cache(write_cache(peg, tmp_path / "peg.nc"), chunks=None) as lazy_peg,
+    ):
+        assert lazy_a1["response"].chunks is None
+        joint = nat4xr.concat([lazy_a1, lazy_peg])
+        assert reads == []
+        first = joint["response"].isel(stim=0).values  # reads A1's first chunk only
+        assert reads == ["a1.nc"]
+        np.testing.assert_array_equal(first[:6], a1["response"].values[0])
+        np.testing.assert_array_equal(
+            joint["spectrogram"].values,
+            np.concatenate([a1["spectrogram"].values, peg["spectrogram"].values]),
+        )
+        block = joint["response"].values[7:, 6:]
+        np.testing.assert_array_equal(block[:, :, :3], peg["response"].values)
+        assert np.isnan(block[:, :, 3:]).all()
