@@ -4,7 +4,10 @@ Importing :mod:`nat4xr` registers it, so every :class:`xarray.Dataset` has a
 ``.nat4`` attribute. The accessor stores only the Dataset; every method
 returns a new object and leaves its input untouched, and none of them reads
 ``response`` on a lazy Dataset (selection works from the small ``coverage``
-coordinate).
+coordinate). The selections (:meth:`~Nat4Accessor.sel_stims`,
+:meth:`~Nat4Accessor.sel_neurons`, :meth:`~Nat4Accessor.prune`) also cut the
+``repeat`` axis to the largest ``n_repeats`` they keep; xarray's own
+indexing (``ds.isel``, ``ds.sel``) never does.
 
 Examples
 --------
@@ -167,7 +170,13 @@ class Nat4Accessor:
         -------
         xarray.Dataset
             A new Dataset (possibly empty); the input is unchanged and a lazy
-            ``response`` stays lazy.
+            ``response`` stays lazy. Its ``repeat`` axis holds the largest
+            ``n_repeats`` among the kept stims (the repeats past it are NaN
+            for all of them), so an estimation-only selection has one repeat.
+            Plain xarray indexing (``ds.isel(stim=...)``) keeps every repeat:
+            only the accessor's selections cut the axis, and
+            :func:`nat4xr.concat` pads it back when joined with Datasets that
+            have more.
 
         Raises
         ------
@@ -182,6 +191,10 @@ class Nat4Accessor:
         2
         >>> ds.nat4.sel_stims(lambda t: t["n_repeats"] > 1).sizes["stim"]
         2
+        >>> ds.sizes["repeat"], ds.nat4.sel_stims(subset="est").sizes["repeat"]
+        (20, 1)
+        >>> ds.isel(stim=[0, 1]).sizes["repeat"]  # xarray's own indexing keeps them all
+        20
         """
         return selection.select_matching(self._ds, "stim", *predicate, **filters)
 
@@ -189,7 +202,9 @@ class Nat4Accessor:
         """Keep the matching neurons, then drop stims with no data among them.
 
         Parameters and filters work as in :meth:`sel_stims`, on neuron
-        coordinates (``neuron=`` filters by cell id).
+        coordinates (``neuron=`` filters by cell id). The ``repeat`` axis is
+        cut to the largest ``n_repeats`` among the stims left, as in
+        :meth:`sel_stims` (``ds.isel(neuron=...)`` keeps every repeat).
 
         Examples
         --------
@@ -204,12 +219,19 @@ class Nat4Accessor:
     def prune(self) -> xr.Dataset:
         """Drop stims and neurons that have no data at all.
 
+        The ``repeat`` axis is cut to the largest ``n_repeats`` among the
+        stims left, as in :meth:`sel_stims`; useful after plain xarray
+        indexing, which keeps every repeat.
+
         Examples
         --------
         >>> import nat4xr
         >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=1.0)
         >>> dict(ds.nat4.prune().sizes)["stim"]
         0
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
+        >>> ds.isel(stim=[0, 1]).nat4.prune().sizes["repeat"]
+        1
         """
         return selection.prune(self._ds)
 
@@ -445,6 +467,55 @@ class Nat4Accessor:
 
     # summaries -------------------------------------------------------------------------------
 
+    def response_nbytes(self) -> dict[str, int]:
+        """Bytes of ``response`` as a dense array and of the values actually recorded.
+
+        ``"dense"`` is what ``.load()`` allocates: the whole shape, padding
+        included. ``"recorded"`` counts, for each (stim, neuron) pair with
+        ``coverage``, the stim's ``n_repeats`` (at most the ``repeat``
+        length) times the other axes (``time``). Computed from the shape and
+        the coordinates only: ``response`` is never read.
+
+        Returns
+        -------
+        dict
+            ``{"dense": int, "recorded": int}``; both 0 without ``response``.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, p_missing=0.0)
+        >>> nb = ds.nat4.response_nbytes()
+        >>> nb["dense"] == 4 * 2 * 20 * 15 * 4
+        True
+        >>> nb["recorded"] == (3 * 1 + int(ds.n_repeats[3])) * 2 * 15 * 4
+        True
+        """
+        ds = self._ds
+        resp = ds.variables.get("response")
+        if resp is None:
+            return {"dense": 0, "recorded": 0}
+        dense = int(resp.size) * resp.dtype.itemsize
+        if "stim" not in resp.dims or "neuron" not in resp.dims:
+            return {"dense": dense, "recorded": dense}
+        n_stim, n_rep = resp.sizes["stim"], resp.sizes.get("repeat", 1)
+        # bytes of one repeat of one (stim, neuron) pair: the other axes (time)
+        per_trial = resp.dtype.itemsize * int(
+            np.prod([n for d, n in resp.sizes.items() if d not in ("stim", "neuron", "repeat")])
+        )
+        reps = np.full(n_stim, n_rep, dtype=np.int64)
+        var = ds.variables.get("n_repeats")
+        if "repeat" in resp.dims and var is not None and var.dims == ("stim",):
+            values = metadata_values(var)
+            if values.dtype.kind in "iuf":
+                values = np.nan_to_num(values.astype(np.float64), nan=n_rep)
+                reps = np.clip(values, 0, n_rep).astype(np.int64)
+        if "coverage" in ds.variables:
+            cells = coverage_array(ds).sum(axis=1, dtype=np.int64)
+        else:
+            cells = np.full(n_stim, resp.sizes["neuron"], dtype=np.int64)
+        return {"dense": dense, "recorded": int(reps @ cells) * per_trial}
+
     def _counts(self) -> dict[str, Any]:
         ds = self._ds
         out: dict[str, Any] = {
@@ -468,24 +539,37 @@ class Nat4Accessor:
         resp = ds.variables.get("response")
         if resp is None:
             out["storage"] = "no response"
-        elif resp.chunks is not None:
+            return out
+        if resp.chunks is not None:
             nchunks = int(np.prod([len(c) for c in resp.chunks]))
             out["storage"] = f"lazy (dask, {nchunks} chunks)"
         else:
             out["storage"] = "in memory"
-        if "response" in ds.variables:
-            out["size"] = f"{resp.size * resp.dtype.itemsize / 1e9:.2f} GB"
+        nbytes = self.response_nbytes()
+        unit = _unit(nbytes["dense"])
+        out["dense"] = _in_unit(nbytes["dense"], unit)
+        out["recorded"] = _in_unit(nbytes["recorded"], unit)
+        # loading would allocate mostly NaN padding: say so before anyone calls .load()
+        if resp.chunks is not None and nbytes["dense"] >= 2 * nbytes["recorded"]:
+            out["advice"] = "select before .load()"
         return out
 
     def summary(self) -> str:
         """A short text summary: counts of stims, neurons, animals, coverage, storage.
 
+        The last line gives the size of ``response`` as a dense array (what
+        ``.load()`` allocates) and of the values recorded (see
+        :meth:`response_nbytes`), and advises selecting first when a lazy
+        ``response`` is at least half padding. Nothing is read to compute it.
+
         Examples
         --------
         >>> import nat4xr
-        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2, p_missing=0.0)
         >>> print(ds.nat4.summary().splitlines()[0])
         <nat4 A1: 4 stims (3 est, 1 val) x 2 neurons>
+        >>> print(ds.chunk().nat4.summary().splitlines()[-1].strip())
+        response lazy (dask, 1 chunks): 9.60 kB dense, 2.52 kB recorded; select before .load()
         """
         c = self._counts()
         split = f" ({c['est']} est, {c['val']} val)" if "est" in c else ""
@@ -500,8 +584,9 @@ class Nat4Accessor:
             lines.append("  " + ", ".join(parts))
         if "coverage" in c:
             lines.append(f"  coverage {c['coverage']:.1f}% of (stim, neuron) pairs")
-        size = f", {c['size']}" if "size" in c else ""
-        lines.append(f"  response {c['storage']}{size}")
+        size = f": {c['dense']} dense, {c['recorded']} recorded" if "dense" in c else ""
+        advice = f"; {c['advice']}" if "advice" in c else ""
+        lines.append(f"  response {c['storage']}{size}{advice}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -515,6 +600,19 @@ class Nat4Accessor:
             for k, v in c.items()
         )
         return f"<table><caption>nat4 {html.escape(c['area'])}</caption>{rows}</table>"
+
+
+_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+
+
+def _unit(nbytes: int) -> tuple[float, str]:
+    """The decimal unit in which ``nbytes`` reads best (B below a kilobyte)."""
+    return next(((f, u) for f, u in _UNITS if nbytes >= f), (1.0, "B"))
+
+
+def _in_unit(nbytes: int, unit: tuple[float, str]) -> str:
+    factor, name = unit
+    return f"{nbytes} B" if name == "B" else f"{nbytes / factor:.2f} {name}"
 
 
 def _fmt(value: Any) -> str:

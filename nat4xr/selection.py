@@ -34,6 +34,7 @@ __all__ = [
     "ids",
     "metadata_values",
     "prune",
+    "repeats_held",
     "select",
     "select_matching",
 ]
@@ -353,16 +354,64 @@ def _drop_stale_encoding(out: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def repeats_held(ds: xr.Dataset, stim: np.ndarray | None = None) -> int | None:
+    """Length of the ``repeat`` axis that the stims at positions ``stim`` need.
+
+    The largest ``n_repeats`` among them (all stims when ``stim`` is None),
+    at least 1 and at most the current length: the repeats past it are NaN
+    for every one of these stims. Without stims, or without an ``n_repeats``
+    stim coordinate, the current length; None when there is no ``repeat``
+    dimension. Reads only ``n_repeats``.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=3, seed=1)
+    >>> ds.sizes["repeat"], repeats_held(ds, np.array([0, 1, 2]))
+    (20, 1)
+    >>> repeats_held(ds) == int(ds["n_repeats"].max())
+    True
+    """
+    if "repeat" not in ds.dims:
+        return None
+    n = ds.sizes["repeat"]
+    var = ds.variables.get("n_repeats")
+    if var is None or var.dims != ("stim",):
+        return n
+    reps = metadata_values(var)
+    if stim is not None:
+        reps = reps[stim]
+    if reps.dtype.kind == "f":
+        reps = reps[np.isfinite(reps)]
+    elif reps.dtype.kind not in "iu":
+        return n
+    if reps.size == 0:
+        return n
+    return int(min(n, max(1, reps.max())))
+
+
 def select(
-    ds: xr.Dataset, stim: np.ndarray | None = None, neuron: np.ndarray | None = None
+    ds: xr.Dataset,
+    stim: np.ndarray | None = None,
+    neuron: np.ndarray | None = None,
+    repeat: int | None = None,
 ) -> xr.Dataset:
     """Positional selection by sorted unique integer positions (None keeps the axis).
 
-    Equivalent to ``ds.isel(stim=stim, neuron=neuron)``, but contiguous
-    positions become slices, and dask arrays with one chunk along an indexed
-    axis (``response`` along ``neuron``) are gathered block by block, so
-    selecting on a lazy full-scale Dataset takes about a millisecond
-    (``benchmarks/selection.py``).
+    Equivalent to ``ds.isel(stim=stim, neuron=neuron, repeat=slice(0, repeat))``,
+    but contiguous positions become slices, and dask arrays with one chunk
+    along an indexed axis (``response`` along ``neuron``) are gathered block
+    by block, so selecting on a lazy full-scale Dataset takes about a
+    millisecond (``benchmarks/selection.py``).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    stim, neuron : array of int, optional
+        Sorted unique positions to keep along each axis (None keeps it all).
+    repeat : int, optional
+        Keep the first ``repeat`` repeats (None keeps them all); see
+        :func:`repeats_held` for the length the kept stims need.
 
     Examples
     --------
@@ -370,6 +419,8 @@ def select(
     >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=1, n_neurons=3)
     >>> select(ds, stim=np.array([0, 2])).identical(ds.isel(stim=[0, 2]))
     True
+    >>> select(ds, stim=np.array([0, 2]), repeat=1).sizes["repeat"]
+    1
     """
     indexers: dict[Hashable, slice | np.ndarray] = {}
     for dim, idx in (("stim", stim), ("neuron", neuron)):
@@ -378,6 +429,8 @@ def select(
         key = _indexer(np.asarray(idx, dtype=np.intp), ds.sizes[dim])
         if key is not None:
             indexers[dim] = key
+    if repeat is not None and "repeat" in ds.dims and repeat < ds.sizes["repeat"]:
+        indexers["repeat"] = slice(0, max(0, int(repeat)))
     if not indexers:
         return ds.copy(deep=False)
     return _isel(ds, indexers)
@@ -391,6 +444,9 @@ def select_matching(ds: xr.Dataset, dim: str, *predicates: Any, **filters: Any) 
 
     This is ``ds.nat4.sel_stims`` (``dim="stim"``) and ``ds.nat4.sel_neurons``
     (``dim="neuron"``); predicates and filters as in :func:`filter_mask`.
+    The ``repeat`` axis is cut to the largest ``n_repeats`` among the kept
+    stims (:func:`repeats_held`): the repeats dropped are NaN for all of them,
+    and the cut is a slice, so a lazy ``response`` stays lazy.
 
     Examples
     --------
@@ -410,11 +466,14 @@ def select_matching(ds: xr.Dataset, dim: str, *predicates: Any, **filters: Any) 
         rest = np.flatnonzero(cov[keep].any(axis=0))
     else:
         rest = np.flatnonzero(np.dot(cov, mask))  # bool dot = any over kept columns
-    return select(ds, **{dim: keep, _OTHER[dim]: rest})
+    picked = {dim: keep, _OTHER[dim]: rest}
+    return select(ds, **picked, repeat=repeats_held(ds, picked["stim"]))
 
 
 def prune(ds: xr.Dataset) -> xr.Dataset:
     """Drop stims and neurons that have no data at all.
+
+    The ``repeat`` axis is cut as in :func:`select_matching`.
 
     Examples
     --------
@@ -424,4 +483,6 @@ def prune(ds: xr.Dataset) -> xr.Dataset:
     0
     """
     cov = coverage_array(ds)
-    return select(ds, stim=np.flatnonzero(cov.any(axis=1)), neuron=np.flatnonzero(cov.any(axis=0)))
+    stim = np.flatnonzero(cov.any(axis=1))
+    neuron = np.flatnonzero(cov.any(axis=0))
+    return select(ds, stim=stim, neuron=neuron, repeat=repeats_held(ds, stim))
