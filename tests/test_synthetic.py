@@ -389,6 +389,42 @@ def test_deterministic_from_seed(tmp_path):
     assert digest(a.files["population"]) != digest(c.files["population"])
 
 
+def _lag1_correlation(rel: SyntheticRelease) -> float:
+    """Correlation of each band with itself one bin later, inside the sounds."""
+    sound = rel.spectrogram[:, :, 25:125]
+    a, b = sound[:, :, :-1], sound[:, :, 1:]
+    a = a - a.mean(axis=2, keepdims=True)
+    b = b - b.mean(axis=2, keepdims=True)
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_white_spectrograms_change_only_the_values(tmp_path):
+    smooth = write_release(tmp_path / "smooth", scale="tiny", seed=11)
+    same = write_release(tmp_path / "same", scale="tiny", seed=11, spectrogram="smooth")
+    white = write_release(tmp_path / "white", scale="tiny", seed=11, spectrogram="white")
+    again = write_release(tmp_path / "again", scale="tiny", seed=11, spectrogram="white")
+    for k in smooth.files:
+        assert digest(smooth.files[k]) == digest(same.files[k]), k
+        assert digest(white.files[k]) == digest(again.files[k]), k
+    assert digest(white.files["population"]) != digest(smooth.files["population"])
+    # the same layout, sounds, traps and member names: only the numbers differ
+    assert white.cells == smooth.cells and white.traps == smooth.traps
+    assert white.est_stims == smooth.est_stims and white.val_stims == smooth.val_stims
+    pd.testing.assert_frame_equal(white.neurons, smooth.neurons)
+    pop = str(white.files["population"]), str(smooth.files["population"])
+    assert list(tar_members(pop[0])) == list(tar_members(pop[1]))
+    with zipfile.ZipFile(white.files["sites_zip"]) as a:
+        with zipfile.ZipFile(smooth.files["sites_zip"]) as b:
+            assert a.namelist() == b.namelist()
+    assert white.spectrogram.shape == smooth.spectrogram.shape
+    assert white.spectrogram.dtype == np.float32 and (white.spectrogram >= 0).all()
+    assert not white.spectrogram[:, :, :25].any() and not white.spectrogram[:, :, 125:].any()
+    # white within each sound, where the default is smooth
+    assert abs(_lag1_correlation(white)) < 0.05 < 0.5 < _lag1_correlation(smooth)
+    with pytest.raises(ValueError, match="spectrogram must be"):
+        write_release(tmp_path / "bad", scale="tiny", spectrogram="pink")
+
+
 def test_sizes_overrides_and_sparsity(tmp_path, small):
     assert small.est_response.shape == (30, 40, 150)
     assert small.val_response.shape == (4, 40, 20, 150)

@@ -25,17 +25,30 @@ def _stim_names(n_est: int, n_val: int, rng: np.random.Generator) -> tuple[list[
     return est, val
 
 
-def _spectrograms(n_stim: int, n_freq: int, rng: np.random.Generator) -> np.ndarray:
-    """Smooth non-negative gamma-ish bands during the sound, zero in the silences."""
+def _spectrograms(
+    n_stim: int, n_freq: int, rng: np.random.Generator, kind: str = "smooth"
+) -> np.ndarray:
+    """Non-negative gamma-ish bands during the sound, zero in the silences.
+
+    ``'smooth'``: smoothed over 5 bins in time and 3 bands, under a slow
+    envelope (like natural sounds; neighbouring lags are strongly
+    correlated). ``'white'``: independent values in every band and bin of a
+    sound, so each lag and band of a filter can be told apart. Both tilt
+    each sound's spectrum by a random slope.
+    """
     from scipy.ndimage import uniform_filter1d
 
     g = rng.gamma(1.5, 1.0, size=(n_stim, n_freq, _SOUND_BINS))
-    g = uniform_filter1d(g, size=5, axis=2, mode="nearest")
-    g = uniform_filter1d(g, size=3, axis=1, mode="nearest")
+    if kind == "smooth":
+        g = uniform_filter1d(g, size=5, axis=2, mode="nearest")
+        g = uniform_filter1d(g, size=3, axis=1, mode="nearest")
     tilt = rng.normal(0.0, 0.5, size=(n_stim, 1, 1)) * np.linspace(-1, 1, n_freq)[None, :, None]
-    env = uniform_filter1d(rng.random((n_stim, 1, _SOUND_BINS)), size=15, axis=2)
+    g = g * np.exp(tilt)
+    if kind == "smooth":
+        env = uniform_filter1d(rng.random((n_stim, 1, _SOUND_BINS)), size=15, axis=2)
+        g = g * (0.3 + 1.4 * env)
     spec = np.zeros((n_stim, n_freq, N_TIME), dtype="float32")
-    spec[:, :, _PRE_BINS : _PRE_BINS + _SOUND_BINS] = g * np.exp(tilt) * (0.3 + 1.4 * env)
+    spec[:, :, _PRE_BINS : _PRE_BINS + _SOUND_BINS] = g
     return spec
 
 
