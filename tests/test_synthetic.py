@@ -459,3 +459,8 @@ def test_full_scale_layout_counts(area, n_sites, animals):
     assert neurons["animal"].value_counts().to_dict() == animals
     assert neurons["auditory"].sum() == published["auditory"]
     assert len(layout.traps["no_site"]) == (33 if area == "A1" else 15)
+
+
+def test_a_drive_too_strong_for_the_counts_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="255"):
+        write_release(tmp_path, "A1", scale="tiny", seed=0, drive=5000.0)

@@ -97,9 +97,11 @@ class _Counts:
             for i in range(lo, hi):
                 r = rate[i - lo]
                 if i < n_est:
-                    est[i] = rng.poisson(r)
+                    est[i] = _counts(rng.poisson(r))
                 else:
-                    val[i - n_est] = rng.poisson(r[:, None, :], size=(n_units, N_REPEATS, n_time))
+                    val[i - n_est] = _counts(
+                        rng.poisson(r[:, None, :], size=(n_units, N_REPEATS, n_time))
+                    )
         est_truth = est[:, : layout.n_pop].astype("float32")
         for s, missing in layout.missing_est.items():
             est_truth[np.ix_(missing, layout.unit_site[: layout.n_pop] == s)] = np.nan
@@ -108,3 +110,12 @@ class _Counts:
         strf = np.zeros((n_units, 4, n_freq))
         strf[np.arange(n_units), lag] = (gain * np.exp(0.02))[:, None] * tuning
         return cls(est=est, val=val, est_truth=est_truth, strf=strf, base=base)
+
+
+def _counts(draw: np.ndarray) -> np.ndarray:
+    """Spike counts per 10 ms bin as the release stores them (uint8), refusing overflow."""
+    if draw.size and int(draw.max()) > 255:
+        raise ValueError(
+            f"a bin drew {int(draw.max())} spikes, more than the 255 a count holds: lower drive"
+        )
+    return draw
