@@ -108,3 +108,15 @@ def load_deepstrf_training():
         return Linear, Fitter
 
     return _import_from_deepstrf(load)
+
+
+def load_deepstrf_flow():
+    """Return deepSTRF's ``(NAT4Dataset, neural_collate, concat_neural_datasets)``, or ``None``."""
+
+    def load():
+        from deepSTRF.datasets.audio.nat4 import NAT4Dataset
+        from deepSTRF.utils import concat_neural_datasets, neural_collate
+
+        return NAT4Dataset, neural_collate, concat_neural_datasets
+
+    return _import_from_deepstrf(load)

@@ -176,9 +176,7 @@ def build_dataset(
             "bins": len(hanning_window(width)),
         }
 
-    coverage = np.concatenate(
-        [~np.isnan(est_block).all(axis=1), ~np.isnan(val_block).all(axis=(2, 3))], axis=0
-    )
+    coverage = _coverage(est_block, val_block)
     response = _lazy_response(est_block, val_block, n_repeat)
 
     stims = pd.DataFrame(
@@ -297,12 +295,30 @@ def _nems_spectrogram(spec: np.ndarray, all_stim: np.ndarray) -> np.ndarray:
 
 
 def _pad_repeats(block: np.ndarray, n_repeat: int) -> np.ndarray:
-    pad = np.full(
-        (block.shape[0], block.shape[1], n_repeat - block.shape[2], block.shape[3]),
-        np.nan,
-        dtype=block.dtype,
-    )
-    return np.concatenate([block, pad], axis=2)
+    """``block`` with its repeat axis (2) grown to ``n_repeat``, the new repeats NaN.
+
+    Filled in place: the old and the new block are the only arrays alive, and
+    growing an empty block allocates the new one alone.
+    """
+    n_old = block.shape[2]
+    out = np.empty((*block.shape[:2], n_repeat, *block.shape[3:]), dtype=block.dtype)
+    out[:, :, :n_old] = block
+    out[:, :, n_old:] = np.nan
+    return out
+
+
+def _coverage(est_block: np.ndarray, val_block: np.ndarray) -> np.ndarray:
+    """``(stim, neuron)``: True where a sound has any value for a cell.
+
+    One sound at a time, so the temporaries are one sound's, not a block's.
+    """
+    n_est, n_val = est_block.shape[0], val_block.shape[0]
+    out = np.empty((n_est + n_val, est_block.shape[2]), dtype=bool)
+    for s in range(n_est):  # est_block is (n_est, T, N)
+        out[s] = ~np.isnan(est_block[s]).all(axis=0)
+    for s in range(n_val):  # val_block is (n_val, N, R, T)
+        out[n_est + s] = ~np.isnan(val_block[s]).all(axis=(1, 2))
+    return out
 
 
 class _Sliced:

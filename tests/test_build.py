@@ -342,3 +342,70 @@ def rewrite_zip_member(zpath: Path, index: int, edit) -> None:
     with zipfile.ZipFile(zpath, "w") as zf:
         for info, payload in items:
             zf.writestr(info, payload)
+
+
+# -- memory-lean pieces of the build ------------------------------------------------
+
+
+def _matrix_opener(text: bytes):
+    return lambda: io.BytesIO(text)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("trailing", [True, False])
+def test_csv_matrix_read_in_pieces_matches_one_parse(monkeypatch, newline, trailing):
+    from nat4xr.nems import parsers
+
+    rng = np.random.default_rng(0)
+    values = rng.poisson(1.5, size=(500, 7)).astype(np.float32)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    lines = [b",".join(b"nan" if np.isnan(v) else b"%g" % v for v in row) for row in values]
+    text = newline.join(lines) + (newline if trailing else b"")
+    whole = parsers.read_matrix(_matrix_opener(text), "m.csv", rows_hint=500)
+    # pieces of a few lines, the reads ending anywhere in a line
+    monkeypatch.setattr(parsers, "_TEXT_BYTES", 97)
+    monkeypatch.setattr(parsers, "_READ_BYTES", 13)
+    for hint in (500, None):
+        pieces = parsers.read_matrix(_matrix_opener(text), "m.csv", rows_hint=hint)
+        np.testing.assert_array_equal(pieces, values)
+    np.testing.assert_array_equal(whole, values)
+
+
+def test_csv_matrix_rows_past_the_hint_and_long_lines(monkeypatch):
+    from nat4xr.nems import parsers
+
+    text = b"\n".join(b"1,2,3" for _ in range(50)) + b"\n"
+    with pytest.raises(FormatError, match="more than 40 rows"):
+        parsers.read_matrix(_matrix_opener(text), "m.csv", rows_hint=40)
+    # a line that does not fit the text buffer (here: the 1 MiB head)
+    monkeypatch.setattr(parsers, "_TEXT_BYTES", 1)
+    long_line = b"1,2,3\n" * (1 << 18) + b"4,5," + b"6" * (2 << 20) + b"\n"
+    with pytest.raises(FormatError, match="line longer than"):
+        parsers.read_matrix(_matrix_opener(long_line), "m.csv")
+
+
+def test_growing_the_repeat_axis_keeps_values_and_pads_nan():
+    from nat4xr.build import _pad_repeats
+
+    block = np.arange(2 * 3 * 2 * 4, dtype=np.float32).reshape(2, 3, 2, 4)
+    grown = _pad_repeats(block, 5)
+    assert grown.shape == (2, 3, 5, 4)
+    np.testing.assert_array_equal(grown[:, :, :2], block)
+    assert np.isnan(grown[:, :, 2:]).all()
+    assert _pad_repeats(block[:, :, :0], 3).shape == (2, 3, 3, 4)
+
+
+def test_coverage_matches_whole_block_rule():
+    from nat4xr.build import _coverage
+
+    rng = np.random.default_rng(1)
+    est = rng.random((5, 6, 4)).astype(np.float32)  # (n_est, T, N)
+    est[1, :, 2] = np.nan
+    est[3, :3, 0] = np.nan
+    val = rng.random((3, 4, 2, 6)).astype(np.float32)  # (n_val, N, R, T)
+    val[0, 1] = np.nan
+    val[2, 3, 1] = np.nan
+    expected = np.concatenate([~np.isnan(est).all(axis=1), ~np.isnan(val).all(axis=(2, 3))], axis=0)
+    np.testing.assert_array_equal(_coverage(est, val), expected)
+    empty = _coverage(est[:0], val)
+    np.testing.assert_array_equal(empty, expected[5:])

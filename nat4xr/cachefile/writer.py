@@ -38,7 +38,7 @@ __all__ = ["LOCK_TIMEOUT", "lock", "write_cache"]
 #: Seconds a second writer of the same file waits for the first.
 LOCK_TIMEOUT = 3 * 3600.0
 #: Bytes of ``response`` computed at once while writing.
-_BLOCK_BYTES = 64 << 20
+_BLOCK_BYTES = 16 << 20
 
 
 def write_cache(
@@ -251,6 +251,10 @@ def _write_response(
     if coords:
         var.setncattr("coordinates", " ".join(coords))
     var.set_auto_maskandscale(False)
+    # Every write covers whole chunks, so no chunk cache (netCDF's default holds
+    # 64 MB of them); the setting holds once the variable is in the file: sync first.
+    nc.sync()
+    var.set_var_chunk_cache(size=0, nelems=1, preemption=1.0)
     repeated = []
     for i0, i1, k in blocks:
         if k > 1:

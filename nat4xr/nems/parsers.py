@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -108,11 +109,21 @@ def read_matrix(opener: Opener, where: str, rows_hint: int | None = None) -> np.
     return _read_matrix_arrow(opener, where, rows_hint)
 
 
-def _read_matrix_arrow(opener: Opener, where: str, rows_hint: int | None) -> np.ndarray:
-    """Parse with pyarrow's streaming reader, batch by batch, into one float32 array.
+#: Bytes of CSV text parsed at once; the text is read into one reused buffer.
+_TEXT_BYTES = 1 << 24
+#: Bytes asked of the stream per read (small reads keep the allocator's heaps small).
+_READ_BYTES = 1 << 20
 
+
+def _read_matrix_arrow(opener: Opener, where: str, rows_hint: int | None) -> np.ndarray:
+    """Parse with pyarrow, a few MB of whole lines at a time, into one float32 array.
+
+    The text is read into one reused buffer and each piece, cut at its last
+    line end, is parsed (on pyarrow's threads) and copied into the output.
     With ``rows_hint`` (from the sidecar's segments) the output is allocated
-    once and filled in place, so peak memory stays near the result's size.
+    once and filled in place, so peak memory stays near the result's size:
+    no parsed table of the whole file, no freed read buffers held by the
+    allocator of a reading thread.
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -124,46 +135,79 @@ def _read_matrix_arrow(opener: Opener, where: str, rows_hint: int | None) -> np.
             return np.zeros((0, 0), dtype=np.float32)
         names = [f"c{i}" for i in range(n_cols)]
         max_rows = MAX_MATRIX_BYTES // (4 * n_cols)
+        limit = rows_hint or max_rows
+        out = None
         if rows_hint and rows_hint <= max_rows:
             try:
                 out = np.empty((rows_hint, n_cols), dtype=np.float32)
             except MemoryError:  # an implausible hint: collect pieces instead
                 out = None
-        else:
-            out = None
         pieces: list[np.ndarray] = []
         filled = 0
+        read_options = pcsv.ReadOptions(column_names=names, block_size=1 << 22)
+        # Only 'nan' means missing: an empty or 'NA' field is an error, not NaN.
+        convert_options = pcsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.float32()), null_values=[]
+        )
         try:
-            reader = pcsv.open_csv(
-                Prefixed(head, fh),
-                read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 23),
-                # Only 'nan' means missing: an empty or 'NA' field is an error, not NaN.
-                convert_options=pcsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.float32()), null_values=[]
-                ),
-            )
-            for batch in reader:
-                block = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
-                n = block.shape[0]
-                if filled + n > (rows_hint or max_rows):
+            for text in _line_pieces(head, fh, where):
+                table = pcsv.read_csv(
+                    pa.BufferReader(pa.py_buffer(text)),
+                    read_options=read_options,
+                    convert_options=convert_options,
+                )
+                if filled + table.num_rows > limit:
                     raise FormatError(
-                        f"{where}: more than {rows_hint or max_rows} rows "
+                        f"{where}: more than {limit} rows "
                         + ("(the sidecar's segments)" if rows_hint else "(size limit)")
                         + "; the data and its sidecar do not belong together"
                     )
-                if out is not None and filled + n <= out.shape[0]:
-                    out[filled : filled + n] = block
-                else:
-                    if out is not None:  # the hint was short: collect pieces instead
-                        pieces.append(out[:filled])
-                        out = None
-                    pieces.append(block)
-                filled += n
+                for batch in table.to_batches():
+                    block = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
+                    n = block.shape[0]
+                    if out is not None and filled + n <= out.shape[0]:
+                        out[filled : filled + n] = block
+                    else:
+                        if out is not None:  # the hint was short: collect pieces instead
+                            pieces.append(out[:filled])
+                            out = None
+                        pieces.append(block)
+                    filled += n
+                del table
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise FormatError(f"{where}: not a numeric CSV matrix ({first_line(exc)})") from exc
     if out is not None:
         return out[:filled]
     return np.concatenate(pieces) if pieces else np.zeros((0, n_cols), dtype=np.float32)
+
+
+def _line_pieces(head: bytes, fh: Any, where: str) -> Iterator[memoryview]:
+    """``head`` and the rest of ``fh`` in pieces of whole lines, read into one reused buffer.
+
+    Each piece is valid until the next is asked for. A piece ends after its
+    last newline; the last one holds whatever follows the stream's last newline.
+    """
+    size = max(_TEXT_BYTES, len(head))
+    buf = bytearray(size)
+    view = memoryview(buf)
+    view[: len(head)] = head
+    n = len(head)
+    while True:
+        while n < size:
+            got = fh.readinto(view[n : min(size, n + _READ_BYTES)])
+            if not got:
+                break
+            n += got
+        if n < size:  # the end of the stream
+            if n:
+                yield view[:n]
+            return
+        cut = buf.rfind(b"\n", 0, n) + 1
+        if cut == 0:
+            raise FormatError(f"{where}: a line longer than {size} bytes; not a NEMS CSV")
+        yield view[:cut]
+        view[: n - cut] = view[cut:n]
+        n -= cut
 
 
 def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
@@ -193,6 +237,12 @@ def return_freed_memory() -> None:
     After parsing a large CSV, glibc holds on to a few hundred MB of freed read
     buffers, which would add to every later peak of the build. Elsewhere a no-op.
     """
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except ImportError:
+        pass
     try:
         import ctypes
 

@@ -109,8 +109,7 @@ def open_recording(
                 part["epochs"] = read_epochs(opener, where)
             elif kind == "csv":
                 part["csv"] = read_matrix(opener, where, sidecar_rows(part.get("json")))
-                if part["csv"].nbytes > 2**26:
-                    return_freed_memory()
+                return_freed_memory()  # before the next member adds its own peak
                 part["csv_where"] = where
             elif kind == "h5":
                 part["h5"] = (read_bytes(opener, where), where)
@@ -129,9 +128,11 @@ def open_recording(
             f"{source}: no signal {', '.join(map(repr, missing))} in this recording "
             f"(found: {', '.join(sorted(parts)) or 'none'})"
         )
-    return Recording(
+    recording = Recording(
         rec_name, meta, {s: _make_signal(s, p, source) for s, p in parts.items()}, source
     )
+    return_freed_memory()  # the archive's buffers, the HDF5 bytes
+    return recording
 
 
 def _classify(base: str) -> tuple[str | None, str]:
