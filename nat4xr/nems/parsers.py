@@ -1,7 +1,7 @@
 """Parsers of the members of a NEMS recording, one kind of file each.
 
 JSON (the sidecars and the recording's meta), epoch tables, header-less CSV
-matrices (pyarrow's reader when installed, pandas' otherwise) and HDF5 files
+matrices (pyarrow's CSV reader, a required dependency) and HDF5 files
 of spike times. Each reads at most a fixed number of bytes (the ``MAX_*``
 limits), so a damaged or hostile archive cannot fill memory, and each
 raises :class:`~nat4xr.errors.FormatError` naming the member.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..archives import Opener, Prefixed
+from ..archives import Opener
 from ..errors import FormatError, first_line
 
 __all__ = [
@@ -102,10 +102,6 @@ def read_epochs(opener: Opener, where: str) -> pd.DataFrame:
 
 def read_matrix(opener: Opener, where: str, rows_hint: int | None = None) -> np.ndarray:
     """A header-less numeric CSV as a float32 ``(rows, cols)`` array ('nan' = NaN)."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return _read_matrix_pandas(opener, where)
     return _read_matrix_arrow(opener, where, rows_hint)
 
 
@@ -208,27 +204,6 @@ def _line_pieces(head: bytes, fh: Any, where: str) -> Iterator[memoryview]:
         yield view[:cut]
         view[: n - cut] = view[cut:n]
         n -= cut
-
-
-def _read_matrix_pandas(opener: Opener, where: str) -> np.ndarray:
-    with opener() as fh:
-        head = fh.read(1 << 20)
-        n_cols = _count_columns(head, where)
-        if n_cols is None:
-            return np.zeros((0, 0), dtype=np.float32)
-        try:
-            frame = pd.read_csv(
-                io.BufferedReader(Prefixed(head, fh)),
-                header=None,
-                names=range(n_cols),
-                dtype=np.float32,
-                engine="c",
-                keep_default_na=False,
-                na_values=["nan", "NaN", "-nan"],
-            )
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise FormatError(f"{where}: not a numeric CSV matrix ({first_line(exc)})") from exc
-    return frame.to_numpy(dtype=np.float32)
 
 
 def return_freed_memory() -> None:
