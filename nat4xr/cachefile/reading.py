@@ -105,6 +105,9 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
         nc.close()
         raise CacheError(f"{path}: cannot read ({exc}); {_REBUILD}") from exc
     nc.close()
+    missing = [name for name in ("stim", "neuron") if name not in coords]
+    if missing or "response" not in meta:
+        raise CacheError(f"{path}: no {', '.join(missing or ['response'])}; {_REBUILD}")
     files = ChunkFile(path, index, (st.st_ino, st.st_size, st.st_mtime_ns))
     all_dims = {d for var_dims, _ in meta.values() for d in var_dims}
     drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
