@@ -35,8 +35,6 @@ class CacheSource:
     ----------
     path : str
         The cache file (resolved).
-    identity : tuple
-        ``(inode, size, mtime_ns)`` of the file when it was opened.
     format : int
         Its cache format.
     stims, neurons : numpy.ndarray
@@ -48,7 +46,6 @@ class CacheSource:
     """
 
     path: str
-    identity: tuple[int, int, int]
     format: int
     stims: np.ndarray
     neurons: np.ndarray
@@ -56,12 +53,17 @@ class CacheSource:
     file: ChunkFile
     _maps: dict[str, pd.Index] = field(default_factory=dict, repr=False)
 
+    @property
+    def identity(self) -> tuple[int, int, int] | None:
+        """``(inode, size, mtime_ns)`` of the file when it was opened (its ``ChunkFile``'s)."""
+        return self.file.identity
+
     def positions(self, dim: str, labels: Any) -> np.ndarray | None:
         """File positions of ``labels`` along ``dim`` ('stim' or 'neuron'); None if any is absent.
 
         Examples
         --------
-        >>> src = CacheSource("f.nc", (0, 0, 0), 4, np.array(["a", "b"]), np.array(["x"]), {}, None)
+        >>> src = CacheSource("f.nc", 4, np.array(["a", "b"]), np.array(["x"]), {}, None)
         >>> src.positions("stim", ["b", "a"]).tolist(), src.positions("stim", ["c"])
         ([1, 0], None)
         """

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheError
-from .layout import FIELDS, INDEX_GROUP
+from .layout import FIELDS, INDEX_GROUP, chunk_grid
 
 __all__ = ["DECODED_CACHE_BYTES", "ChunkFile", "ChunkIndex", "crc32", "read_index"]
 
@@ -87,7 +87,7 @@ class ChunkIndex:
     @property
     def grid(self) -> tuple[int, ...]:
         """Number of chunks along each dimension."""
-        return tuple(-(-n // c) if n else 0 for n, c in zip(self.shape, self.chunks))
+        return chunk_grid(self.shape, self.chunks)
 
     @property
     def chunk_bytes(self) -> int:
@@ -113,7 +113,7 @@ def read_index(nc: Any, path: str) -> dict[str, ChunkIndex]:
         shape = tuple(len(nc.dimensions[d]) for d in var.dimensions)
         chunking = var.chunking()
         chunks = tuple(int(c) for c in chunking) if chunking != "contiguous" else shape
-        grid = tuple(-(-n // c) if n else 0 for n, c in zip(shape, chunks))
+        grid = chunk_grid(shape, chunks)
         fields = {}
         for field in FIELDS:
             arr = group.variables[f"{name}.{field}"]

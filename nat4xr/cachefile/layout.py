@@ -46,6 +46,7 @@ __all__ = [
     "GRID_DIMS",
     "INDEX_GROUP",
     "STAMPS",
+    "chunk_grid",
     "chunk_shape",
     "digest",
 ]
@@ -79,6 +80,17 @@ def chunk_shape(dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...
     (1, 3, 1, 150)
     """
     return tuple(1 if d in GRID_DIMS else max(1, n) for d, n in zip(dims, shape))
+
+
+def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Number of chunks along each dimension.
+
+    Examples
+    --------
+    >>> chunk_grid((5, 3, 20, 150), (1, 3, 1, 150)), chunk_grid((0, 4), (1, 4))
+    ((5, 1, 20, 1), (0, 1))
+    """
+    return tuple(-(-n // c) if n else 0 for n, c in zip(shape, chunks))
 
 
 def digest(coords: Mapping[str, Any], attrs: Mapping[str, Any]) -> str:

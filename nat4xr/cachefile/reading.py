@@ -31,23 +31,23 @@ _CHUNK_BYTES = 64 << 20
 _REBUILD = "rebuild it with open_nat4(..., rebuild=True)"
 
 
-def read_metadata(path: str | os.PathLike, nc: Any = None) -> tuple[dict[str, xr.Variable], dict]:
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, xr.Variable], dict]:
     """Coordinates (in memory, strings as ``<U``) and global attributes without the stamps."""
-    ds, _ = _root(path, nc)
+    ds = _root(path)
     try:
         return _coords(ds), {k: v for k, v in ds.attrs.items() if k not in STAMPS}
     finally:
         ds.close()
 
 
-def _root(path: str | os.PathLike, nc: Any = None) -> tuple[xr.Dataset, Any]:
-    """The root group through xarray's netCDF4 store (lazy data), and the netCDF4 handle."""
+def _root(path: str | os.PathLike, nc: Any = None) -> xr.Dataset:
+    """The root group through xarray's netCDF4 store (lazy data); ``nc`` an open handle."""
     import netCDF4
 
     if nc is None:
         nc = netCDF4.Dataset(os.fspath(path), "r")
     store = xr.backends.NetCDF4DataStore(nc)
-    return xr.open_dataset(store, cache=False), nc
+    return xr.open_dataset(store, cache=False)
 
 
 def _coords(ds: xr.Dataset) -> dict[str, xr.Variable]:
@@ -89,7 +89,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
         stamp = _stamp(nc, path)
         index = read_index(nc, str(path))
         expected = str(nc.groups[INDEX_GROUP].getncattr("digest"))
-        root, _ = _root(path, nc)
+        root = _root(path, nc)
         coords = _coords(root)
         attrs = {k: v for k, v in root.attrs.items() if k not in STAMPS}
         if digest(coords, attrs) != expected:
@@ -113,7 +113,6 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
     source = CacheSource(
         path=str(path.resolve()),
-        identity=files.identity,
         format=stamp["format"],
         stims=coords["stim"].values,
         neurons=coords["neuron"].values,

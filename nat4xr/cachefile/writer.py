@@ -29,6 +29,7 @@ from .layout import (
     INDEX_GROUP,
     RESPONSE_COMPRESSION,
     STAMPS,
+    chunk_grid,
     chunk_shape,
     digest,
 )
@@ -301,7 +302,7 @@ def _chunk_tables(path: Path, names: list[str]) -> dict[str, dict[str, np.ndarra
 
 def _chunk_table(dset: Any, fh: Any) -> dict[str, np.ndarray]:
     chunks = dset.chunks or dset.shape
-    grid = tuple(-(-n // c) if n else 0 for n, c in zip(dset.shape, chunks))
+    grid = chunk_grid(dset.shape, chunks)
     skip_all = (1 << dset.id.get_create_plist().get_nfilters()) - 1
     fields = {
         "offset": np.full(grid, -1, np.int64),
