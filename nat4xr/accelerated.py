@@ -263,13 +263,13 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 v_y /= length
                 v_p /= length
                 c_yp /= length
-                ccn_out[c] = c_yp / np.sqrt(sp * v_p) if (sp > 0 and v_p > 0) else nan
-                if not v_y > 0:
-                    ccm_out[c] = nan
-                elif sp <= 0:
-                    ccm_out[c] = 0.0
-                else:
-                    ccm_out[c] = np.sqrt(sp / v_y)
+                # constant PSTH or prediction: variance 0 whatever the rounding (as in numpy)
+                m_y = m_tot / n_tr
+                flat_y = not v_y > CONSTANT * (v_y + m_y * m_y)
+                flat_p = not v_p > CONSTANT * (v_p + mp * mp)
+                no_signal = sp <= 0 or flat_y
+                ccn_out[c] = nan if (no_signal or flat_p) else c_yp / np.sqrt(sp * v_p)
+                ccm_out[c] = 0.0 if no_signal else np.sqrt(sp / v_y)
 
             # -- NEMS0 r_ceiling: the first n_first trials of every stim
             n = n_first
@@ -309,6 +309,10 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                         mp += pred[si, c, t]
             mp /= max(length, 1)
             css = np.zeros(n)
+            # one-pass sums about the shift decide constancy, as in numpy: a constant trial
+            # deviates from it by one value, so they cancel whatever the rounding
+            s_sh = np.zeros(n)
+            q_sh = np.zeros(n)
             for si in range(n_stims):
                 if k[si] == 0:
                     continue
@@ -318,11 +322,16 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                     for t in range(n_time):
                         d = obs[s, c, a, t] - mean_x[a]
                         acc += d * d
+                        e = obs[s, c, a, t] - shift
+                        s_sh[a] += e
+                        q_sh[a] += e * e
                     css[a] += acc
+            varied = np.zeros(n, np.bool_)
+            for a in range(n):
+                varied[a] = q_sh[a] - s_sh[a] * s_sh[a] / max(length, 1) > CONSTANT * q_sh[a]
             z = np.zeros(n)
             for a in range(n):
-                ss = css[a] + length * (mean_x[a] - shift) ** 2
-                if raw[a] != 0 and length >= 2 and css[a] > CONSTANT * ss:
+                if raw[a] != 0 and length >= 2 and varied[a]:
                     z[a] = 1.0 / np.sqrt(css[a])
             q = 0.0
             cp = 0.0
@@ -344,14 +353,20 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
             for a in range(n):
                 diag += z[a] * z[a] * css[a]
             rac = max((q - diag) / (n * (n - 1)), RAC_LIMIT)
-            s_pp = cp + length * (mp - m_all) ** 2  # about the mean of all its values
-            flat_p = length < 2 or cp <= CONSTANT * s_pp
+            s1p = 0.0  # one-pass about the mean of all its values (numpy's centring)
+            s2p = 0.0
+            for si in range(n_stims):
+                if k[si] > 0:
+                    for t in range(n_time):
+                        e = pred[si, c, t] - m_all
+                        s1p += e
+                        s2p += e * e
+            flat_p = length < 2 or s2p - s1p * s1p / length <= CONSTANT * s2p
             r_sum = 0.0
             for a in range(n):
                 if length == 0 or raw[a] == 0 or flat_p:
                     continue  # NEMS0: 0
-                ss = css[a] + length * (mean_x[a] - shift) ** 2
-                if not css[a] > CONSTANT * ss:
+                if not varied[a]:
                     r_sum = nan  # a constant non-zero trial: NaN, as in NEMS0
                     break
                 r = cov[a] / np.sqrt(css[a] * cp)

@@ -104,9 +104,9 @@ METRICS: dict[str, dict[str, str]] = {
         "long_name": "normalized prediction correlation, leaderboard form (CCnorm)",
         "definition": "cov(prediction, PSTH) over the concatenated stims (ddof 1) divided by "
         "sqrt(var(prediction) SP), SP the Sahani-Linden signal power computed per stim and "
-        "averaged with weights = valid time bins; NaN where SP <= 0 or is undefined; equals "
-        "cc_raw when the data hold one repeat (deepSTRF normalized_corrcoef, method "
-        "'schoppe')",
+        "averaged with weights = valid time bins; NaN where SP <= 0 or is undefined (a "
+        "constant PSTH has SP <= 0, whatever rounding leaves of it); equals cc_raw when the "
+        "data hold one repeat (deepSTRF normalized_corrcoef, method 'schoppe')",
         "source": _DEEPSTRF,
     },
     "cc_norm_schoppe": {
@@ -115,13 +115,18 @@ METRICS: dict[str, dict[str, str]] = {
         "SP = (var(sum of trials) - sum of var(trial)) / (N (N - 1)) with the reference "
         "code's normalizations (Cov and Var over T, var over T - 1); trials: the first N of "
         "each stim the cell has data for, N the fewest such repeats; samples where the "
-        "prediction or any of these trials is NaN are dropped; NaN where SP <= 0 or N < 2",
+        "prediction or any of these trials is NaN are dropped; NaN where SP <= 0 (as the "
+        "reference code sets it), where the prediction is constant (Var(yhat) = 0: 0 / 0), or "
+        "N < 2 or T < 2; a variance under 1e-10 of the mean square counts as 0, so rounding "
+        "never makes a constant signal vary",
         "source": _SCHOPPE,
     },
     "cc_max": {
         "long_name": "largest attainable correlation (Schoppe CCmax)",
         "definition": "sqrt(SP / Var(y)) with SP and the trials as for cc_norm_schoppe "
-        "(cc_norm_schoppe = CCabs / cc_max); 0 where SP <= 0, NaN where undefined",
+        "(cc_norm_schoppe = CCabs / cc_max); 0 where SP <= 0, as the reference code sets it, "
+        "silent cells and any other cell with a constant PSTH included (their SP is <= 0); "
+        "NaN where undefined (no data, N < 2 or T < 2)",
         "source": _SCHOPPE,
     },
     "n_samples": {
@@ -318,7 +323,8 @@ def evaluate(
 
     Degenerate cells never raise: a cell without usable samples, or whose
     prediction or response is constant, scores 0 on the NEMS0 metrics (NEMS0's
-    convention) and NaN on deepSTRF's and Schoppe's (theirs); a
+    convention) and NaN on deepSTRF's and Schoppe's (theirs; ``cc_max`` is 0
+    where the signal power is not positive, silent cells included); a
     :class:`~nat4xr.Nat4Warning` counts them.
 
     Parameters

@@ -337,7 +337,10 @@ def deepstrf_correlations(
             return cc_raw, None
         var_p = s_pp / (cnt - 1)
         cc_norm = s_pg / np.maximum(cnt - 1, 1) / np.sqrt(var_p * sp)
-    bad = (cnt < 2) | ~np.isfinite(sp) | (sp <= 0) | (var_p < _EPS)
+        # a constant PSTH makes SP <= 0 in deepSTRF's arithmetic, whatever rounding leaves of it
+        mean_g = np.sum(g, axis=1, where=valid) / cnt
+        flat_g = ~(s_gg > _CONSTANT * (s_gg + cnt * mean_g * mean_g))
+    bad = (cnt < 2) | ~np.isfinite(sp) | (sp <= 0) | (var_p < _EPS) | flat_g
     return cc_raw, np.where(bad, np.nan, cc_norm)
 
 
@@ -414,10 +417,16 @@ def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
         c_y_yh = (yc * yhc).sum((1, 2)) / length
         cc_norm = c_y_yh / np.sqrt(sp * v_yh)
         cc_max = np.sqrt(sp / v_y)
+        # a constant PSTH or prediction has variance 0 in the reference's arithmetic, whatever
+        # rounding leaves of it: SP <= 0 then (calc_CCnorm.m: CCnorm NaN, CCmax 0)
+        mean_y = s_tot / nt / length + shift
+        flat_y = ~(v_y > _CONSTANT * (v_y + mean_y * mean_y))
+        mean_yh = yh.sum((1, 2)) / length
+        flat_yh = ~(v_yh > _CONSTANT * (v_yh + mean_yh * mean_yh))
     undefined = (n_trials < 2) | (length < 2)
-    cc_norm = np.where(undefined | (sp <= 0) | ~(v_yh > 0), np.nan, cc_norm)
-    cc_max = np.where(sp <= 0, 0.0, cc_max)
-    cc_max = np.where(undefined | ~(v_y > 0), np.nan, cc_max)
+    no_signal = (sp <= 0) | flat_y
+    cc_norm = np.where(undefined | no_signal | flat_yh, np.nan, cc_norm)
+    cc_max = np.where(undefined, np.nan, np.where(no_signal, 0.0, cc_max))
     return cc_norm, cc_max
 
 

@@ -169,8 +169,18 @@ def deepstrf_cc_norm(trials: np.ndarray, pred: np.ndarray, n_repeat_axis: int) -
 # -- Schoppe et al. 2016 --------------------------------------------------------------------------
 
 
+def _variance_over_t(x: np.ndarray) -> float:
+    """sum((x - E[x])^2) / T, exactly 0 for a constant signal (as in exact arithmetic)."""
+    return 0.0 if np.all(x == x[0]) else float(((x - x.mean()) ** 2).sum() / len(x))
+
+
 def schoppe(trials: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """(cc_norm, cc_max) with nat4xr's documented rule for missing trials and bins."""
+    """(cc_norm, cc_max) with nat4xr's documented rule for missing trials and bins.
+
+    calc_CCnorm.m (Schoppe et al. 2016, the version returning CCmax): when
+    SP <= 0 it sets CCnorm = NaN and CCmax = 0, silent cells included; a
+    constant prediction gives Var(yhat) = 0 and CCnorm = 0/0 = NaN.
+    """
     kept_stims, counts = [], []
     for s in range(trials.shape[0]):
         reps = [r for r in range(trials.shape[1]) if np.isfinite(trials[s, r]).any()]
@@ -188,13 +198,14 @@ def schoppe(trials: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     if t < 2:
         return np.nan, np.nan
     y = r.mean(0)
-    v_y = ((y - y.mean()) ** 2).sum() / t
-    v_yhat = ((yhat - yhat.mean()) ** 2).sum() / t
+    v_y = _variance_over_t(y)
+    v_yhat = _variance_over_t(yhat)
     c = ((y - y.mean()) * (yhat - yhat.mean())).sum() / t
-    sp = (np.var(r.sum(0), ddof=1) - np.var(r, axis=1, ddof=1).sum()) / (n * (n - 1))
-    cc_norm = c / np.sqrt(sp * v_yhat) if sp > 0 and v_yhat > 0 else np.nan
-    if v_y <= 0:
-        cc_max = np.nan
-    else:
-        cc_max = np.sqrt(sp / v_y) if sp > 0 else 0.0
-    return float(cc_norm), float(cc_max)
+    # var(sum of trials) is 0 when the PSTH is constant: then SP <= 0
+    var_sum = 0.0 if v_y == 0 else np.var(r.sum(0), ddof=1)
+    sp = (var_sum - np.var(r, axis=1, ddof=1).sum()) / (n * (n - 1))
+    if sp <= 0:
+        return np.nan, 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cc_norm = c / np.sqrt(sp * v_yhat)  # NaN for a constant prediction (0 / 0)
+    return float(cc_norm) if v_yhat > 0 else np.nan, float(np.sqrt(sp / v_y))

@@ -403,3 +403,113 @@ def test_cc_raw_and_cc_norm_equal_deepstrfs_own_functions(kernels):
     norm = perf.normalized_corrcoef(pred, resp, method="schoppe", reduction="none").numpy()
     np.testing.assert_allclose(scores["cc_raw"].values, raw, atol=1e-9)
     np.testing.assert_allclose(scores["cc_norm"].values, norm, atol=1e-9)
+
+
+# -- Schoppe's conventions and the two paths ----------------------------------------------------
+
+
+def _traps(
+    seed: int, single_repeat_stim: bool = False, n_cells: int = 20, n_rep: int = 5
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Poisson trials with the traps of real data and the degenerate signals rounding exposes.
+
+    Cells: 3 a missing trial, 4 missing bins, 5 silent, 6 no data, 7 a silent trial,
+    8 pure noise (SP < 0), 9 a constant 0.1 response, 10 a constant 0.7 response;
+    predictions: 11 constant 0.1, 12 constant 1/3, 13 constant 0, 14 constant 0.3 with
+    a hole. ``single_repeat_stim`` gives stim 1 a single repeat for every cell.
+    """
+    rng = np.random.default_rng(seed)
+    n_stims, n_time = 4, int(rng.integers(13, 47))  # lengths where 0.1 * L / L != 0.1 too
+    rate = rng.gamma(2.0, 1.5, size=(n_stims, n_cells, 1, n_time))
+    rate[:, 8] = 2.0  # no stimulus-driven signal: SP estimates scatter around 0
+    obs = rng.poisson(np.broadcast_to(rate, (n_stims, n_cells, n_rep, n_time))).astype(float)
+    if single_repeat_stim:
+        obs[1, :, 1:] = np.nan
+    obs[2, 3, 1] = np.nan
+    obs[3, 4, 2, 5:8] = np.nan
+    obs[:, 5] = 0.0
+    obs[:, 6] = np.nan
+    obs[:, 7, 0] = 0.0
+    obs[:, 9] = 0.1
+    obs[:, 10] = 0.7
+    pred = rate[:, :, 0] + rng.normal(0.0, 1.0, size=(n_stims, n_cells, n_time))
+    pred[:, 11] = 0.1
+    pred[:, 12] = 1.0 / 3.0
+    pred[:, 13] = 0.0
+    pred[:, 14] = 0.3
+    pred[0, 14, :3] = np.nan
+    coords = {
+        "stim": [f"s{k}" for k in range(n_stims)],
+        "neuron": [f"c{k}" for k in range(n_cells)],
+    }
+    observed = xr.DataArray(obs, dims=("stim", "neuron", "repeat", "time"), coords=coords)
+    prediction = xr.DataArray(pred, dims=("stim", "neuron", "time"), coords=coords)
+    return observed, prediction
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_schoppe_cc_max_is_0_where_signal_power_is_not_positive(seed):
+    # calc_CCnorm.m: SP <= 0 -> CCnorm NaN, CCmax 0 (silent and constant cells included)
+    observed, prediction = _traps(seed)
+    scores = _quiet(observed, prediction, metrics=["cc_norm_schoppe", "cc_max"])
+    for c in range(observed.sizes["neuron"]):
+        cc_norm, cc_max = schoppe(observed.values[:, c], prediction.values[:, c])
+        got = scores.isel(neuron=c)
+        np.testing.assert_allclose(got["cc_max"], cc_max, rtol=0, atol=1e-9, err_msg=str(c))
+        np.testing.assert_allclose(
+            got["cc_norm_schoppe"], cc_norm, rtol=0, atol=1e-9, err_msg=str(c)
+        )
+    for cell in ("c5", "c9", "c10"):  # silent, constant 0.1, constant 0.7
+        assert scores["cc_max"].sel(neuron=cell) == 0.0
+        assert np.isnan(scores["cc_norm_schoppe"].sel(neuron=cell))
+    assert np.isnan(scores["cc_max"].sel(neuron="c6"))  # no data: undefined, not 0
+
+
+def test_schoppe_pure_noise_has_cc_max_0_and_no_cc_norm():
+    rng = np.random.default_rng(5)
+    obs = rng.poisson(2.0, size=(4, 30, 6, 25)).astype(float)  # no signal at all
+    observed = xr.DataArray(obs, dims=("stim", "neuron", "repeat", "time"))
+    pred = rng.normal(size=(4, 30, 25))
+    scores = evaluate(observed, pred, metrics=["cc_norm_schoppe", "cc_max"])
+    expected = np.array([schoppe(obs[:, c], pred[:, c]) for c in range(30)])
+    non_positive = expected[:, 1] == 0.0
+    assert 5 < non_positive.sum() < 25  # both signs of the SP estimate occur
+    np.testing.assert_array_equal(scores["cc_max"].values[non_positive], 0.0)
+    assert np.isnan(scores["cc_norm_schoppe"].values[non_positive]).all()
+    np.testing.assert_allclose(scores["cc_max"].values, expected[:, 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0.1, 1.0 / 3.0, 0.7, 2.2])
+@pytest.mark.parametrize("n_time", [13, 23, 37])
+def test_a_constant_prediction_gives_no_cc_norm_whatever_the_rounding(value, n_time):
+    # Var(yhat) is 0 in the reference's arithmetic; a mean of L copies of 0.1 is not
+    # always 0.1 in binary, and the rounding must not turn 0 / 0 into a number
+    rng = np.random.default_rng(n_time)
+    obs = rng.poisson(rng.gamma(2.0, 1.5, size=(3, 4, 1, n_time)), size=(3, 4, 5, n_time))
+    observed = xr.DataArray(obs.astype(float), dims=("stim", "neuron", "repeat", "time"))
+    pred = np.full((3, 4, n_time), value)
+    scores = _quiet(observed, pred)
+    for name in ("cc_norm_schoppe", "cc_raw", "cc_norm"):
+        assert np.isnan(scores[name].values).all(), name
+    for name in ("r_test", "se_test", "r_ceiling"):  # NEMS0: 0 for a constant prediction
+        np.testing.assert_array_equal(scores[name].values, 0.0, err_msg=name)
+    assert np.isfinite(scores["cc_max"].values).all()
+
+
+@pytest.mark.parametrize("single_repeat_stim", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_and_numpy_paths_agree_in_every_metric(kernels, seed, single_repeat_stim):
+    """Bit for bit in NaN pattern, to 1e-9 in value, on data with every trap."""
+    if kernels != "compiled":
+        pytest.skip("compares the compiled kernels with numpy (run once)")
+    observed, prediction = _traps(seed, single_repeat_stim)
+    observed[0, 15] = np.round(observed[0, 15] * 0.1, 1)  # non-integer values
+    scores = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for path in ("1", "0"):
+            mp.setenv("NAT4XR_NUMBA", path)
+            scores[path] = _quiet(observed, prediction, n_resamples=100)
+    for name in scores["0"].data_vars:
+        compiled, numpy = scores["1"][name].values, scores["0"][name].values
+        np.testing.assert_array_equal(np.isnan(compiled), np.isnan(numpy), err_msg=name)
+        np.testing.assert_allclose(compiled, numpy, rtol=0, atol=1e-9, err_msg=name)
