@@ -373,6 +373,36 @@ class Nat4Accessor:
 
         return assign_holdout(self._ds, fraction, seed=seed)
 
+    def assign_heldout_site(
+        self, site: str, matched: bool = False, seed: int = 0, match_on: str | None = None
+    ) -> xr.Dataset:
+        """A bool ``pretrain`` neuron coordinate: see :func:`nat4xr.splits.assign_heldout_site`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=12, seed=1)
+        >>> int((~ds.nat4.assign_heldout_site("ARM010a").pretrain).sum())
+        5
+        """
+        from .splits import assign_heldout_site
+
+        return assign_heldout_site(self._ds, site, matched=matched, seed=seed, match_on=match_on)
+
+    def subsample_est(self, fraction: float, seed: int = 0) -> xr.Dataset:
+        """A nested share of the est sounds, val untouched: see :func:`nat4xr.splits.subsample_est`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=10, n_val=2, n_neurons=2)
+        >>> ds.nat4.subsample_est(0.3).sizes["stim"]
+        5
+        """
+        from .splits import subsample_est
+
+        return subsample_est(self._ds, fraction, seed=seed)
+
     def evaluate(self, prediction: Any, **kwargs: Any) -> xr.Dataset:
         """Score a prediction of this Dataset's responses: see :func:`nat4xr.evaluate`.
 
