@@ -30,6 +30,8 @@ import zlib
 import numpy as np
 import xarray as xr
 
+from .selection import metadata_values
+
 __all__ = ["assign_folds", "assign_heldout_site", "assign_holdout", "subsample_est"]
 
 
@@ -37,7 +39,7 @@ def _est_order(ds: xr.Dataset, seed: int, stream: int) -> tuple[np.ndarray, np.n
     """Positions of the est stims, and their shuffled rank (from the ids, not the order)."""
     if "subset" not in ds.coords:
         raise ValueError("the Dataset has no 'subset' stim coordinate to find estimation sounds")
-    est = np.flatnonzero(np.asarray(ds["subset"].values).astype(str) == "est")
+    est = np.flatnonzero(metadata_values(ds["subset"]).astype(str) == "est")
     if len(est) == 0:
         raise ValueError("the Dataset has no estimation sounds (subset 'est') to split")
     ids = np.asarray(ds["stim"].values).astype(str)[est]
@@ -128,7 +130,7 @@ def _site_cells(ds: xr.Dataset, site: str) -> tuple[np.ndarray, np.ndarray, np.n
     """Neuron ids, the held-out site's cells and the other sites' cells (bool, Dataset order)."""
     if "site" not in ds.coords or ds["site"].dims != ("neuron",):
         raise ValueError("the Dataset has no 'site' neuron coordinate to hold a site out by")
-    sites = np.asarray(ds["site"].values).astype(str)
+    sites = metadata_values(ds["site"]).astype(str)
     if not isinstance(site, str) or site == "" or site not in set(sites.tolist()):
         known, counts = np.unique(sites[sites != ""], return_counts=True)
         listed = ", ".join(f"{k} ({n})" for k, n in zip(known.tolist(), counts.tolist()))
@@ -163,7 +165,7 @@ def _matched_draw(
         return cand[:n_held]
     if match_on not in ds.coords or ds[match_on].dims != ("neuron",):
         raise ValueError(f"match_on={match_on!r} is not a neuron coordinate of the Dataset")
-    value = np.asarray(ds[match_on].values)
+    value = metadata_values(ds[match_on])
     if value.dtype.kind not in "iuf":
         raise ValueError(f"match_on={match_on!r} must be numeric, it holds {value.dtype}")
     value = value.astype(np.float64)
