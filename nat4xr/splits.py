@@ -255,6 +255,7 @@ def assign_heldout_site(
     >>> bool((matched.site[~matched.pretrain] != "ARM010a").all())
     True
     """
+    site = str(site) if isinstance(site, str) else site  # np.str_ reads as plain text
     ids, held, others = _site_cells(ds, site)
     if matched:
         pretrain = np.ones(ds.sizes["neuron"], dtype=bool)

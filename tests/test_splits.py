@@ -64,6 +64,8 @@ def test_heldout_leaves_out_exactly_the_sites_cells():
         assert out["pretrain"].attrs["condition"] == "heldout"
         assert out["pretrain"].attrs["heldout_site"] == site
     assert "pretrain" not in ds.coords  # the input is not modified
+    rule = assign_heldout_site(ds, np.str_(site), matched=True)["pretrain"].attrs["rule"]
+    assert f"crc32('{site}')" in rule  # a numpy string reads as the plain site name
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
