@@ -360,7 +360,9 @@ class Nat4Accessor:
         return assign_folds(self._ds, k, seed=seed)
 
     def assign_holdout(self, fraction: float, seed: int = 0) -> xr.Dataset:
-        """A bool ``holdout`` stim coordinate: see :func:`nat4xr.splits.assign_holdout`.
+        """A ``holdout`` stim coordinate (1/0 on est sounds, NaN on the others).
+
+        See :func:`nat4xr.splits.assign_holdout`.
 
         Examples
         --------

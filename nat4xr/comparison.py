@@ -20,9 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from .errors import Nat4Warning
 
 __all__ = ["RULES", "compare", "leaderboard", "paired_values", "score_table", "significant"]
 
@@ -72,6 +76,18 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
             "Dataset built from a release (its pub_* coordinates hold the published table)"
         )
     return published
+
+
+def _smoothing_of(scores: xr.Dataset) -> str:
+    """How the responses behind ``scores`` were smoothed ("none" for the published table)."""
+    own = any(
+        var.dims == ("neuron",) and np.issubdtype(var.dtype, np.number)
+        for var in scores.data_vars.values()
+    )
+    if not own:  # the release's table: the authors scored unsmoothed responses
+        return "none"
+    value = scores.attrs.get("smoothing", "none")
+    return "none" if value in (None, "") else str(value)
 
 
 def _neuron_ids(obj: xr.Dataset | xr.DataArray) -> np.ndarray:
@@ -157,6 +173,11 @@ def compare(
     the two-sided Wilcoxon signed-rank p-value of the differences
     (``scipy.stats.wilcoxon``; NaN with no non-zero difference).
 
+    Smoothing raises every score, so scores of responses smoothed differently
+    (the ``smoothing`` attribute :func:`nat4xr.evaluate` records; the published
+    table counts as unsmoothed) are not comparable: a
+    :class:`~nat4xr.Nat4Warning` says so.
+
     Parameters
     ----------
     a, b : Dataset
@@ -198,6 +219,15 @@ def compare(
             raise KeyError(f"metric(s) {missing} are not in both scores; shared: {shared}")
     if not chosen:
         raise ValueError(f"the scores share no metric (a: {list(ta)}, b: {list(tb)})")
+    smooth_a, smooth_b = _smoothing_of(a), _smoothing_of(b)
+    if smooth_a != smooth_b:
+        warnings.warn(
+            f"the smoothing differs between the scores (a: {smooth_a}; b: {smooth_b}): "
+            "smoothing raises every score, so the difference is partly the smoothing; score "
+            "responses smoothed alike (the published values are of unsmoothed responses)",
+            Nat4Warning,
+            stacklevel=2,
+        )
     out = []
     for name in chosen:
         _, va, vb = _paired(ta[name], tb[name], a, b, cells)

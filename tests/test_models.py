@@ -226,7 +226,8 @@ def test_folds_deal_only_est_sounds_evenly_and_ignore_order():
     xr.testing.assert_equal(shuffled["fold"].sel(stim=out.stim), out["fold"])
     assert not np.array_equal(assign_folds(ds, 4, seed=4)["fold"].values, fold)
     hold = assign_holdout(ds, 0.25, seed=1)["holdout"].values
-    assert hold.sum() == 3 and not hold[is_val].any()
+    assert np.nansum(hold) == 3 and np.isnan(hold[is_val]).all()  # val: no part of the split
+    assert set(hold[~is_val].tolist()) == {0.0, 1.0}
     with pytest.raises(ValueError, match="k must be an integer"):
         assign_folds(ds, 1)
     with pytest.raises(ValueError, match="fraction must be between"):
@@ -267,7 +268,13 @@ def test_splits_survive_selection_concat_and_the_cache(tmp_path):
     back = nat4xr.cachefile.open_cache(path)
     np.testing.assert_array_equal(back["fold"].values, ds["fold"].values)
     np.testing.assert_array_equal(back["holdout"].values, ds["holdout"].values)
-    assert back["holdout"].dtype == bool and back["fold"].dtype == np.int64
+    assert back["holdout"].dtype == np.float64 and back["fold"].dtype == np.int64
+    # concat fills the holdout of an input without one with NaN: never "not held out"
+    other = ds.drop_vars("holdout").assign_attrs(area="PEG")
+    joint = nat4xr.concat([ds, other], names=["A1", "PEG"])
+    train = joint.nat4.sel_stims(holdout=False)
+    assert set(train["stim_source"].values.tolist()) == {"A1"}
+    assert set(train["subset"].values.tolist()) == {"est"}
     back.close()
     # a fit reads its folds from the coordinate
     planted, _, _ = _planted()
