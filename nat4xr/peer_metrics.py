@@ -449,10 +449,9 @@ def trial_metrics(
             cells = per_cell == n
             every = bool(cells.all())
 
-            def first(a: np.ndarray, n: int = int(n), every: bool = every) -> np.ndarray:
-                a = a if every else a[cells]
-                return a[:, :, :n].transpose(0, 2, 1, 3).reshape(len(a), n, ns * nt)
-
-            pc = p_flat if every else p_flat[cells]
-            out["r_ceiling"][cells] = nems_ceiling(first(x), first(fin), pc, seed)
+            xs, fs, pc = (x, fin, p_flat) if every else (x[cells], fin[cells], p_flat[cells])
+            k = int(n)
+            xs = xs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(xs), k, ns * nt)
+            fs = fs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(fs), k, ns * nt)
+            out["r_ceiling"][cells] = nems_ceiling(xs, fs, pc, seed)
     return out
