@@ -281,14 +281,15 @@ class Nat4Accessor:
 
         return metrics.smooth(self._ds, window_ms)
 
-    def normalize(self, method: str = "minmax", stims: Any = None) -> xr.Dataset:
-        """Per-neuron scaling: see :func:`nat4xr.metrics.normalize`.
+    def normalize(self, method: str = "minmax", stims: Any = "est") -> xr.Dataset:
+        """Per-neuron scaling, statistics from the est sounds: see :func:`nat4xr.metrics.normalize`.
 
         Examples
         --------
         >>> import nat4xr
         >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
-        >>> float(ds.nat4.normalize("minmax")["response"].max())
+        >>> norm = ds.nat4.normalize("minmax")
+        >>> float(norm.nat4.sel_stims(subset="est")["response"].max())
         1.0
         """
         from . import metrics

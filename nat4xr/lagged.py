@@ -146,7 +146,7 @@ def _stim_mask(ds: xr.Dataset, stims: Any) -> np.ndarray:
     return mask
 
 
-def design(ds: xr.Dataset, n_lags: int, stims: Any = None) -> Design:
+def design(ds: xr.Dataset, n_lags: int, stims: Any = "est") -> Design:
     """The lagged design ``X``, the trial-averaged responses ``Y`` and their validity mask.
 
     Rows are (stim, time) samples, stims in the Dataset's order and time
@@ -163,9 +163,12 @@ def design(ds: xr.Dataset, n_lags: int, stims: Any = None) -> Design:
         A nat4xr Dataset. Only the chosen stims of ``response`` are read.
     n_lags : int
         Number of lags, at least 1.
-    stims : str, sequence of ids or bool mask, optional
-        The stims to use: a ``subset`` value (``"est"``), ids, or a mask over
-        ``stim``; all by default.
+    stims : str, sequence of ids or bool mask, or None
+        The stims to use: a ``subset`` value, ids, or a mask over ``stim``.
+        By default ``"est"``, the estimation sounds, as for
+        :class:`nat4xr.models.RidgeSTRF`: a design to fit on never holds the
+        validation sounds unless asked (``stims="val"`` for the design to
+        predict them, ``None`` for every stim).
 
     Returns
     -------
