@@ -372,13 +372,18 @@ def test_planted_strfs_are_recovered_from_a_written_release(tmp_path):
     np.testing.assert_allclose(model.intercept_.sel(neuron=cells).values, rel.intercept, atol=0.05)
 
 
-def test_freq_hz_is_erb_spaced_from_200_hz_up_to_one_step_below_nyquist():
+def test_freq_hz_is_erb_spaced_from_200_hz_up_to_one_step_below_20_khz():
     ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_freq=18, seed=0)
     hz = ds["freq_hz"].values
-    assert ds["freq_hz"].dims == ("freq",) and "NEMS" in ds["freq_hz"].attrs["provenance"]
+    attrs = ds["freq_hz"].attrs
+    assert ds["freq_hz"].dims == ("freq",) and "NAT_stim" in attrs["provenance"]
+    assert "do not state" in attrs["unknown"] and (attrs["f_min_hz"], attrs["f_max_hz"]) == (
+        200.0,
+        20000.0,
+    )
     # Glasberg & Moore: ln(f + EarQ * minBW) is uniformly spaced, from 200 Hz, and one more
-    # step above the top band reaches 22,050 Hz
-    erb = np.log(np.append(hz, 22050.0) + 9.26449 * 24.7)
+    # step above the top band reaches 20 kHz (the lab's stimulus code's f_max)
+    erb = np.log(np.append(hz, 20000.0) + 9.26449 * 24.7)
     np.testing.assert_allclose(np.diff(erb), np.diff(erb)[0], rtol=1e-12)
     assert hz[0] == pytest.approx(200.0) and np.all(np.diff(hz) > 0)
     # it travels with the frequencies into lagged views and fitted filters
