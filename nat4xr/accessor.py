@@ -459,7 +459,7 @@ class Nat4Accessor:
         --------
         >>> import nat4xr
         >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
-        >>> loader = ds.nat4.to_torch(batch_size=2)
+        >>> loader = ds.nat4.sel_stims(subset="est").nat4.to_torch(batch_size=2)  # train on est
         >>> batch = next(iter(loader))
         >>> tuple(batch["responses"].shape), batch["valid_mask"].dtype
         ((2, 2, 1, 15), torch.bool)
