@@ -276,6 +276,8 @@ def smooth(ds: xr.Dataset, window_ms: float) -> xr.Dataset:
     previous = ds.attrs.get("smoothing", "none")
     if previous not in ("none", None):
         record["previous"] = previous
+    # on the variable too: scoring the response DataArray alone still knows it is smoothed
+    out.attrs["smoothing"] = json.dumps(record, sort_keys=True)
     res = ds.assign(response=out)
     res.attrs = {**ds.attrs, "smoothing": json.dumps(record, sort_keys=True)}
     return res
