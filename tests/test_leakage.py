@@ -181,3 +181,17 @@ def test_every_documented_training_loader_selects_estimation_sounds():
                     unsafe.append((doc, line.strip()))
     assert len(found) >= 7  # README, design notes, guide (2), tutorial, docstrings (2)
     assert not unsafe, f"training loaders not restricted to estimation sounds: {unsafe}"
+
+
+def test_every_documented_ridge_fit_names_the_estimation_sounds():
+    docs = _documents()
+    fits = [
+        (doc, line.strip())
+        for doc in ("README.md", "docs/design.md", "docs/guide.rst", "docs/tutorial.ipynb")
+        for code in docs[doc]
+        for line in code.splitlines()
+        if "RidgeSTRF(" in line and ".fit(" in line
+    ]
+    assert len(fits) >= 4
+    # the docstrings rely on the default, which the test of the defaults pins to "est"
+    assert all(_EST.search(line.replace("stims=", "subset=")) for _, line in fits), fits
