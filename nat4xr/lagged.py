@@ -4,9 +4,10 @@ A linear spectro-temporal receptive field (STRF) predicts a cell's response
 at time ``t`` from the spectrogram at ``t, t - 1, ..., t - (n_lags - 1)``.
 :func:`lagged` gives that as a ``(stim, time, lag, freq)`` view of the
 spectrogram, each trial padded with zeros before its start (``t = 0``, the
-start of the spectrogram, which includes the pre-stimulus silence before the
-sound) so that no lag reaches into another trial; :func:`design` flattens it into the ``X``, ``Y``
-and validity-mask arrays that scikit-learn and similar libraries take.
+start of the spectrogram, which holds the pre-stimulus silence before the
+sound) so that no lag reaches into another trial; :func:`design` flattens it
+into the ``X``, ``Y`` and validity-mask arrays that scikit-learn and similar
+libraries take.
 
 Examples
 --------

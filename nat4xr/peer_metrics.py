@@ -441,14 +441,13 @@ def trial_metrics(
         out["signal_power"] = deepstrf_signal_power(x, fin)
     if "cc_norm_schoppe" in names or "cc_max" in names:
         out["cc_norm_schoppe"], out["cc_max"] = schoppe(x, fin, p)
-    if "r_ceiling" in names:  # last: it overwrites x where first() gives a view
+    if "r_ceiling" in names:  # last: nems_ceiling overwrites x where the reshape is a view
         per_cell = np.broadcast_to(np.asarray(n_first, dtype=np.int64), (nc,))
         p_flat = p.reshape(nc, ns * nt)
         out["r_ceiling"] = np.empty(nc)
         for n in np.unique(per_cell):  # cells of recordings with the same trial count
             cells = per_cell == n
-            every = bool(cells.all())
-
+            every = bool(cells.all())  # one recording: no copy of the block
             xs, fs, pc = (x, fin, p_flat) if every else (x[cells], fin[cells], p_flat[cells])
             k = int(n)
             xs = xs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(xs), k, ns * nt)

@@ -102,8 +102,9 @@ FREQ_HZ_ATTRS = {
     "natural sounds (nems_db nems_lbhb/runclass.py, NAT_stim: channels=18, rasterfs=100, "
     "f_min=200, f_max=20000); top band about 16.1 kHz",
     "unknown": "the release's files do not state the frequency range its spectrograms were "
-    "computed with, so the range is an assumption; NEMS's gammagram itself takes f_min as "
-    "a required argument (no default), and without f_max it uses half the sample rate",
+    "computed with, so the range is an assumption; NEMS's gammagram does not settle it "
+    "(nems/preprocessing/spectrogram: f_min is a required argument in some versions and "
+    "200 Hz by default in others, and without f_max it uses half the sample rate)",
     "f_min_hz": 200.0,
     "f_max_hz": 20000.0,
 }
