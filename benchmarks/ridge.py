@@ -126,8 +126,8 @@ def main() -> None:
 
     from sklearn.linear_model import RidgeCV
 
-    d = nat4xr.design(est, N_LAGS)
-    dv = nat4xr.design(val, N_LAGS)
+    d = nat4xr.design(est, N_LAGS, stims="est")
+    dv = nat4xr.design(val, N_LAGS, stims="val")
     cells = np.random.default_rng(1).choice(N_CELL, args.loop_cells, replace=False)
     t0 = time.perf_counter()
     loop_cc = []

@@ -59,7 +59,7 @@ def resampled_sums(x: Any, y: Any, i_x: Any, i_y: Any, out: Any) -> None:
     run_on_two_threads(lambda c0: kernel(x, y, i_x, i_y, c0, out), range(0, x.shape[1], 64))
 
 
-def trial_metrics(obs: Any, order: Any, pred: Any, n_first: int) -> dict[str, Any]:
+def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, Any]:
     """The PSTH and the single-trial metrics of every cell whose data are rectangular.
 
     A cell is rectangular when, on every scored stim, its recorded repeats
@@ -78,8 +78,9 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: int) -> dict[str, An
         Positions along ``obs``'s stim axis of the scored stims, in scoring order.
     pred : ndarray
         ``(stim, neuron, time)`` float64 in scoring order.
-    n_first : int
-        Single trials per stim of ``r_ceiling`` (the fewest recorded among the stims).
+    n_first : int or ndarray
+        Single trials per stim of ``r_ceiling`` (the fewest recorded among the
+        stims of the cell's recording): one for every cell, or one per cell.
     """
     if obs.dtype not in (np.float32, np.float64):
         obs = obs.astype(np.float64)
@@ -95,6 +96,7 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: int) -> dict[str, An
         "general": np.zeros(n_cells, dtype=np.bool_),
     }
     order = np.asarray(order, dtype=np.int64)
+    n_first = np.ascontiguousarray(np.broadcast_to(np.asarray(n_first, dtype=np.int64), n_cells))
     kernel = _kernels().trial_metrics
     names = ("psth", "signal_power", "cc_norm_schoppe", "cc_max", "r_ceiling", "general")
 
@@ -271,8 +273,8 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 ccn_out[c] = nan if (no_signal or flat_p) else c_yp / np.sqrt(sp * v_p)
                 ccm_out[c] = 0.0 if no_signal else np.sqrt(sp / v_y)
 
-            # -- NEMS0 r_ceiling: the first n_first trials of every stim
-            n = n_first
+            # -- NEMS0 r_ceiling: the first n_first trials of every stim (the cell's recording's)
+            n = n_first[c]
             if n <= 1:
                 ceil_out[c] = 0.0
                 continue

@@ -281,14 +281,15 @@ class Nat4Accessor:
 
         return metrics.smooth(self._ds, window_ms)
 
-    def normalize(self, method: str = "minmax", stims: Any = None) -> xr.Dataset:
-        """Per-neuron scaling: see :func:`nat4xr.metrics.normalize`.
+    def normalize(self, method: str = "minmax", stims: Any = "est") -> xr.Dataset:
+        """Per-neuron scaling, statistics from the est sounds: see :func:`nat4xr.metrics.normalize`.
 
         Examples
         --------
         >>> import nat4xr
         >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
-        >>> float(ds.nat4.normalize("minmax")["response"].max())
+        >>> norm = ds.nat4.normalize("minmax")
+        >>> float(norm.nat4.sel_stims(subset="est")["response"].max())
         1.0
         """
         from . import metrics
@@ -360,7 +361,9 @@ class Nat4Accessor:
         return assign_folds(self._ds, k, seed=seed)
 
     def assign_holdout(self, fraction: float, seed: int = 0) -> xr.Dataset:
-        """A bool ``holdout`` stim coordinate: see :func:`nat4xr.splits.assign_holdout`.
+        """A ``holdout`` stim coordinate (1/0 on est sounds, NaN on the others).
+
+        See :func:`nat4xr.splits.assign_holdout`.
 
         Examples
         --------
@@ -486,7 +489,7 @@ class Nat4Accessor:
         --------
         >>> import nat4xr
         >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2)
-        >>> loader = ds.nat4.to_torch(batch_size=2)
+        >>> loader = ds.nat4.sel_stims(subset="est").nat4.to_torch(batch_size=2)  # train on est
         >>> batch = next(iter(loader))
         >>> tuple(batch["responses"].shape), batch["valid_mask"].dtype
         ((2, 2, 1, 15), torch.bool)

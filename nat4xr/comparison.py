@@ -17,12 +17,15 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from .errors import Nat4Warning
 
 __all__ = ["RULES", "compare", "leaderboard", "paired_values", "score_table", "significant"]
 
@@ -72,6 +75,18 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
             "Dataset built from a release (its pub_* coordinates hold the published table)"
         )
     return published
+
+
+def _smoothing_of(scores: xr.Dataset) -> str:
+    """How the responses behind ``scores`` were smoothed ("none" for the published table)."""
+    own = any(
+        var.dims == ("neuron",) and np.issubdtype(var.dtype, np.number)
+        for var in scores.data_vars.values()
+    )
+    if not own:  # the release's table: the authors scored unsmoothed responses
+        return "none"
+    value = scores.attrs.get("smoothing", "none")
+    return "none" if value in (None, "") else str(value)
 
 
 def _neuron_ids(obj: xr.Dataset | xr.DataArray) -> np.ndarray:
@@ -157,6 +172,11 @@ def compare(
     the two-sided Wilcoxon signed-rank p-value of the differences
     (``scipy.stats.wilcoxon``; NaN with no non-zero difference).
 
+    Smoothing raises every score, so scores of responses smoothed differently
+    (the ``smoothing`` attribute :func:`nat4xr.evaluate` records; the published
+    table counts as unsmoothed) are not comparable: a
+    :class:`~nat4xr.Nat4Warning` says so.
+
     Parameters
     ----------
     a, b : Dataset
@@ -198,6 +218,15 @@ def compare(
             raise KeyError(f"metric(s) {missing} are not in both scores; shared: {shared}")
     if not chosen:
         raise ValueError(f"the scores share no metric (a: {list(ta)}, b: {list(tb)})")
+    smooth_a, smooth_b = _smoothing_of(a), _smoothing_of(b)
+    if smooth_a != smooth_b:
+        warnings.warn(
+            f"the smoothing differs between the scores (a: {smooth_a}; b: {smooth_b}): "
+            "smoothing raises every score, so the difference is partly the smoothing; score "
+            "responses smoothed alike (the published values are of unsmoothed responses)",
+            Nat4Warning,
+            stacklevel=2,
+        )
     out = []
     for name in chosen:
         _, va, vb = _paired(ta[name], tb[name], a, b, cells)
@@ -220,36 +249,7 @@ def compare(
     return pd.DataFrame(out).set_index("metric")
 
 
-def significant(scores: xr.Dataset, rule: str = "both") -> xr.DataArray:
-    """Cells whose prediction beats chance, by the rule of the authors' analysis code.
-
-    Parameters
-    ----------
-    scores : Dataset
-        A result of :func:`nat4xr.evaluate`, or a Dataset with the published
-        ``pub_r_test``, ``pub_se_test``, ``pub_r_floor`` coordinates.
-    rule : {'both', 'se', 'floor'}
-        ``'both'`` (default): ``r_test > 2 se_test`` and ``r_test > r_floor``;
-        ``'se'``: the first half only; ``'floor'``: the second half only.
-
-    Returns
-    -------
-    xarray.DataArray
-        Bool over ``neuron`` (False where a needed value is NaN).
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> s = xr.Dataset(
-    ...     {"r_test": ("neuron", [0.3, 0.3, 0.02]), "se_test": ("neuron", [0.05, 0.2, 0.01]),
-    ...      "r_floor": ("neuron", [0.1, 0.1, 0.05])}, coords={"neuron": ["a", "b", "c"]})
-    >>> significant(s).values.tolist()
-    [True, False, False]
-    >>> significant(s, rule="se").values.tolist()
-    [True, False, False]
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+def _significant_one(scores: xr.Dataset, rule: str) -> xr.DataArray:
     table = score_table(scores)
     need = {"both": ["r_test", "se_test", "r_floor"], "se": ["r_test", "se_test"]}.get(
         rule, ["r_test", "r_floor"]
@@ -263,7 +263,67 @@ def significant(scores: xr.Dataset, rule: str = "both") -> xr.DataArray:
         out = out & (r > 2 * table["se_test"])
     if rule in ("both", "floor"):
         out = out & (r > table["r_floor"])
-    out.attrs = {"rule": RULES[rule]}
+    return out
+
+
+def significant(scores: Any, *more: xr.Dataset, rule: str = "both") -> xr.DataArray:
+    """Cells whose prediction beats chance, by the rule of the authors' analysis code.
+
+    With several sets of scores (one per model compared), a cell is
+    significant only when it is significant for every one of them, and a cell
+    missing from any of them is not: the selection of the NAT4 paper's
+    figures (nems_db ``pop_model_utils.get_significant_cells``, over its
+    ``SIG_TEST_MODELS``). The paper then plots ``r_ceiling`` of those cells.
+
+    Parameters
+    ----------
+    scores : Dataset, or a sequence of Datasets
+        Results of :func:`nat4xr.evaluate`, or Datasets with the published
+        ``pub_r_test``, ``pub_se_test``, ``pub_r_floor`` coordinates.
+    *more : Dataset
+        More sets of scores, all required.
+    rule : {'both', 'se', 'floor'}
+        ``'both'`` (default): ``r_test > 2 se_test`` and ``r_test > r_floor``;
+        ``'se'``: the first half only; ``'floor'``: the second half only.
+
+    Returns
+    -------
+    xarray.DataArray
+        Bool over the first set's ``neuron`` (False where a needed value is
+        NaN, or the cell is missing from another set); ``attrs["n_sets"]``
+        counts the sets required.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> s = xr.Dataset(
+    ...     {"r_test": ("neuron", [0.3, 0.3, 0.02]), "se_test": ("neuron", [0.05, 0.2, 0.01]),
+    ...      "r_floor": ("neuron", [0.1, 0.1, 0.05])}, coords={"neuron": ["a", "b", "c"]})
+    >>> significant(s).values.tolist()
+    [True, False, False]
+    >>> significant(s, rule="se").values.tolist()
+    [True, False, False]
+    >>> weak = s.assign(r_test=("neuron", [0.05, 0.3, 0.3]))  # a second model
+    >>> significant(s, weak).values.tolist()  # both models must beat chance
+    [False, False, False]
+    """
+    if more and isinstance(more[-1], str):  # the older call form significant(scores, "se")
+        more, rule = more[:-1], more[-1]
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    sets = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    sets += list(more)
+    if not sets:
+        raise ValueError("significant() needs at least one set of scores")
+    out = _significant_one(sets[0], rule)
+    ids = _neuron_ids(out)
+    for other in sets[1:]:
+        sig = _significant_one(other, rule)
+        chosen = set(_neuron_ids(sig)[np.asarray(sig.values, dtype=bool)].tolist())
+        out = out & xr.DataArray(np.isin(ids, list(chosen)), dims=("neuron",))
+    out.attrs = {"rule": RULES[rule], "n_sets": len(sets)}
+    if len(sets) > 1:
+        out.attrs["rule"] += f", for every one of {len(sets)} sets of scores"
     return out.rename("significant")
 
 

@@ -90,7 +90,9 @@ METRICS: dict[str, dict[str, str]] = {
         "root of the mean correlation between pairs of single trials (floored at 0.01; "
         "samples where the prediction is finite; a pair or trial with zero sum or a constant "
         "signal counts 0); single trials are the first n of each stim, n the smallest "
-        "repeat count among the stims; 0 with fewer than 2 repeats (NEMS0 r_ceiling)",
+        "repeat count among the stims of the cell's recording (its site's, when cells carry "
+        "a site coordinate; a trial missing inside a recorded repeat stays NaN); 0 with "
+        "fewer than 2 repeats (NEMS0 r_ceiling)",
         "source": _NEMS,
     },
     "cc_raw": {
@@ -255,10 +257,12 @@ def _single_trial_metrics(
     recorded: np.ndarray,
     pred: np.ndarray,
     names: set[str],
-    n_first: int,
+    n_first: np.ndarray,
     seed: int,
 ) -> dict[str, np.ndarray]:
     """The PSTH ``(cells, stims, time)`` and the single-trial metrics, per cell.
+
+    ``n_first`` holds each cell's single trials per stim for ``r_ceiling``.
 
     The compiled kernels (when numba is installed) score the cells whose data
     are rectangular; numpy scores the rest, and every cell without numba, in
@@ -284,12 +288,45 @@ def _single_trial_metrics(
         x = obs[:, cells][order][:, :, recorded].transpose(1, 0, 2, 3)
         x = np.ascontiguousarray(x, dtype=np.float64)
         p = np.ascontiguousarray(pred[:, cells].transpose(1, 0, 2))
-        for key, values in peer_metrics.trial_metrics(x, p, names, n_first, seed).items():
+        trials = peer_metrics.trial_metrics(x, p, names, n_first[cells], seed)
+        for key, values in trials.items():
             if key in out:
                 out[key][cells] = values.reshape(out[key][cells].shape)
 
     accelerated.run_on_two_threads(block, range(0, len(todo), _BLOCK))
     return out
+
+
+def _recordings(resp: xr.DataArray) -> tuple[np.ndarray, str]:
+    """Recording index of each cell (its ``site``; one recording without a site coordinate)."""
+    if "site" in resp.coords and resp["site"].dims == ("neuron",):
+        sites = np.asarray(resp["site"].values).astype(str)
+        return np.unique(sites, return_inverse=True)[1].reshape(-1), "site"
+    return np.zeros(resp.sizes["neuron"], dtype=np.intp), "recording"
+
+
+def _single_trials(trial_held: np.ndarray, recording: np.ndarray) -> np.ndarray:
+    """Per cell: NEMS0 r_ceiling's trial count, the fewest repeats among its recording's stims.
+
+    ``trial_held`` is ``(stims, cells, repeats)``: True where the cell has a
+    value in the trial. NEMS0 counts the epochs of the cell's recording, so a
+    repeat counts for every cell of the site when any of them holds it, and a
+    stim counts when the site holds any trial of it.
+    """
+    out = np.zeros(len(recording), dtype=np.int64)
+    for k in np.unique(recording):
+        cells = recording == k
+        per_stim = trial_held[:, cells].any(1).sum(-1)  # (stims,) repeats the site recorded
+        out[cells] = int(per_stim[per_stim > 0].min()) if per_stim.any() else 0
+    return out
+
+
+def _smoothing(observed: xr.Dataset | xr.DataArray) -> str:
+    """The ``smoothing`` record of the observed data ("none" when there is none)."""
+    value = observed.attrs.get("smoothing", "none")
+    if isinstance(observed, xr.Dataset) and value in ("none", None) and "response" in observed:
+        value = observed["response"].attrs.get("smoothing", "none")
+    return "none" if value in (None, "") else str(value)
 
 
 def _chosen_metrics(metrics: Sequence[str] | str | None) -> list[str]:
@@ -321,11 +358,26 @@ def evaluate(
     the module docstring, and each result variable's ``definition`` and
     ``source`` attributes). Only the scored stims of ``response`` are read.
 
-    Degenerate cells never raise: a cell without usable samples, or whose
+    A cell with no data at all in the scored stims is not scored: every
+    metric is NaN for it (``n_samples`` 0), and a :class:`~nat4xr.Nat4Warning`
+    counts these cells (select cells with data, e.g. ``sel_stims(subset="val")``,
+    to leave them out). Degenerate cells never raise: a cell with data but no
+    usable samples (the prediction NaN wherever it has data), or whose
     prediction or response is constant, scores 0 on the NEMS0 metrics (NEMS0's
     convention) and NaN on deepSTRF's and Schoppe's (theirs; ``cc_max`` is 0
     where the signal power is not positive, silent cells included); a
     :class:`~nat4xr.Nat4Warning` counts them.
+
+    ``r_ceiling`` takes its single trials per recording, as NEMS0 does: when
+    the cells carry a ``site`` coordinate, each site's count is the fewest
+    repeats among the stims that site recorded, so a site whose sounds were
+    repeated fewer times does not truncate the trials of another.
+
+    Smoothed responses raise every score (and the noise-corrected ones most),
+    while the published values were computed on unsmoothed data: when
+    ``observed`` carries a ``smoothing`` record other than ``"none"``, a
+    warning says so, and the scores' ``smoothing`` attribute records it (as it
+    records ``"none"`` otherwise).
 
     Parameters
     ----------
@@ -393,10 +445,11 @@ def evaluate(
         else np.arange(resp.sizes["stim"])
     )
     pred = pred[order]
-    held = np.isfinite(obs).any(axis=(1, 3))[order]  # (stims, repeats) with any value
-    recorded = np.flatnonzero(held.any(0))  # drop repeats nobody has
-    per_stim = held[:, recorded].sum(-1)  # repeats recorded per stim
-    n_first = int(per_stim[per_stim > 0].min()) if per_stim.any() else 0
+    trial_held = np.isfinite(obs).any(axis=3)[order]  # (stims, cells, repeats)
+    recorded = np.flatnonzero(trial_held.any((0, 1)))  # drop repeats nobody has
+    recording, per = _recordings(resp)
+    n_first = _single_trials(trial_held[:, :, recorded], recording)
+    no_data = ~trial_held.any((0, 2))  # cells with no value in the scored stims
     n_stims, n_cells, _, n_time = obs.shape
     trial_names = {"r_ceiling", "cc_norm", "cc_norm_schoppe", "cc_max"}.intersection(names)
     trial = _single_trial_metrics(obs, order, recorded, pred, trial_names, n_first, seed)
@@ -413,18 +466,39 @@ def evaluate(
         sp = out.pop("signal_power") if "cc_norm" in names and len(recorded) > 1 else None
         out["cc_raw"], cc_norm = peer_metrics.deepstrf_correlations(p2, g2, sp)
         out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
-    out = {name: out[name] for name in names}
+    # a cell without data is not scored (NaN), unlike NEMS0's degenerate predictions (0)
+    out = {name: np.where(no_data, np.nan, out[name]) for name in names}
     out["n_samples"] = length
+    degenerate &= ~no_data
 
-    if degenerate.any():
-        ids = _labels(resp, "neuron")
-        shown = (", ".join(map(str, ids[degenerate][:5])) if ids is not None else "") + (
-            " ..." if degenerate.sum() > 5 else ""
+    ids = _labels(resp, "neuron")
+
+    def shown(mask: np.ndarray) -> str:
+        listed = ", ".join(map(str, ids[mask][:5])) if ids is not None else ""
+        return listed + (" ..." if mask.sum() > 5 else "")
+
+    if no_data.any():
+        warnings.warn(
+            f"{int(no_data.sum())} of {n_cells} cells have no data in the scored stims "
+            f"({shown(no_data)}): every metric is NaN for them (they are not scored); select "
+            "the cells with data, e.g. with ds.nat4.sel_stims(subset='val'), to leave them out",
+            Nat4Warning,
+            stacklevel=2,
         )
+    if degenerate.any():
         warnings.warn(
             f"{int(degenerate.sum())} of {n_cells} cells have no usable samples, or a constant "
-            f"prediction or response, on the scored stims ({shown}): the NEMS0 metrics give "
-            "0 for them, deepSTRF's and Schoppe's NaN",
+            f"prediction or response, on the scored stims ({shown(degenerate)}): the NEMS0 "
+            "metrics give 0 for them, deepSTRF's and Schoppe's NaN",
+            Nat4Warning,
+            stacklevel=2,
+        )
+    smoothing = _smoothing(observed)
+    if smoothing != "none":
+        warnings.warn(
+            f"the observed responses are smoothed ({smoothing}): smoothing raises every score, "
+            "the noise-corrected ones most, and the published values were computed on "
+            "unsmoothed data; score unsmoothed responses to compare with them",
             Nat4Warning,
             stacklevel=2,
         )
@@ -437,14 +511,27 @@ def evaluate(
     for name, values in out.items():
         data = values.astype(np.int64) if name == "n_samples" else values
         data_vars[name] = xr.Variable(("neuron",), data, attrs=dict(METRICS[name]))
+    coords["n_single_trials"] = xr.Variable(
+        ("neuron",),
+        n_first,
+        attrs={
+            "long_name": "single trials per stim of r_ceiling",
+            "definition": f"the fewest repeats among the stims of the cell's {per} "
+            "(NEMS0 counts its recording's epochs)",
+        },
+    )
     scores = xr.Dataset(data_vars, coords=coords)
     scored = stim_ids[order].astype(str).tolist() if stim_ids is not None else []
+    has_data = n_first[~no_data]
     scores.attrs.update(
         n_jacks=n_jacks,
         seed=seed,
         n_resamples=n_resamples,
         stim_order="ascending stim name (NEMS0's concatenation order)",
         stims=json.dumps(scored),
-        n_single_trials=n_first,
+        n_single_trials=int(has_data.min()) if len(has_data) else 0,
+        single_trials_per=per,
+        n_cells_without_data=int(no_data.sum()),
+        smoothing=smoothing,
     )
     return scores

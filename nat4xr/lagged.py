@@ -3,9 +3,11 @@
 A linear spectro-temporal receptive field (STRF) predicts a cell's response
 at time ``t`` from the spectrogram at ``t, t - 1, ..., t - (n_lags - 1)``.
 :func:`lagged` gives that as a ``(stim, time, lag, freq)`` view of the
-spectrogram, each sound padded with zeros before its onset so that no lag
-reaches into another sound; :func:`design` flattens it into the ``X``, ``Y``
-and validity-mask arrays that scikit-learn and similar libraries take.
+spectrogram, each trial padded with zeros before its start (``t = 0``, the
+start of the spectrogram, which holds the pre-stimulus silence before the
+sound) so that no lag reaches into another trial; :func:`design` flattens it
+into the ``X``, ``Y`` and validity-mask arrays that scikit-learn and similar
+libraries take.
 
 Examples
 --------
@@ -48,7 +50,9 @@ def lagged(ds: xr.Dataset, n_lags: int) -> xr.DataArray:
     """The spectrogram at lags ``0 .. n_lags - 1``, as a ``(stim, time, lag, freq)`` view.
 
     ``out[s, t, k, f]`` is ``spectrogram[s, f, t - k]``, and 0 where
-    ``t - k < 0`` (before the sound's onset). The result is a strided view of
+    ``t - k < 0`` (before the trial's start at ``t = 0``; the sound itself
+    starts later, after the pre-stimulus silence, ``ds.attrs["pre_stim_silence"]``
+    seconds of it in a built release). The result is a strided view of
     one zero-padded copy of the spectrogram: the full design is never
     materialized. Coordinates: those of ``stim``, ``time`` and ``freq``, and
     ``lag`` in seconds (``k * dt``).
@@ -65,7 +69,7 @@ def lagged(ds: xr.Dataset, n_lags: int) -> xr.DataArray:
     >>> import nat4xr
     >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_freq=3, seed=0)
     >>> view = lagged(ds, n_lags=3)
-    >>> float(view.isel(stim=0, time=0, lag=2, freq=0))  # before the onset: zero
+    >>> float(view.isel(stim=0, time=0, lag=2, freq=0))  # before the trial's start: zero
     0.0
     >>> import numpy as np
     >>> bool(np.array_equal(view.values[0, 5, 2], ds.spectrogram.values[0, :, 3]))  # t - 2
@@ -87,7 +91,7 @@ def lagged(ds: xr.Dataset, n_lags: int) -> xr.DataArray:
         dims=("stim", "time", "lag", "freq"),
         coords={**coords, "lag": ("lag", np.arange(n_lags) * dt, {"units": "s"})},
         name="lagged_spectrogram",
-        attrs={"n_lags": n_lags, "padding": "zeros before each sound's onset"},
+        attrs={"n_lags": n_lags, "padding": "zeros before each trial's start (t = 0)"},
     )
     return out
 
@@ -146,13 +150,14 @@ def _stim_mask(ds: xr.Dataset, stims: Any) -> np.ndarray:
     return mask
 
 
-def design(ds: xr.Dataset, n_lags: int, stims: Any = None) -> Design:
+def design(ds: xr.Dataset, n_lags: int, stims: Any = "est") -> Design:
     """The lagged design ``X``, the trial-averaged responses ``Y`` and their validity mask.
 
     Rows are (stim, time) samples, stims in the Dataset's order and time
     within each stim: row ``s * n_time + t``. Columns of ``X`` are (lag,
     freq) pairs, lag-major: column ``k * n_freq + f`` holds the spectrogram
-    at frequency ``f``, ``k`` bins before ``t`` (0 before the sound's onset).
+    at frequency ``f``, ``k`` bins before ``t`` (0 before the trial's start,
+    ``t = 0``, which precedes the sound by the pre-stimulus silence).
     ``Y`` is the mean over recorded repeats (NaN where a cell has no data);
     ``mask`` says where it is defined, so one cell's regression is
     ``X[mask[:, i]]`` against ``Y[mask[:, i], i]``.
@@ -163,9 +168,12 @@ def design(ds: xr.Dataset, n_lags: int, stims: Any = None) -> Design:
         A nat4xr Dataset. Only the chosen stims of ``response`` are read.
     n_lags : int
         Number of lags, at least 1.
-    stims : str, sequence of ids or bool mask, optional
-        The stims to use: a ``subset`` value (``"est"``), ids, or a mask over
-        ``stim``; all by default.
+    stims : str, sequence of ids or bool mask, or None
+        The stims to use: a ``subset`` value, ids, or a mask over ``stim``.
+        By default ``"est"``, the estimation sounds, as for
+        :class:`nat4xr.models.RidgeSTRF`: a design to fit on never holds the
+        validation sounds unless asked (``stims="val"`` for the design to
+        predict them, ``None`` for every stim).
 
     Returns
     -------

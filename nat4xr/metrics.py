@@ -276,6 +276,8 @@ def smooth(ds: xr.Dataset, window_ms: float) -> xr.Dataset:
     previous = ds.attrs.get("smoothing", "none")
     if previous not in ("none", None):
         record["previous"] = previous
+    # on the variable too: scoring the response DataArray alone still knows it is smoothed
+    out.attrs["smoothing"] = json.dumps(record, sort_keys=True)
     res = ds.assign(response=out)
     res.attrs = {**ds.attrs, "smoothing": json.dumps(record, sort_keys=True)}
     return res
@@ -343,14 +345,17 @@ def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, n
     return offset, np.where(ok, scale, 1.0)
 
 
-def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.Dataset:
-    """Scale each neuron's responses with statistics from the chosen stims.
+def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = "est") -> xr.Dataset:
+    """Scale each neuron's responses with statistics from the chosen stims (est by default).
 
     The statistics (per neuron, over the chosen stims, repeats and time)
     are computed once — a streamed reduction, the full array is never held
     in memory — and the same scale is applied to every stim, estimation and
-    validation alike, so units stay consistent. NaN stays NaN. The
-    ``normalization`` attribute records method, stims and statistics (JSON).
+    validation alike, so units stay consistent. By default they come from the
+    estimation sounds only, so that nothing about the validation responses
+    (the test set) shapes the training data. NaN stays NaN. The
+    ``normalization`` attribute records method, stims (``stims_from``: the
+    choice, ``stims``: the ids) and statistics (JSON).
 
     Parameters
     ----------
@@ -363,9 +368,11 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
         ``log((s + 0.1) / 0.1)`` then per-band min-max with values below
         1e-6 set to 0. A cell without data in the chosen stims, or constant
         there, is shifted/scaled by 0/1.
-    stims : None, str, sequence of str or bool mask
-        Stims the statistics come from: all (default), a ``subset`` value
-        (``'est'``), stim ids, or a mask over ``stim``.
+    stims : str, sequence of str, bool mask or None
+        Stims the statistics come from: a ``subset`` value (``'est'``, the
+        default), stim ids, a mask over ``stim``, or None for every stim
+        (validation sounds included). A Dataset without estimation sounds
+        needs an explicit choice.
 
     Returns
     -------
@@ -389,6 +396,14 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
             "(nat4xr.open_nat4 without normalize=) instead"
         )
     resp = _response(ds)
+    if isinstance(stims, str) and stims == "est":
+        subset = np.asarray(ds["subset"].values).astype(str) if "subset" in ds.coords else []
+        if "est" not in set(subset):
+            raise ValueError(
+                "this Dataset has no estimation sounds (subset 'est') to take the "
+                "normalization statistics from; pass stims= explicitly (stim ids, a mask, "
+                "'val', or None for every stim) and report the choice"
+            )
     chosen = stim_positions(ds, stims)
     ref = resp.isel(stim=chosen)
     offset, scale = _stats(ref, [d for d in resp.dims if d != "neuron"], method)
@@ -400,6 +415,7 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
     record: dict[str, Any] = {
         "method": method,
         "stims": "all" if stims is None else [str(s) for s in ds["stim"].values[chosen]],
+        "stims_from": "all" if stims is None else stims if isinstance(stims, str) else "chosen",
         "response": {
             "neuron": [str(v) for v in ds["neuron"].values],
             "offset": offset.tolist(),

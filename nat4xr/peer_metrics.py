@@ -431,12 +431,14 @@ def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
 
 
 def trial_metrics(
-    x: np.ndarray, p: np.ndarray, names: Any, n_first: int, seed: int
+    x: np.ndarray, p: np.ndarray, names: Any, n_first: Any, seed: int
 ) -> dict[str, np.ndarray]:
     """The PSTH and the metrics that need single trials, for ``x (cells, stims, repeats, time)``.
 
     ``x`` is the block's own float64 copy: its NaN are set to 0 here, and
-    the metrics take the recorded values from ``np.isfinite(x)``.
+    the metrics take the recorded values from ``np.isfinite(x)``. ``n_first``
+    is ``r_ceiling``'s single trials per stim: one int for every cell, or one
+    per cell (cells of different recordings).
     """
     nc, ns, nr, nt = x.shape
     fin = np.isfinite(x)
@@ -448,10 +450,16 @@ def trial_metrics(
         out["signal_power"] = deepstrf_signal_power(x, fin)
     if "cc_norm_schoppe" in names or "cc_max" in names:
         out["cc_norm_schoppe"], out["cc_max"] = schoppe(x, fin, p)
-    if "r_ceiling" in names:  # last: it overwrites x where first() gives a view
-
-        def first(a: np.ndarray) -> np.ndarray:
-            return a[:, :, :n_first].transpose(0, 2, 1, 3).reshape(nc, n_first, ns * nt)
-
-        out["r_ceiling"] = nems_ceiling(first(x), first(fin), p.reshape(nc, ns * nt), seed)
+    if "r_ceiling" in names:  # last: nems_ceiling overwrites x where the reshape is a view
+        per_cell = np.broadcast_to(np.asarray(n_first, dtype=np.int64), (nc,))
+        p_flat = p.reshape(nc, ns * nt)
+        out["r_ceiling"] = np.empty(nc)
+        for n in np.unique(per_cell):  # cells of recordings with the same trial count
+            cells = per_cell == n
+            every = bool(cells.all())  # one recording: no copy of the block
+            xs, fs, pc = (x, fin, p_flat) if every else (x[cells], fin[cells], p_flat[cells])
+            k = int(n)
+            xs = xs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(xs), k, ns * nt)
+            fs = fs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(fs), k, ns * nt)
+            out["r_ceiling"][cells] = nems_ceiling(xs, fs, pc, seed)
     return out

@@ -36,11 +36,12 @@ __all__ = [
     "make_dataset",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped whenever the layout of the Dataset (and so of the cache) changes.
 
 2: the release's per-cell table as ``pub_*`` neuron coordinates.
 3: the ``freq_hz`` coordinate (centre frequency of each spectrogram band).
+4: ``freq_hz`` for 200 Hz .. 20 kHz (the lab's stimulus code), with what is not known.
 """
 
 DIMS = ("stim", "neuron", "repeat", "time", "freq")
@@ -93,29 +94,39 @@ def coverage_of(response: Any) -> np.ndarray:
 #: Provenance of the ``freq_hz`` coordinate (see :func:`gammatone_centre_freqs`).
 FREQ_HZ_ATTRS = {
     "units": "Hz",
-    "long_name": "centre frequency of the spectrogram band",
-    "provenance": "ERB-spaced centre frequencies of the NEMS gammatone filterbank "
-    "(nems.preprocessing.spectrogram: centre_freqs -> erb_space, Glasberg & Moore ERB, "
-    "EarQ 9.26449, minBW 24.7), lowest first, from f_min = 200 Hz (NEMS's default for "
-    "this 18-band, 10 ms spectrogram) to f_max = 22050 Hz (half the 44.1 kHz sample rate "
-    "of the sounds, NEMS's default); the release's files do not state the range",
+    "long_name": "centre frequency of the spectrogram band (assumed range, see provenance)",
+    "provenance": "ERB-spaced centre frequencies, lowest first, placed as the gammatone code "
+    "of NEMS places them (nems/preprocessing/spectrogram/filters.py: centre_freqs -> "
+    "erb_space; Glasberg & Moore ERB, EarQ 9.26449, minBW 24.7), for f_min = 200 Hz and "
+    "f_max = 20000 Hz, the defaults of the lab's 18-channel gammatone spectrogram of "
+    "natural sounds (nems_db nems_lbhb/runclass.py, NAT_stim: channels=18, rasterfs=100, "
+    "f_min=200, f_max=20000); top band about 16.1 kHz",
+    "unknown": "the release's files do not state the frequency range its spectrograms were "
+    "computed with, so the range is an assumption; NEMS's gammagram does not settle it "
+    "(nems/preprocessing/spectrogram: f_min is a required argument in some versions and "
+    "200 Hz by default in others, and without f_max it uses half the sample rate)",
+    "f_min_hz": 200.0,
+    "f_max_hz": 20000.0,
 }
 
 
 def gammatone_centre_freqs(
-    n_bands: int, f_min: float = 200.0, f_max: float = 22050.0
+    n_bands: int, f_min: float = 200.0, f_max: float = 20000.0
 ) -> np.ndarray:
     """Centre frequencies (Hz, lowest first) of an ERB-spaced gammatone filterbank.
 
     The bands are uniformly spaced on Glasberg and Moore's ERB scale (ear Q
     9.26449, minimum bandwidth 24.7 Hz), as the gammatone code of NEMS places
     them: the lowest band at ``f_min``, the highest one step below ``f_max``.
+    The defaults are those of the lab's stimulus code for natural sounds
+    (nems_db ``nems_lbhb/runclass.py``, ``NAT_stim``); the release does not
+    state its range.
 
     Examples
     --------
     >>> hz = gammatone_centre_freqs(18)
     >>> round(float(hz[0]), 6), round(float(hz[-1]))
-    (200.0, 17660)
+    (200.0, 16101)
     """
     ear_q, min_bw = 9.26449, 24.7
     fraction = np.arange(n_bands, 0, -1) / n_bands  # 1 (lowest) .. 1 / n (highest)

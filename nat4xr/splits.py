@@ -1,11 +1,12 @@
 """Cross-validation folds and early-stopping holdouts, recorded as stim coordinates.
 
 A split is data: :func:`assign_folds` and :func:`assign_holdout` write it into
-the Dataset as a ``fold`` (int) or ``holdout`` (bool) stim coordinate, so it
+the Dataset as a ``fold`` (int) or ``holdout`` (float) stim coordinate, so it
 travels with the sounds through selection, concatenation and the cache, and
 the same call gives the same split in every process (no global random
 state). Only estimation sounds are split; validation sounds are the test set
-(``fold`` 0, ``holdout`` False).
+and belong to no split: ``fold`` 0, ``holdout`` NaN. A validation sound is
+never "not held out", so ``sel_stims(holdout=False)`` cannot train on it.
 
 The paper's other experiments are splits too: :func:`assign_heldout_site`
 marks the cells a population model is pre-trained on (a bool ``pretrain``
@@ -92,12 +93,20 @@ def assign_folds(ds: xr.Dataset, k: int, seed: int = 0) -> xr.Dataset:
 
 
 def assign_holdout(ds: xr.Dataset, fraction: float, seed: int = 0) -> xr.Dataset:
-    """``ds`` with a bool ``holdout`` stim coordinate marking ``fraction`` of the est sounds.
+    """``ds`` with a ``holdout`` stim coordinate marking ``fraction`` of the est sounds.
 
-    The held-out sounds (e.g. for early stopping) are the first
+    ``holdout`` is float64: 1.0 on the held-out estimation sounds (e.g. for
+    early stopping), 0.0 on the estimation sounds left to train on, and NaN on
+    every other sound (validation sounds, and after :func:`nat4xr.concat` the
+    sounds of an input that had no holdout). The held-out sounds are the first
     ``round(fraction * n_est)`` of the estimation sounds sorted by id and
     shuffled with ``numpy.random.default_rng([seed, 1])``; at least one, and
     at least one left to train on.
+
+    NaN is neither True nor False, so ``sel_stims(holdout=False)`` (training)
+    and ``sel_stims(holdout=True)`` (early stopping) both return estimation
+    sounds only. Select with those filters, or compare (``holdout == 1``);
+    do not cast the coordinate to bool, which turns NaN into True.
 
     Examples
     --------
@@ -105,7 +114,11 @@ def assign_holdout(ds: xr.Dataset, fraction: float, seed: int = 0) -> xr.Dataset
     >>> ds = nat4xr.synthetic.random_dataset(n_est=10, n_val=2, n_neurons=2, seed=0)
     >>> ds = assign_holdout(ds, 0.2)
     >>> int(ds["holdout"].sum()), ds.nat4.sel_stims(holdout=False).sizes["stim"]
-    (2, 10)
+    (2, 8)
+    >>> set(ds.nat4.sel_stims(holdout=False).subset.values.tolist())
+    {'est'}
+    >>> ds.holdout.sel(stim=ds.stim[ds.subset == "val"]).values.tolist()
+    [nan, nan]
     """
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
@@ -113,10 +126,13 @@ def assign_holdout(ds: xr.Dataset, fraction: float, seed: int = 0) -> xr.Dataset
     n_out = min(max(round(fraction * len(est)), 1), len(est) - 1)
     if n_out < 1:
         raise ValueError("one estimation sound cannot be split into training and holdout")
-    holdout = np.zeros(ds.sizes["stim"], dtype=bool)
-    holdout[est] = rank < n_out
+    # NaN off the est sounds: a validation sound is neither training nor early stopping
+    holdout = np.full(ds.sizes["stim"], np.nan)
+    holdout[est] = (rank < n_out).astype(np.float64)
     attrs = {
         "long_name": "held out of training (e.g. for early stopping)",
+        "values": "1: held-out estimation sound, 0: estimation sound to train on, "
+        "NaN: not an estimation sound (validation sounds are never split)",
         "rule": f"the first {n_out} estimation sounds sorted by id, shuffled by "
         f"default_rng([{seed}, 1])",
     }

@@ -105,6 +105,9 @@ def _reference(observed: xr.DataArray, prediction: xr.DataArray, seed: int = 0) 
         cc_norm, cc_max = schoppe(trials, p)
         out["cc_norm_schoppe"].append(cc_norm)
         out["cc_max"].append(cc_max)
+        if not np.isfinite(trials).any():  # no data: not scored (NaN), not degenerate (0)
+            for m in ALL:
+                out[m][-1] = np.nan
     return {m: np.array(v, dtype=float) for m, v in out.items()}
 
 
@@ -126,9 +129,11 @@ def test_every_metric_equals_the_per_cell_loops(seed):
         )
     assert list(scores.neuron.values) == list(observed.neuron.values)
     # the traps are where the conventions differ: NEMS0 gives 0, the others NaN
-    for cell in ("cell-5", "cell-6", "cell-7"):
+    for cell in ("cell-5", "cell-7"):
         assert scores["r_test"].sel(neuron=cell) == 0.0
         assert np.isnan(scores["cc_raw"].sel(neuron=cell))
+    # a cell without data is not a degenerate prediction: it is not scored at all
+    assert all(np.isnan(scores[m].sel(neuron="cell-6")) for m in ALL)
     assert scores["n_samples"].sel(neuron="cell-6") == 0
     assert scores["n_samples"].sel(neuron="cell-0") == 5 * 40
     assert scores["n_samples"].sel(neuron="cell-2") == 4 * 40
@@ -294,7 +299,8 @@ def test_single_repeat_data_gives_the_raw_correlation_as_cc_norm():
     one = observed.isel(repeat=[0])
     scores = _quiet(one, prediction)
     np.testing.assert_array_equal(scores["cc_norm"].values, scores["cc_raw"].values)
-    assert np.all(scores["r_ceiling"] == 0.0)  # NEMS0: no pairs of trials
+    scored = scores.drop_sel(neuron="cell-6")  # the cell without data: NaN
+    assert np.all(scored["r_ceiling"] == 0.0)  # NEMS0: no pairs of trials
     assert np.all(np.isnan(scores["cc_norm_schoppe"]))
 
 

@@ -280,10 +280,23 @@ def test_normalize_matches_manual(eager, lazy, method):
 
 
 def test_normalize_default_stims_and_errors(eager):
-    out = metrics.normalize(eager, "minmax")
+    out = metrics.normalize(eager, "minmax", stims=None)
     vals = out["response"].values
     assert np.nanmin(vals) == 0.0 and np.nanmax(vals) == 1.0
-    assert json.loads(out.attrs["normalization"])["stims"] == "all"
+    record = json.loads(out.attrs["normalization"])
+    assert record["stims"] == "all" and record["stims_from"] == "all"
+    # the default takes the statistics from the estimation sounds only, and says so
+    default = metrics.normalize(eager, "minmax")
+    record = json.loads(default.attrs["normalization"])
+    est = eager["stim"].values[eager["subset"].values == "est"].tolist()
+    assert record["stims_from"] == "est" and record["stims"] == est
+    raw = eager["response"].sel(stim=est).values
+    lo, hi = np.nanmin(raw, axis=(0, 2, 3)), np.nanmax(raw, axis=(0, 2, 3))
+    cell = eager["response"].values[:, 0]
+    expected = (cell - lo[0]) / (hi[0] - lo[0])
+    np.testing.assert_allclose(default["response"].values[:, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="no estimation sounds"):
+        metrics.normalize(eager.isel(stim=eager["subset"].values == "val"), "minmax")
     with pytest.raises(ValueError, match="already normalized"):
         metrics.normalize(out, "minmax")
     with pytest.raises(ValueError, match="method"):

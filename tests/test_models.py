@@ -226,7 +226,8 @@ def test_folds_deal_only_est_sounds_evenly_and_ignore_order():
     xr.testing.assert_equal(shuffled["fold"].sel(stim=out.stim), out["fold"])
     assert not np.array_equal(assign_folds(ds, 4, seed=4)["fold"].values, fold)
     hold = assign_holdout(ds, 0.25, seed=1)["holdout"].values
-    assert hold.sum() == 3 and not hold[is_val].any()
+    assert np.nansum(hold) == 3 and np.isnan(hold[is_val]).all()  # val: no part of the split
+    assert set(hold[~is_val].tolist()) == {0.0, 1.0}
     with pytest.raises(ValueError, match="k must be an integer"):
         assign_folds(ds, 1)
     with pytest.raises(ValueError, match="fraction must be between"):
@@ -267,7 +268,13 @@ def test_splits_survive_selection_concat_and_the_cache(tmp_path):
     back = nat4xr.cachefile.open_cache(path)
     np.testing.assert_array_equal(back["fold"].values, ds["fold"].values)
     np.testing.assert_array_equal(back["holdout"].values, ds["holdout"].values)
-    assert back["holdout"].dtype == bool and back["fold"].dtype == np.int64
+    assert back["holdout"].dtype == np.float64 and back["fold"].dtype == np.int64
+    # concat fills the holdout of an input without one with NaN: never "not held out"
+    other = ds.drop_vars("holdout").assign_attrs(area="PEG")
+    joint = nat4xr.concat([ds, other], names=["A1", "PEG"])
+    train = joint.nat4.sel_stims(holdout=False)
+    assert set(train["stim_source"].values.tolist()) == {"A1"}
+    assert set(train["subset"].values.tolist()) == {"est"}
     back.close()
     # a fit reads its folds from the coordinate
     planted, _, _ = _planted()
@@ -365,13 +372,18 @@ def test_planted_strfs_are_recovered_from_a_written_release(tmp_path):
     np.testing.assert_allclose(model.intercept_.sel(neuron=cells).values, rel.intercept, atol=0.05)
 
 
-def test_freq_hz_is_erb_spaced_from_200_hz_up_to_one_step_below_nyquist():
+def test_freq_hz_is_erb_spaced_from_200_hz_up_to_one_step_below_20_khz():
     ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_freq=18, seed=0)
     hz = ds["freq_hz"].values
-    assert ds["freq_hz"].dims == ("freq",) and "NEMS" in ds["freq_hz"].attrs["provenance"]
+    attrs = ds["freq_hz"].attrs
+    assert ds["freq_hz"].dims == ("freq",) and "NAT_stim" in attrs["provenance"]
+    assert "do not state" in attrs["unknown"] and (attrs["f_min_hz"], attrs["f_max_hz"]) == (
+        200.0,
+        20000.0,
+    )
     # Glasberg & Moore: ln(f + EarQ * minBW) is uniformly spaced, from 200 Hz, and one more
-    # step above the top band reaches 22,050 Hz
-    erb = np.log(np.append(hz, 22050.0) + 9.26449 * 24.7)
+    # step above the top band reaches 20 kHz (the lab's stimulus code's f_max)
+    erb = np.log(np.append(hz, 20000.0) + 9.26449 * 24.7)
     np.testing.assert_allclose(np.diff(erb), np.diff(erb)[0], rtol=1e-12)
     assert hz[0] == pytest.approx(200.0) and np.all(np.diff(hz) > 0)
     # it travels with the frequencies into lagged views and fitted filters

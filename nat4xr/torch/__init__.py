@@ -23,7 +23,7 @@ Examples
 >>> import nat4xr
 >>> from nat4xr.torch import to_torch
 >>> ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=5, n_time=10)
->>> batch = next(iter(to_torch(ds, batch_size=3)))
+>>> batch = next(iter(to_torch(ds.nat4.sel_stims(subset="est"), batch_size=3)))  # training
 >>> tuple(batch["responses"].shape), batch["stim_meta"][0]["subset"]
 ((3, 5, 1, 10), 'est')
 """
