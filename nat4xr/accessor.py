@@ -165,12 +165,16 @@ class Nat4Accessor:
             ``name=value`` on stim coordinates (``stim=`` filters by id):
             equality, or "any of" for a list/tuple/set, or a callable that
             receives the coordinate as a Series and returns a bool mask.
+            Every value given (each one of a list) must appear in its
+            coordinate, so that a typo raises instead of selecting nothing;
+            a callable keeps whichever exist (``stim=lambda s: s.isin(ids)``).
 
         Returns
         -------
         xarray.Dataset
-            A new Dataset (possibly empty); the input is unchanged and a lazy
-            ``response`` stays lazy. Its ``repeat`` axis holds the largest
+            A new Dataset (possibly empty: a :class:`nat4xr.Nat4Warning` then
+            says why, e.g. no cell heard the stims kept); the input is
+            unchanged and a lazy ``response`` stays lazy. Its ``repeat`` axis holds the largest
             ``n_repeats`` among the kept stims (the repeats past it are NaN
             for all of them), so an estimation-only selection has one repeat.
             Plain xarray indexing (``ds.isel(stim=...)``) keeps every repeat:
@@ -182,6 +186,9 @@ class Nat4Accessor:
         ------
         KeyError
             For an unknown coordinate name (the message lists the valid ones).
+        ValueError
+            For a value that appears nowhere in its coordinate (the message
+            names it and lists the values that exist).
 
         Examples
         --------
