@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import numpy as np
@@ -547,17 +548,14 @@ class Nat4Accessor:
         if resp is None:
             out["storage"] = "no response"
             return out
-        if resp.chunks is not None:
-            nchunks = int(np.prod([len(c) for c in resp.chunks]))
-            out["storage"] = f"lazy (dask, {nchunks} chunks)"
-        else:
-            out["storage"] = "in memory"
+        out["storage"] = _storage(resp)
         nbytes = self.response_nbytes()
         unit = _unit(nbytes["dense"])
         out["dense"] = _in_unit(nbytes["dense"], unit)
         out["recorded"] = _in_unit(nbytes["recorded"], unit)
         # loading would allocate mostly NaN padding: say so before anyone calls .load()
-        if resp.chunks is not None and nbytes["dense"] >= 2 * nbytes["recorded"]:
+        lazy = not out["storage"].startswith("loaded")
+        if lazy and nbytes["dense"] >= 2 * nbytes["recorded"]:
             out["advice"] = "select before .load()"
         return out
 
@@ -566,7 +564,9 @@ class Nat4Accessor:
 
         The last line gives the size of ``response`` as a dense array (what
         ``.load()`` allocates) and of the values recorded (see
-        :meth:`response_nbytes`), and advises selecting first when a lazy
+        :meth:`response_nbytes`), where its values are (``lazy (dask, ...)``,
+        ``lazy (file-backed, read on access)`` as opened with ``chunks=None``,
+        or ``loaded (in memory)``), and advises selecting first when a lazy
         ``response`` is at least half padding. Nothing is read to compute it.
 
         Examples
@@ -607,6 +607,31 @@ class Nat4Accessor:
             for k, v in c.items()
         )
         return f"<table><caption>nat4 {html.escape(c['area'])}</caption>{rows}</table>"
+
+
+def _storage(var: xr.Variable) -> str:
+    """Where the values of ``var`` are: a dask graph, a file read on access, or memory.
+
+    xarray prints the values of data held in memory, and only ``[N values
+    with dtype=...]`` for data its lazy indexing has not read yet (a file
+    opened with ``chunks=None`` or ``engine="nat4"``). The repr of a
+    one-element corner tells the two apart without reading the file or
+    formatting a large array.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> _storage(xr.Variable(("x",), np.zeros(3)))
+    'loaded (in memory)'
+    >>> _storage(xr.Variable(("x",), np.zeros(3)).chunk())
+    'lazy (dask, 1 chunks)'
+    """
+    if var.chunks is not None:
+        return f"lazy (dask, {int(np.prod([len(c) for c in var.chunks]))} chunks)"
+    corner = var.isel({d: slice(0, 1) for d in var.dims})
+    if re.search(r"^\[\d+ values with dtype=", repr(corner), re.M):
+        return "lazy (file-backed, read on access)"
+    return "loaded (in memory)"
 
 
 _UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
