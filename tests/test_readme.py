@@ -84,6 +84,7 @@ def test_every_python_block_runs(release_server, tmp_path, monkeypatch):
     est, val, scores = namespace["est"], namespace["val"], namespace["scores"]
     assert list(est.neuron.values) == list(val.neuron.values) == list(scores.neuron.values)
     assert val.sizes["neuron"] > 0 and est.sizes["stim"] > 0
+    assert float(scores["r_test"].mean()) > 0.05  # the model it defines learns something
     # the real-data block downloaded both areas and joined them on shared stims
     joint = namespace["joint"]
     assert set(joint["neuron_source"].values.tolist()) == {"A1", "PEG"}
