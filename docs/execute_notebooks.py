@@ -38,6 +38,11 @@ Outputs = list[list[tuple[str, str]]]
 
 _WARNING = re.compile(r"^(?:[A-Za-z]:)?[^\s:]*\.py:\d+: (\w*(?:Warning|Error)\w*): ")
 _VOLATILE = [
+    # progress bars redraw a line: keep what it finally shows
+    (re.compile(r"[^\n]*\r(?!\n)"), ""),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?"), "<datetime>"),
+    (re.compile(r"\d+(?:\.\d+)?\s?(?:it|s|B|kB|MB|GB)/s\b"), "<rate>"),
+    (re.compile(r"\b\d+:\d\d(?::\d\d)?\b"), "<time>"),  # elapsed "00:01", "1:02:03"
     # a timing: "32 ms", "18.7 s", "1.2 min"
     (re.compile(r"\d+(?:\.\d+)?\s?(?:ns|µs|us|ms|s|sec|seconds|min)\b"), "<time>"),
     (re.compile(r"0x[0-9a-fA-F]+"), "0x<address>"),
@@ -87,6 +92,8 @@ def normalize(text: str) -> str:
     'second open: <time>; cache <path>/A1-all-<key>.nc'
     >>> normalize("<Figure at 0x7f3a2c> trained on 30 sounds in 18.7 s")
     '<Figure at 0x<address>> trained on 30 sounds in <time>'
+    >>> normalize("1/9 [00:00<00:05, 1.8it/s]\\r9/9 [00:04<00:00, 2.3it/s]")
+    '9/9 [<time><<time>, <rate>]'
     """
     text = tidy(text)
     for pattern, placeholder in _VOLATILE:
