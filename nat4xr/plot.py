@@ -23,7 +23,10 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("nat4xr plotting needs matplotlib: pip install nat4xr[plot]") from err
+        raise ImportError(
+            "nat4xr plotting needs matplotlib: pip install nat4xr[plot] "
+            '(in a clone of nat4xr: pip install -e ".[plot]")'
+        ) from err
     return plt
 
 
