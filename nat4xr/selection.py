@@ -201,7 +201,8 @@ def filter_mask(
     filters : dict
         ``name=value`` on coordinates along ``dim`` (``dim`` itself filters
         by id; ``source=`` also finds ``<dim>_source``): equality, "any of"
-        for a list/tuple/set/array, or a callable that receives the
+        for a list/tuple/set/array (or a DataArray of values, such as
+        ``other.neuron``), or a callable that receives the
         coordinate as a Series and returns a bool mask.
 
     Raises
@@ -235,6 +236,9 @@ def filter_mask(
             names = ", ".join(map(str, [dim, *allowed]))
             raise KeyError(f"no {dim} coordinate named {name!r}; available: {names}")
         values = ids(ds, dim) if name == dim else metadata_values(ds.variables[name])
+        if isinstance(value, (xr.DataArray, xr.Variable)):  # e.g. other.neuron: its values
+            value = metadata_values(value)
+            value = value if value.ndim else value.item()
         if callable(value):
             m = value(pd.Series(values, index=ids(ds, dim), name=name))
         elif isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
@@ -291,7 +295,8 @@ def _require_present(values: np.ndarray, wanted: list[Any], dim: str, name: str)
             f"callable: {name}=lambda s: s.isin(your_list)."
         )
     shown = shown or f"no values: the Dataset has no {dim}s"
-    raise ValueError(f"{name}={bad} appears nowhere in the {where} ({shown}).{hint}{rule}")
+    verb = "appears" if len(missing) == 1 else "appear"
+    raise ValueError(f"{name}={bad} {verb} nowhere in the {where} ({shown}).{hint}{rule}")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -129,3 +129,15 @@ def test_a_selection_with_data_is_silent(ds):
         warnings.simplefilter("error")
         val = ds.nat4.sel_stims(subset=["val"])
         assert val.sizes["stim"] == int((ds["subset"].values == "val").sum())
+
+
+def test_ids_of_another_dataset_select_by_their_values(ds):
+    val = ds.nat4.sel_stims(subset="val")
+    same = ds.nat4.sel_neurons(neuron=val.neuron)
+    assert list(same.neuron.values) == list(val.neuron.values)
+    one = ds.nat4.sel_neurons(neuron=val.neuron[0])
+    assert list(one.neuron.values) == [val.neuron.values[0]]
+    other = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, seed=9)
+    other = other.assign_coords(neuron=[f"x{i}" for i in range(3)])
+    with pytest.raises(ValueError, match="neuron='x0', 'x1', 'x2' appear nowhere"):
+        ds.nat4.sel_neurons(neuron=other.neuron)
