@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import numpy as np
@@ -165,12 +166,16 @@ class Nat4Accessor:
             ``name=value`` on stim coordinates (``stim=`` filters by id):
             equality, or "any of" for a list/tuple/set, or a callable that
             receives the coordinate as a Series and returns a bool mask.
+            Every value given (each one of a list) must appear in its
+            coordinate, so that a typo raises instead of selecting nothing;
+            a callable keeps whichever exist (``stim=lambda s: s.isin(ids)``).
 
         Returns
         -------
         xarray.Dataset
-            A new Dataset (possibly empty); the input is unchanged and a lazy
-            ``response`` stays lazy. Its ``repeat`` axis holds the largest
+            A new Dataset (possibly empty: a :class:`nat4xr.Nat4Warning` then
+            says why, e.g. no cell heard the stims kept); the input is
+            unchanged and a lazy ``response`` stays lazy. Its ``repeat`` axis holds the largest
             ``n_repeats`` among the kept stims (the repeats past it are NaN
             for all of them), so an estimation-only selection has one repeat.
             Plain xarray indexing (``ds.isel(stim=...)``) keeps every repeat:
@@ -182,6 +187,9 @@ class Nat4Accessor:
         ------
         KeyError
             For an unknown coordinate name (the message lists the valid ones).
+        ValueError
+            For a value that appears nowhere in its coordinate (the message
+            names it and lists the values that exist).
 
         Examples
         --------
@@ -573,17 +581,14 @@ class Nat4Accessor:
         if resp is None:
             out["storage"] = "no response"
             return out
-        if resp.chunks is not None:
-            nchunks = int(np.prod([len(c) for c in resp.chunks]))
-            out["storage"] = f"lazy (dask, {nchunks} chunks)"
-        else:
-            out["storage"] = "in memory"
+        out["storage"] = _storage(resp)
         nbytes = self.response_nbytes()
         unit = _unit(nbytes["dense"])
         out["dense"] = _in_unit(nbytes["dense"], unit)
         out["recorded"] = _in_unit(nbytes["recorded"], unit)
         # loading would allocate mostly NaN padding: say so before anyone calls .load()
-        if resp.chunks is not None and nbytes["dense"] >= 2 * nbytes["recorded"]:
+        lazy = not out["storage"].startswith("loaded")
+        if lazy and nbytes["dense"] >= 2 * nbytes["recorded"]:
             out["advice"] = "select before .load()"
         return out
 
@@ -592,7 +597,9 @@ class Nat4Accessor:
 
         The last line gives the size of ``response`` as a dense array (what
         ``.load()`` allocates) and of the values recorded (see
-        :meth:`response_nbytes`), and advises selecting first when a lazy
+        :meth:`response_nbytes`), where its values are (``lazy (dask, ...)``,
+        ``lazy (file-backed, read on access)`` as opened with ``chunks=None``,
+        or ``loaded (in memory)``), and advises selecting first when a lazy
         ``response`` is at least half padding. Nothing is read to compute it.
 
         Examples
@@ -633,6 +640,31 @@ class Nat4Accessor:
             for k, v in c.items()
         )
         return f"<table><caption>nat4 {html.escape(c['area'])}</caption>{rows}</table>"
+
+
+def _storage(var: xr.Variable) -> str:
+    """Where the values of ``var`` are: a dask graph, a file read on access, or memory.
+
+    xarray prints the values of data held in memory, and only ``[N values
+    with dtype=...]`` for data its lazy indexing has not read yet (a file
+    opened with ``chunks=None`` or ``engine="nat4"``). The repr of a
+    one-element corner tells the two apart without reading the file or
+    formatting a large array.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> _storage(xr.Variable(("x",), np.zeros(3)))
+    'loaded (in memory)'
+    >>> _storage(xr.Variable(("x",), np.zeros(3)).chunk())
+    'lazy (dask, 1 chunks)'
+    """
+    if var.chunks is not None:
+        return f"lazy (dask, {int(np.prod([len(c) for c in var.chunks]))} chunks)"
+    corner = var.isel({d: slice(0, 1) for d in var.dims})
+    if re.search(r"^\[\d+ values with dtype=", repr(corner), re.M):
+        return "lazy (file-backed, read on access)"
+    return "loaded (in memory)"
 
 
 _UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))

@@ -1,7 +1,10 @@
 """Matplotlib views: the coverage map, one cell's trials, per-cell scores, fitted STRFs.
 
 matplotlib is an optional dependency (``pip install nat4xr[plot]``); it is
-imported when a function here is called, not when nat4xr is imported.
+imported when a function here is called, not when nat4xr is imported. A
+figure made here uses matplotlib's constrained layout, so its labels,
+titles and colorbars stay inside it when saved with a plain ``savefig``; an
+``ax=`` given by the caller keeps its figure's layout.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("nat4xr plotting needs matplotlib: pip install nat4xr[plot]") from err
+        raise ImportError(
+            "nat4xr plotting needs matplotlib: pip install nat4xr[plot] "
+            '(in a clone of nat4xr: pip install -e ".[plot]")'
+        ) from err
     return plt
 
 
@@ -64,7 +70,7 @@ def plot_coverage(ds: xr.Dataset, ax: Any = None) -> Any:
     cell_order = np.argsort(~has_val, kind="stable")
     grid = cov[stim_order][:, cell_order].T
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4))
+        _, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     ax.imshow(grid, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
     n_est = int((~is_val).sum())
     if 0 < n_est < len(is_val):
@@ -150,7 +156,12 @@ def plot_trial(
     raster = resp[kept]
     if axes is None:
         _, axes = plt.subplots(
-            3, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 2, 1.2]}
+            3,
+            1,
+            figsize=(7, 6),
+            sharex=True,
+            gridspec_kw={"height_ratios": [2, 2, 1.2]},
+            layout="constrained",
         )
     axes = np.asarray(axes)
     dt = float(ds.attrs.get("dt", time[1] - time[0] if len(time) > 1 else 0.01))
@@ -267,7 +278,7 @@ def plot_scores(
     ids, x, y = paired_values(a, b, metric, cells=cells)
     name_a, name_b = labels or ("a", "b")
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
+        _, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
     filled = np.ones(len(ids), dtype=bool)
     if {"r_test", "se_test", "r_floor"} <= set(a.data_vars):
         sig = significant(a)
@@ -326,7 +337,7 @@ def plot_strf(strf: Any, neuron: Any, ax: Any = None) -> Any:
     lag_ms = 1000 * np.asarray(one["lag"].values, dtype=float)
     step = lag_ms[1] - lag_ms[0] if len(lag_ms) > 1 else 10.0
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3.2))
+        _, ax = plt.subplots(figsize=(4, 3.2), layout="constrained")
     limit = float(np.nanmax(np.abs(one.values))) or 1.0
     image = ax.imshow(
         one.values,

@@ -18,12 +18,16 @@ Examples
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from .errors import Nat4Warning
 
 __all__ = [
     "AXES",
@@ -42,6 +46,13 @@ __all__ = [
 #: The two axes that selection works on; each one's rule prunes the other.
 AXES = ("stim", "neuron")
 _OTHER = {"stim": "neuron", "neuron": "stim"}
+# Coordinates whose possible values are known beforehand: asking for one that
+# this Dataset does not hold (val stims of an estimation-only Dataset) is an
+# empty selection, not a typo.
+_DOMAINS: dict[str, frozenset[str]] = {
+    "subset": frozenset({"est", "val"}),
+    "area": frozenset({"A1", "PEG"}),
+}
 # Backend encodings that describe the on-disk layout of the full array; once a
 # selection has changed a dask variable's shape they are stale.
 _STALE_ENCODING = ("chunksizes", "original_shape", "preferred_chunks", "contiguous")
@@ -190,7 +201,8 @@ def filter_mask(
     filters : dict
         ``name=value`` on coordinates along ``dim`` (``dim`` itself filters
         by id; ``source=`` also finds ``<dim>_source``): equality, "any of"
-        for a list/tuple/set/array, or a callable that receives the
+        for a list/tuple/set/array (or a DataArray of values, such as
+        ``other.neuron``), or a callable that receives the
         coordinate as a Series and returns a bool mask.
 
     Raises
@@ -224,16 +236,89 @@ def filter_mask(
             names = ", ".join(map(str, [dim, *allowed]))
             raise KeyError(f"no {dim} coordinate named {name!r}; available: {names}")
         values = ids(ds, dim) if name == dim else metadata_values(ds.variables[name])
+        if isinstance(value, (xr.DataArray, xr.Variable)):  # e.g. other.neuron: its values
+            value = metadata_values(value)
+            value = value if value.ndim else value.item()
         if callable(value):
             m = value(pd.Series(values, index=ids(ds, dim), name=name))
         elif isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
-            m = np.isin(values, np.asarray(list(value)))
+            wanted = list(value)
+            m = np.isin(values, np.asarray(wanted))
+            _require_present(values, wanted, dim, name)
         else:
             m = values == value
             if np.ndim(m) == 0:  # numpy gives a scalar when types cannot be compared
                 m = np.full(n, bool(m))
+            if not m.any():
+                _require_present(values, [value], dim, name)
         mask &= _as_mask(m, n, f"filter {name}=")
     return mask
+
+
+def _require_present(values: np.ndarray, wanted: list[Any], dim: str, name: str) -> None:
+    """Raise when a filter value appears nowhere in the coordinate: a typo, not a selection.
+
+    Every value of a list must exist, as with pandas' ``.loc`` and xarray's
+    ``.sel``: one mistyped id among many would otherwise drop its entries
+    without a word. ``True``/``False`` on a bool coordinate and the values
+    of :data:`_DOMAINS` always exist (a Dataset may hold none of them).
+    """
+    if values.dtype == bool and all(isinstance(v, (bool, np.bool_)) for v in wanted):
+        return
+    if all(v in _DOMAINS.get(name, ()) for v in wanted):
+        return
+    known = pd.unique(pd.Series(values, dtype=object).dropna()) if values.size else []
+    try:
+        present = set(known)
+        missing = [v for v in wanted if v not in present]
+    except TypeError:  # unhashable values: compare one by one
+        missing = [v for v in wanted if not any(_same(v, k) for k in known)]
+    if not missing:
+        return
+    try:
+        existing = sorted(known)
+    except TypeError:  # mixed types: keep the coordinate's order
+        existing = list(known)
+    shown = ", ".join(repr(_plain(v)) for v in existing[:12])
+    if len(existing) > 12:
+        shown += f", ... ({len(existing)} values in all)"
+    where = f"{dim} ids" if name == dim else f"{dim} coordinate {name!r}"
+    bad = ", ".join(repr(_plain(v)) for v in missing)
+    hint = ""
+    close = difflib.get_close_matches(str(missing[0]), [str(v) for v in existing], n=3)
+    if close:
+        hint = f" Did you mean {', '.join(map(repr, close))}?"
+    rule = ""
+    if len(wanted) > 1:
+        rule = (
+            " Every value of a list must exist; to keep those that do, filter with a "
+            f"callable: {name}=lambda s: s.isin(your_list)."
+        )
+    shown = shown or f"no values: the Dataset has no {dim}s"
+    verb = "appears" if len(missing) == 1 else "appear"
+    raise ValueError(f"{name}={bad} {verb} nowhere in the {where} ({shown}).{hint}{rule}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` as a filter compares them (False where the types cannot be compared)."""
+    try:
+        return bool(np.asarray(a == b).all())
+    except (TypeError, ValueError):
+        return False
+
+
+def _show(value: Any) -> str:
+    """A filter value as the user wrote it (numpy scalars as Python ones)."""
+    if callable(value):
+        return "<callable>"
+    if isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)):
+        return repr([_plain(v) for v in value])
+    return repr(_plain(value))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (``'val'``, not ``np.str_('val')``)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # -- positional selection -----------------------------------------------------------------------
@@ -466,8 +551,28 @@ def select_matching(ds: xr.Dataset, dim: str, *predicates: Any, **filters: Any) 
         rest = np.flatnonzero(cov[keep].any(axis=0))
     else:
         rest = np.flatnonzero(np.dot(cov, mask))  # bool dot = any over kept columns
+    if len(rest) == 0 and ds.sizes[dim] and ds.sizes[_OTHER[dim]]:
+        _warn_empty(dim, len(keep), predicates, filters)
     picked = {dim: keep, _OTHER[dim]: rest}
     return select(ds, **picked, repeat=repeats_held(ds, picked["stim"]))
+
+
+def _warn_empty(dim: str, n_kept: int, predicates: Sequence[Any], filters: dict[str, Any]) -> None:
+    """Say why a selection whose values all exist came out empty."""
+    other = _OTHER[dim]
+    asked = [f"{k}={_show(v)}" for k, v in filters.items()]
+    asked += [f"{dim} predicate #{i}" for i in range(len(predicates))]
+    if n_kept == 0:
+        reason = f"no {dim} of this Dataset matches {' and '.join(asked) or 'the selection'}"
+        result = "the result is empty"
+    else:
+        reason = f"none of the {n_kept} matching {dim}s has data for any {other}"
+        result = f"the result has {n_kept} {dim}s and no {other}s"
+    warnings.warn(
+        f"empty selection: {reason}; {result}",
+        Nat4Warning,
+        stacklevel=4,
+    )
 
 
 def prune(ds: xr.Dataset) -> xr.Dataset:

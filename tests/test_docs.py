@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import inspect
 import os
 import re
@@ -44,13 +45,48 @@ def _code_cells(nb) -> list:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_tutorial_is_committed_clean() -> None:
+def _notebook_tools():
+    """docs/execute_notebooks.py, which stores the outputs and says what "current" means."""
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", DOCS / "execute_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tutorial_is_stored_with_its_outputs() -> None:
+    """Someone browsing the notebook sees every output and figure, from one clean run."""
     nbformat = pytest.importorskip("nbformat")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
-    dirty = [i for i, c in enumerate(_code_cells(nb)) if c.outputs or c.execution_count]
-    assert not dirty, f"code cells {dirty} of {NOTEBOOK.name} carry outputs; clear them"
+    cells = _code_cells(nb)
+    counts = [c.execution_count for c in cells]
+    rerun = "run `python docs/execute_notebooks.py` and commit the notebook"
+    assert counts == list(range(1, len(cells) + 1)), f"not one top-to-bottom run: {rerun}"
+    assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
+    figures = [o for c in cells for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == 7
+    text = NOTEBOOK.read_text(encoding="utf-8")
+    for volatile in ("/tmp/", "/home/", "/root/", "/work/", "site-packages", '"execution": {'):
+        assert volatile not in text, f"{volatile!r} is stored in {NOTEBOOK.name}; {rerun}"
+
+
+def test_notebook_outputs_are_compared_without_volatile_values() -> None:
+    tools = _notebook_tools()
+    assert doctest.testmod(tools).failed == 0
+    stored = "cache file: <data dir>/cache/A1-all-dbf793bb47e521de.nc\nsecond open: 32 ms\n"
+    fresh = "cache file: /tmp/pytest-9/d0/cache/A1-all-e2d4b05dc3f068fd.nc\nsecond open: 7 ms\n"
+    assert tools.normalize(stored) == tools.normalize(fresh)
+    warning = "/src/nat4xr/opening.py:132: Nat4Warning: 2 cells\n  return build_dataset(\n"
+    assert tools.normalize(warning) == tools.normalize("Nat4Warning: 2 cells\n")
+    # numbers with decimals agree within rounding; counts and words exactly
+    assert tools.differences([[("stdout", "CCraw 18.7 %")]], [[("stdout", "CCraw 18.8 %")]]) == []
+    assert tools.differences([[("stdout", "38 cells")]], [[("stdout", "40 cells")]])
+    assert tools.differences([[("stdout", "CCraw 18.7 %")]], [[("stdout", "CCraw 25.0 %")]])
+    assert tools.differences([[("stdout", "in memory")]], [[("stdout", "lazy")]])
+    assert tools.differences([[("stdout", "x")]], [[("stdout", "x"), ("image", "")]])
 
 
 def test_tutorial_tours_the_api() -> None:
@@ -101,6 +137,14 @@ def test_tutorial_executes(docs_env: Path, demo_home: Path) -> None:
     client.execute()  # raises CellExecutionError on the first failing cell
     errors = [o for c in _code_cells(nb) for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # the stored outputs are what the code prints today
+    tools = _notebook_tools()
+    stored = tools.outputs(nbformat.read(NOTEBOOK, as_version=4))
+    stale = tools.differences(stored, tools.outputs(nb))
+    assert not stale, (
+        f"the outputs stored in {NOTEBOOK.name} are out of date; run "
+        "`python docs/execute_notebooks.py` and commit the notebook:\n" + "\n".join(stale)
+    )
     text = "\n".join(
         o.get("text", "") for c in _code_cells(nb) for o in c.outputs if o.output_type == "stream"
     )

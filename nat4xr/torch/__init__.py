@@ -36,7 +36,9 @@ try:
     import torch  # noqa: F401
 except ImportError as err:  # pragma: no cover - exercised only without torch
     raise ImportError(
-        "nat4xr.torch needs PyTorch, which is not installed: pip install nat4xr[torch]"
+        "nat4xr.torch needs PyTorch, which is not installed: pip install nat4xr[torch] "
+        '(in a clone of nat4xr: pip install -e ".[torch]"; without a GPU, first the '
+        "CPU-only build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
     ) from err
 
 from .dataset import NAT4TorchDataset, collate
