@@ -20,8 +20,8 @@ def hanning_window(width_bins: float) -> np.ndarray:
     >>> hanning_window(0.5).tolist()
     [1.0]
     """
-    if not width_bins > 0:
-        raise ValueError(f"window width must be positive, got {width_bins!r}")
+    if not 0 < width_bins < np.inf:
+        raise ValueError(f"window width must be a positive finite number, got {width_bins!r}")
     n = 2 * int(np.floor(width_bins / 2)) + 1
     taps = np.hanning(n + 2)[1:-1]
     return taps / taps.sum()
@@ -49,6 +49,12 @@ def hanning_smooth(data: Any, width_bins: float, axis: int = -1) -> Any:
     >>> hanning_smooth(x, 2).round(3).tolist()
     [0.0, 1.0, 2.0, 1.333, nan, 0.0]
     """
+    n_bins = np.shape(data)[axis] if np.ndim(data) else 0
+    if not 0 < width_bins <= max(n_bins, 1):
+        raise ValueError(
+            f"a smoothing window of {width_bins!r} bins is longer than the {n_bins} bins it "
+            "would smooth (or not a positive number): choose a window shorter than a trial"
+        )
     taps = hanning_window(width_bins)
     if hasattr(data, "map_overlap"):
         axis = axis % data.ndim

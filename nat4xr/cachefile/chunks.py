@@ -44,7 +44,15 @@ import numpy as np
 from ..errors import CacheError
 from .layout import FIELDS, INDEX_GROUP, chunk_grid
 
-__all__ = ["DECODED_CACHE_BYTES", "ChunkFile", "ChunkIndex", "crc32", "read_index"]
+__all__ = [
+    "DECODED_CACHE_BYTES",
+    "ChunkFile",
+    "ChunkIndex",
+    "crc32",
+    "in_use",
+    "read_index",
+    "share_lock",
+]
 
 #: Decoded compressed chunks kept per open file (least recently used first out),
 #: as netCDF-C's per-variable chunk cache (64 MiB) keeps them for HDF5 readers.
@@ -166,6 +174,11 @@ class ChunkFile:
     Thread-safe for reading. After :meth:`close` the next read maps the file
     again (checking ``identity``), as xarray's lazy arrays reopen files.
 
+    While mapped, the file stays open and holds a shared advisory lock
+    (:func:`share_lock`), inherited by forked processes: housekeeping that
+    deletes caches skips a file in use (:func:`in_use`), and a file deleted
+    anyway (``rm``) stays readable through the open handle until :meth:`close`.
+
     Which unfiltered chunks have passed their check is kept in memory shared
     with the processes forked from this one (DataLoader workers, dask's
     process pools), so each chunk of a file is checked once for all of them,
@@ -183,6 +196,7 @@ class ChunkFile:
         self.identity = identity
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
+        self._handle: Any = None
         self._bytes: np.ndarray | None = None
         self._checked = _shared_flags(index)
         self._decoded: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -207,7 +221,8 @@ class ChunkFile:
 
     def _open(self) -> None:
         try:
-            with open(self.path, "rb") as fh:
+            fh = open(self.path, "rb")  # held until close(): see Notes
+            try:
                 st = os.fstat(fh.fileno())
                 now = (st.st_ino, st.st_size, st.st_mtime_ns)
                 if self.identity is not None and now != tuple(self.identity):
@@ -216,9 +231,14 @@ class ChunkFile:
                         "(open_nat4 or xarray.open_dataset(..., engine='nat4'))"
                     )
                 self.identity = now
+                share_lock(fh.fileno())
                 self._map = (
                     mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else None
                 )
+            except BaseException:
+                fh.close()
+                raise
+            self._handle = fh
         except OSError as exc:
             raise CacheError(
                 f"cannot read the cache file {self.path} ({exc}); open_nat4(..., rebuild=True) "
@@ -231,7 +251,7 @@ class ChunkFile:
         )
 
     def close(self) -> None:
-        """Unmap the file and release its handle now."""
+        """Unmap the file and release its handle (and its shared lock) now."""
         with self._lock:
             self._bytes = None
             if self._map is not None:
@@ -240,6 +260,9 @@ class ChunkFile:
                 except BufferError:  # a view is still alive: unmapped when it is dropped
                     pass
                 self._map = None
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
             self._decoded.clear()
             self._decoded_bytes = 0
 
@@ -375,3 +398,39 @@ def _unshuffle(shuffled: bytes, dtype: np.dtype) -> np.ndarray:
     for k in range(size):
         planes[:, k] = src[k * n : (k + 1) * n]
     return out
+
+
+def share_lock(fd: int) -> None:
+    """Take a shared advisory lock (``flock``) on an open cache file: "a reader has it open".
+
+    Released when every descriptor sharing it is closed. A no-op where
+    ``fcntl`` does not exist (Windows refuses to delete an open file anyway)
+    or the file system does not support ``flock``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:  # a file system without flock: reading works, clearing cannot tell
+        pass
+
+
+def in_use(fd: int) -> bool:
+    """Whether a reader holds the shared lock of the cache file open as ``fd``.
+
+    Otherwise ``fd`` now holds the exclusive lock (until it is closed), so no
+    reader can start mapping the file while the caller deletes it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this file system
+        return False
+    return False
