@@ -160,8 +160,8 @@ def fetch(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(
-            f"cannot create the release folder {root}: {exc}; pass another folder (path=, "
-            "or --path) or set NAT4XR_DATA_DIR to a writable folder"
+            f"cannot create the release folder {root}: {exc}; pass another folder (path=) "
+            "or set NAT4XR_DATA_DIR to a writable folder"
         ) from exc
     base_url = _base_url()
     pup = copy.copy(POOCH)
@@ -519,8 +519,8 @@ def _verify_read_only(root: Path, names: list[str], base_url: str, cause: OSErro
     if problems:
         raise DownloadError(
             f"cannot fetch into {root} ({cause.strerror or cause}), and the release there is "
-            f"incomplete: {'; '.join(problems)}; fetch into a writable folder (path=, or "
-            "--path) or ask the folder's owner to run the fetch"
+            f"incomplete: {'; '.join(problems)}; fetch into a writable folder (path=) "
+            "or ask the folder's owner to run the fetch"
         ) from cause
     return root
 

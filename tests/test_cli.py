@@ -139,7 +139,9 @@ def test_errors_are_one_line_and_non_zero(env, tmp_path, capsys):
     usage = run(env, "fetch", "V1")
     assert usage.returncode == 2 and "nat4xr fetch: error:" in usage.stderr
 
-    # The same paths in-process (cheap): a missing release says how to get it.
+    # The same paths in-process (cheap): a missing release says how to get it, in
+    # the command line's words, not Python's.
     assert main(["build", "A1", "--path", str(tmp_path / "empty"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("nat4xr: error: ") and "download=True" in err
+    assert err.startswith("nat4xr: error: ") and "`nat4xr fetch A1`" in err and "--path" in err
+    assert "download=True" not in err and "path=" not in err
