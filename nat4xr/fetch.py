@@ -418,7 +418,7 @@ class _Download:
                 bar = _bar(total, self.progress, self.target.name)
                 try:
                     with open(tmp, "wb") as out:
-                        for piece in reply.raw.stream(1 << 20, decode_content=False):
+                        for piece in _pieces(reply.raw):
                             out.write(piece)
                             bar.update(len(piece))
                 finally:
@@ -427,6 +427,15 @@ class _Download:
             raise requests.exceptions.ConnectionError(f"{url}: {exc}") from exc
         if encoding in ("gzip", "x-gzip", "deflate") and not _matches(tmp, self.known_hash):
             _decode_if_it_matches(tmp, encoding, self.known_hash)
+
+
+def _pieces(raw) -> Iterator[bytes]:
+    """The body as received (up to 1 MiB at a time, without waiting to fill a piece)."""
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from raw.stream(1 << 20, decode_content=False)
+        return
+    while piece := raw.read1(1 << 20, decode_content=False):
+        yield piece
 
 
 def _bar(total: int, show: bool, name: str):
