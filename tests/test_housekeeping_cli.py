@@ -244,7 +244,7 @@ def _start_fetch(root: Path) -> subprocess.Popen:
 
 def _wait_for_partial(root: Path, proc: subprocess.Popen) -> Path:
     for _ in range(600):
-        partial = [p for p in root.glob(".A1_single_sites.zip.*.tmp") if p.stat().st_size > 0]
+        partial = [p for p in root.glob("*tmp*") if p.is_file()]  # a download under way
         if partial:
             return partial[0]
         assert proc.poll() is None, proc.stderr.read()
@@ -279,51 +279,50 @@ def test_a_killed_download_leaves_nothing_behind(server, tmp_path, sig):
 
 
 def test_a_second_builder_says_whom_it_waits_for(server, release_dir, tmp_path):
-    target = nat4xr.opening.cache_path("A1", path=release_dir)
-    holder = subprocess.Popen(
+    first = subprocess.Popen(  # a real builder, held in its build until told to go on
         [
             sys.executable,
             "-c",
-            "import sys\n"
-            "from pathlib import Path\n"
-            "from nat4xr.cachefile.writer import lock\n"
-            "from nat4xr.locks import record_owner\n"
-            f"guard = lock(Path({str(target)!r}))\n"
-            "guard.acquire()\n"
-            "record_owner(guard.lock_file)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.readline()\n",
+            "import sys, warnings, nat4xr, nat4xr.build as b\n"
+            "warnings.simplefilter('ignore')\n"
+            "real = b.build_dataset\n"
+            "def held(*args, **kwargs):\n"
+            "    print('building', flush=True)\n"
+            "    sys.stdin.readline()\n"
+            "    return real(*args, **kwargs)\n"
+            "b.build_dataset = held\n"
+            f"ds = nat4xr.open_nat4('A1', path={str(release_dir)!r}, progress=False)\n"
+            "print(ds.encoding['source'], flush=True)\n",
         ],
         env=_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    builder = None
+    second = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        assert holder.stdout.readline().strip() == "held"
-        builder = subprocess.Popen(
+        assert first.stdout.readline().strip() == "building"
+        second = subprocess.Popen(
             [sys.executable, "-m", "nat4xr.cli", "build", "A1", "--path", str(release_dir), "-q"],
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        ready, _, _ = select.select([builder.stderr], [], [], 120)
+        ready, _, _ = select.select([second.stderr], [], [], 60)
         assert ready, "the second builder said nothing while it waited"
-        line = builder.stderr.readline()
+        line = second.stderr.readline()
         assert line.startswith("nat4xr: warning: waiting for "), line
-        assert f"PID {holder.pid} on {socket.gethostname()} since " in line
-        assert f"building {target}" in line
-        assert builder.poll() is None  # still waiting
-        holder.stdin.write("done\n")
-        holder.stdin.flush()
-        assert holder.wait(timeout=60) == 0
-        assert builder.wait(timeout=120) == 0, builder.stderr.read()
-        assert target.exists()
+        assert f"PID {first.pid} on {socket.gethostname()} since " in line
+        assert second.poll() is None  # still waiting
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        target = first.stdout.readline().strip()
+        assert first.wait(timeout=60) == 0
+        assert f"building {target} " in line
+        assert second.wait(timeout=120) == 0, second.stderr.read()
     finally:
-        for proc in (holder, builder):
+        for proc in (first, second):
             if proc is not None:
                 proc.kill()
                 proc.wait()
