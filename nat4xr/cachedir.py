@@ -41,7 +41,7 @@ __all__ = [
 #: Names of cache files: ``<area>-<subset>-<16 hex digits>.nc``.
 CACHE_NAME = re.compile(r"(?P<area>[A-Za-z0-9]+)-(?P<subset>[a-z]+)-(?P<key>[0-9a-f]{16})\.nc")
 #: Source files up to this size are part of the cache key by their content.
-CONTENT_BYTES = 4 << 20
+CONTENT_BYTES = 1 << 20
 
 
 def data_dir() -> Path:
@@ -103,12 +103,13 @@ def cache_key(files: Iterable[str | os.PathLike], options: Mapping[str, Any]) ->
     resolved path and the size; for files up to :data:`CONTENT_BYTES` (the
     per-cell table, sidecars) a SHA-256 of the content; for larger ones (the
     recordings, read in full only by a build) the modification time and the
-    status-change time (``st_ctime``), which copy and sync tools cannot set
-    back (``touch -r``, ``cp -p``, ``rsync -a`` and ``unzip`` restore the
+    status-change time (``st_ctime``), which no copy or sync tool can set back
+    (``touch -r``, ``cp -p``, ``rsync -a`` and ``unzip`` restore the
     modification time only). Then the build ``options``, the nat4xr version,
-    the schema version and :data:`CACHE_FORMAT`. Not covered: a large file
-    rewritten in place to the same size by a tool that also resets the clock
-    of the file system itself.
+    the schema version and :data:`CACHE_FORMAT`. So any edit of a source file
+    gives a new key; a ``chmod`` or ``chown`` of a large file gives one too
+    (one needless rebuild), and only a large file rewritten to the same size
+    while the system clock is set back could meet its old cache.
 
     Examples
     --------
@@ -234,7 +235,7 @@ def cache_clear(area: str | None = None) -> list[Path]:
         try:
             with filelock.FileLock(str(lock_file), timeout=0):
                 try:
-                    fh = open(entry.path, "rb")
+                    fh = _open_for_lock(entry.path)
                 except FileNotFoundError:
                     continue
                 with fh:
@@ -271,3 +272,15 @@ def cache_clear(area: str | None = None) -> list[Path]:
             stacklevel=2,
         )
     return removed
+
+
+def _open_for_lock(path: Path) -> Any:
+    """The file opened so that an exclusive ``flock`` works on it.
+
+    Read-write where allowed (NFS emulates ``flock`` with byte-range locks,
+    whose exclusive kind needs write access), read-only otherwise.
+    """
+    try:
+        return open(path, "r+b")
+    except PermissionError:
+        return open(path, "rb")

@@ -53,9 +53,21 @@ def describe_owner(lock_file: str | os.PathLike) -> str:
         with open(lock_file, encoding="utf-8") as fh:
             pid, host, since = fh.read(200).split()[:3]
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(since)))
+        if host == socket.gethostname() and not _alive(int(pid)):
+            raise ValueError("the recorded owner has ended: the holder did not record itself")
         return f"PID {int(pid)} on {host} since {when}"
     except (OSError, ValueError):
         return "another process (no owner recorded)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def wait_announced(lock: filelock.FileLock, what: str) -> None:

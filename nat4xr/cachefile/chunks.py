@@ -174,10 +174,11 @@ class ChunkFile:
     Thread-safe for reading. After :meth:`close` the next read maps the file
     again (checking ``identity``), as xarray's lazy arrays reopen files.
 
-    While mapped, the file stays open and holds a shared advisory lock
-    (:func:`share_lock`), inherited by forked processes: housekeeping that
-    deletes caches skips a file in use (:func:`in_use`), and a file deleted
-    anyway (``rm``) stays readable through the open handle until :meth:`close`.
+    While mapped, the file holds a shared advisory lock (:func:`share_lock`;
+    the map keeps the open file, and so the lock, alive; forked processes
+    share it): housekeeping that deletes caches skips a file in use
+    (:func:`in_use`), and a file deleted anyway (``rm``) stays readable
+    through the map until :meth:`close`.
 
     Which unfiltered chunks have passed their check is kept in memory shared
     with the processes forked from this one (DataLoader workers, dask's
@@ -196,7 +197,6 @@ class ChunkFile:
         self.identity = identity
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
-        self._handle: Any = None
         self._bytes: np.ndarray | None = None
         self._checked = _shared_flags(index)
         self._decoded: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -221,8 +221,7 @@ class ChunkFile:
 
     def _open(self) -> None:
         try:
-            fh = open(self.path, "rb")  # held until close(): see Notes
-            try:
+            with open(self.path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 now = (st.st_ino, st.st_size, st.st_mtime_ns)
                 if self.identity is not None and now != tuple(self.identity):
@@ -231,14 +230,11 @@ class ChunkFile:
                         "(open_nat4 or xarray.open_dataset(..., engine='nat4'))"
                     )
                 self.identity = now
+                # The map keeps the open file (and this lock) alive after `fh` closes.
                 share_lock(fh.fileno())
                 self._map = (
                     mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else None
                 )
-            except BaseException:
-                fh.close()
-                raise
-            self._handle = fh
         except OSError as exc:
             raise CacheError(
                 f"cannot read the cache file {self.path} ({exc}); open_nat4(..., rebuild=True) "
@@ -251,7 +247,7 @@ class ChunkFile:
         )
 
     def close(self) -> None:
-        """Unmap the file and release its handle (and its shared lock) now."""
+        """Unmap the file and release its handle (and so its shared lock) now."""
         with self._lock:
             self._bytes = None
             if self._map is not None:
@@ -260,9 +256,6 @@ class ChunkFile:
                 except BufferError:  # a view is still alive: unmapped when it is dropped
                     pass
                 self._map = None
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
             self._decoded.clear()
             self._decoded_bytes = 0
 
