@@ -283,6 +283,8 @@ def _for_shell(message: str, args: argparse.Namespace) -> str:
     area = getattr(args, "area", None) or getattr(args, "target", None)
     area = area if area in ("A1", "PEG") else "AREA"
     rules = (
+        (r"[Pp]ass download=True with waveform=True \(or run `nat4xr fetch AREA --wav`\)",
+         f"run `nat4xr fetch {area} --wav` (or `nat4xr build {area} --waveform --download`)"),
         (r"open_nat4\(\.\.\., rebuild=True\)", f"`nat4xr build {area} --rebuild`"),
         (r"(?:[Pp]ass|with) download=True(?: \(or run `nat4xr fetch`\))?",
          f"run `nat4xr fetch {area}` (or `nat4xr build {area} --download`)"),

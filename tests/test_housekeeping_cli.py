@@ -431,3 +431,51 @@ def test_the_accessor_is_there_whichever_is_imported_first():
         [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
     )
     assert proc.stdout.split() == ["False", "True", "True"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "/d/A1_NAT4_ozgf.fs100.ch18.tgz: the population recording not found. Pass download=True "
+        "(or run `nat4xr fetch`) to fetch the release, or point path= at the folder that holds it",
+        "/d/wav.zip: the source sounds (wav/ or wav.zip) not found. Pass download=True with "
+        "waveform=True (or run `nat4xr fetch AREA --wav`) to fetch them",
+        "/d/x.tgz: the archive is truncated or corrupt (CRC); delete it and fetch it again "
+        "(download=True)",
+        "/c/A1-all-0123456789abcdef.nc: the chunk of response at stim=3 fails its CRC-32 check: "
+        "the cache file is damaged; open_nat4(..., rebuild=True) builds it again",
+        "cannot create the lock file /c/x.nc.lock (permission denied); check free space and "
+        "permissions, set NAT4XR_CACHE_DIR to a writable folder, or pass cache=False",
+    ],
+)
+def test_command_line_errors_name_command_line_options(message):
+    from nat4xr.cli import _for_shell
+
+    said = _for_shell(message, types.SimpleNamespace(area="A1"))
+    for python_word in ("download=True", "rebuild=True", "path=", "cache=False", "waveform=True"):
+        assert python_word not in said, said
+    assert "`nat4xr " in said or "NAT4XR_CACHE_DIR" in said
+
+
+def test_doi_downloads_also_land_in_nat4xr_temp_files_with_umask_permissions(tmp_path):
+    """The Zenodo path (pooch's DOI downloader inside) gets the same temp file and mode."""
+    seen = []
+
+    def doi_downloader(url, output_file, pup):
+        seen.append(Path(output_file).name)
+        Path(output_file).write_bytes(b"release bytes")
+
+    placeholder = tmp_path / "tmpabcdefgh"  # what pooch creates, mode 0600
+    placeholder.touch(mode=0o600)
+    download = fetch_mod._Download(
+        tmp_path / "A1_pred_correlation.csv", "sha256:0", doi_downloader, False, 1.0
+    )
+    old = os.umask(0o022)
+    try:
+        download("doi:10.5281/zenodo.8044773/A1_pred_correlation.csv", str(placeholder), None)
+    finally:
+        os.umask(old)
+    assert seen and seen[0].startswith(".A1_pred_correlation.csv.") and seen[0].endswith(".tmp")
+    assert placeholder.read_bytes() == b"release bytes"
+    assert placeholder.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmpabcdefgh"]
