@@ -1,8 +1,9 @@
 """nat4xr: the NAT4 auditory-cortex dataset as a labeled, lazy xarray Dataset.
 
-Importing :mod:`nat4xr` registers the ``.nat4`` Dataset accessor and nothing
-heavier: the functions below, and submodules such as :mod:`nat4xr.synthetic`
-or :mod:`nat4xr.torch`, are imported on first use.
+Importing :mod:`nat4xr` registers the ``.nat4`` Dataset accessor (at once
+when xarray is loaded, else as soon as it is) and imports nothing heavy: the
+functions below, and submodules such as :mod:`nat4xr.synthetic` or
+:mod:`nat4xr.torch`, are imported on first use.
 
 Examples
 --------
@@ -15,21 +16,39 @@ Examples
 from __future__ import annotations
 
 import importlib as _importlib
+import sys as _sys
+import types as _types
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from . import accessor as accessor  # registers ds.nat4; light (numpy, pandas, xarray)
+from ._registration import register_accessor as _register_accessor
 from ._version import __version__
 
-# The function shares its module's name: once nat4xr.concat (the module) is
-# imported, Python binds it to this package's attribute, which the function
-# must win. The module is light, so it is imported here, not on demand.
-from .concat import concat
+_register_accessor()  # ds.nat4, without importing xarray (pandas) for those who never use it
+
+
+class _Package(_types.ModuleType):
+    """This package's module type: the function :func:`concat` keeps its name.
+
+    The function shares its module's name, and the import system binds every
+    submodule it imports to the package's attribute of that name; here the
+    function wins, so ``nat4xr.concat`` is the function however the module
+    ``nat4xr.concat`` was imported.
+    """
+
+    def __setattr__(self, name: str, value: _Any) -> None:
+        if name == "concat" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 if _TYPE_CHECKING:
     from .cachedir import cache_dir, data_dir
     from .cachefile import open_cache
     from .comparison import compare, leaderboard, significant
+    from .concat import concat
     from .errors import (
         CacheError,
         DownloadError,
@@ -56,6 +75,7 @@ _LAZY: dict[str, str] = {
     "cache_dir": "cachedir",
     "check_dataset": "schema",
     "compare": "comparison",
+    "concat": "concat",
     "data_dir": "cachedir",
     "design": "lagged",
     "evaluate": "evaluation",

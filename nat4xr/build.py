@@ -104,8 +104,7 @@ def build_dataset(
     release.check_subset(subset)
     if normalize not in (None, "none", "nems"):
         raise ValueError(f"unknown normalize={normalize!r}: choose None or 'nems'")
-    if smooth_ms is not None and not smooth_ms > 0:
-        raise ValueError(f"smooth_ms must be a positive number of milliseconds, got {smooth_ms!r}")
+    release.check_smooth_ms(smooth_ms)
     root = Path(path)
     files = release.source_files(root, area, subset, waveform)
     pop_path, pred_path = files[0], files[1]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ._version import __version__
 from .errors import Nat4Error
+
+# Nothing heavy at import time: `nat4xr --help` and usage errors load neither
+# numpy, pandas, xarray nor the builder; each command imports what it uses.
 
 __all__ = ["main", "summary"]
 
@@ -47,6 +49,8 @@ def summary(ds, source: str | os.PathLike | None = None) -> str:
     animals    ARM 3
     sites      1
     """
+    import numpy as np
+
     subset = np.asarray(ds["subset"].values).astype(str)
     animals = np.asarray(ds["animal"].values).astype(str)
     names, counts = np.unique(animals[animals != ""], return_counts=True)
@@ -81,10 +85,15 @@ def _size(n: float) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    """Progress bars unless ``--quiet``, and only on a terminal (never into log files)."""
+    return False if args.quiet else None
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import fetch
 
-    root = fetch(args.area, path=args.path, wav=args.wav, progress=not args.quiet)
+    root = fetch(args.area, path=args.path, wav=args.wav, progress=_progress(args))
     print(root)
     return 0
 
@@ -101,7 +110,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         smooth_ms=args.smooth_ms,
         rebuild=args.rebuild,
         waveform=args.waveform,
-        progress=not args.quiet,
+        progress=_progress(args),
     )
     print(summary(ds))
     ds.close()
@@ -109,26 +118,43 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .cachefile import open_cache
-    from .opening import open_nat4
+    from .release import AREAS
 
-    target = Path(args.target)
-    if target.suffix == ".nc" or target.is_file():
-        ds = open_cache(target)
+    if args.target in AREAS:  # an area, even if a file of that name lies here (./A1 is the file)
+        from .opening import open_nat4
+
+        ds = open_nat4(args.target, subset=args.subset, path=args.path, progress=_progress(args))
     else:
-        ds = open_nat4(args.target, subset=args.subset, path=args.path, progress=not args.quiet)
+        target = Path(args.target)
+        if not target.exists() and target.suffix != ".nc":
+            raise Nat4Error(
+                f"{args.target!r} is neither an area ({', '.join(AREAS)}) nor a file; "
+                "`nat4xr cache list` shows the cache files"
+            )
+        from .cachefile.reading import read_stamp
+
+        if target.exists() and read_stamp(target) is None:
+            raise Nat4Error(
+                f"{target} is not a nat4xr cache file (no nat4xr stamp inside); `nat4xr info` "
+                "takes an area or a cache file (`nat4xr cache list` shows them)"
+            )
+        from .cachefile import open_cache
+
+        ds = open_cache(target)
     print(summary(ds))
     ds.close()
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .cachedir import data_dir
     from .opening import open_demo
 
     ds = open_demo()
     print(summary(ds))
     if not args.no_png:
-        png = _coverage_png(ds, Path(args.png))
+        out = Path(args.out) if args.out else data_dir() / "nat4xr_demo_coverage.png"
+        png = _coverage_png(ds, out.expanduser().absolute())
         if png is not None:
             print(f"{'figure':<10} {png}")
     ds.close()
@@ -137,6 +163,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _coverage_png(ds, path: Path) -> Path | None:
     """Stim x neuron coverage image with the est|val boundary; None without matplotlib."""
+    import numpy as np
+
     try:
         import matplotlib
 
@@ -175,10 +203,20 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             print("no cache files")
         for e in entries:
             print(f"{e.area:<4} {e.subset:<4} {_size(e.size):>9}  {e.path}")
+            print(f"{'':<20}release {e.options.get('release', 'not recorded')}")
+            print(f"{'':<20}options {_options_text(e.options)}")
         return 0
     removed = cache_clear(area=args.area)
     print(f"removed {len(removed)} file(s) from {cache_dir()}")
     return 0
+
+
+def _options_text(options) -> str:
+    """Build options of a cache as ``name=value`` pairs (those that name what it holds)."""
+    shown = {k: v for k, v in options.items() if k not in ("area", "subset", "release")}
+    if not shown.get("waveform"):
+        shown = {k: v for k, v in shown.items() if k not in ("audio_fs", "resampler")}
+    return " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "defaults"
 
 
 # ----------------------------------------------------------------------------- parser
@@ -224,8 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="open the offline demo and draw its coverage")
-    p.add_argument("--png", default="nat4xr_demo_coverage.png",
-                   help="where to write the coverage figure (default: %(default)s)")  # fmt: skip
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="where to write the coverage figure (default: "
+                        "nat4xr_demo_coverage.png in the data folder)")  # fmt: skip
+    p.add_argument("--png", dest="out", help=argparse.SUPPRESS)  # the option's former name
     p.add_argument("--no-png", action="store_true", help="do not write the figure")
     p.set_defaults(func=_cmd_demo)
 
@@ -238,9 +278,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one ``nat4xr: warning: ...`` line, without source lines."""
-    print(f"nat4xr: warning: {message}", file=sys.stderr)
+def _for_shell(message: str, args: argparse.Namespace) -> str:
+    """A library message with its Python remedies said as the command-line options."""
+    area = getattr(args, "area", None) or getattr(args, "target", None)
+    area = area if area in ("A1", "PEG") else "AREA"
+    rules = (
+        (r"[Pp]ass download=True with waveform=True \(or run `nat4xr fetch AREA --wav`\)",
+         f"run `nat4xr fetch {area} --wav` (or `nat4xr build {area} --waveform --download`)"),
+        (r"open_nat4\(\.\.\., rebuild=True\)", f"`nat4xr build {area} --rebuild`"),
+        (r"(?:[Pp]ass|with) download=True(?: \(or run `nat4xr fetch`\))?",
+         f"run `nat4xr fetch {area}` (or `nat4xr build {area} --download`)"),
+        (r"download=True", f"`nat4xr fetch {area}`"),
+        (r"\bpath=(?:\.\.\.)?", "--path"),
+        (r",? or pass cache=False", ""),
+    )  # fmt: skip
+    for pattern, replacement in rules:
+        message = re.sub(
+            pattern,
+            lambda m, r=replacement: r[:1].upper() + r[1:] if m.group(0)[:1].isupper() else r,
+            message,
+        )
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,16 +315,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        """Warnings as one ``nat4xr: warning: ...`` line, without source lines."""
+        print(f"nat4xr: warning: {_for_shell(str(message), args)}", file=sys.stderr)
+
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            return args.func(args)
+            warnings.showwarning = show_warning
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+    except BrokenPipeError:  # `nat4xr cache list | head -1`: the reader is done, so are we
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
+        os.close(devnull)
+        return 141  # as a command ended by SIGPIPE
     except KeyboardInterrupt:
         print("nat4xr: interrupted", file=sys.stderr)
         return 130
     except (Nat4Error, ValueError, KeyError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"nat4xr: error: {message}", file=sys.stderr)
+        text = str(exc).strip()
+        message = text.splitlines()[0] if text else type(exc).__name__
+        print(f"nat4xr: error: {_for_shell(message, args)}", file=sys.stderr)
         return 1
 
 

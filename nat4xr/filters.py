@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import convolve1d
 
-__all__ = ["hanning_smooth", "hanning_window"]
+__all__ = ["check_width", "hanning_smooth", "hanning_window"]
 
 
 def hanning_window(width_bins: float) -> np.ndarray:
@@ -20,11 +20,34 @@ def hanning_window(width_bins: float) -> np.ndarray:
     >>> hanning_window(0.5).tolist()
     [1.0]
     """
-    if not width_bins > 0:
-        raise ValueError(f"window width must be positive, got {width_bins!r}")
+    if not 0 < width_bins < np.inf:
+        raise ValueError(f"window width must be a positive finite number, got {width_bins!r}")
     n = 2 * int(np.floor(width_bins / 2)) + 1
     taps = np.hanning(n + 2)[1:-1]
     return taps / taps.sum()
+
+
+def check_width(width_bins: float, n_bins: int) -> None:
+    """Refuse a window that is not positive or longer than the ``n_bins`` it would smooth.
+
+    A longer window only averages the whole trial, and a huge one would
+    allocate its taps before failing (``1e13`` bins) or run for minutes.
+
+    Examples
+    --------
+    >>> check_width(5, 150)
+    >>> check_width(1e8, 150)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: a smoothing window of 100000000.0 bins is longer than the 150 bins of a trial...
+    """
+    if not 0 < width_bins < np.inf:
+        raise ValueError(f"window width must be a positive finite number, got {width_bins!r}")
+    if width_bins > max(int(n_bins), 1):
+        raise ValueError(
+            f"a smoothing window of {width_bins!r} bins is longer than the {int(n_bins)} bins "
+            "of a trial: choose a shorter window"
+        )
 
 
 def hanning_smooth(data: Any, width_bins: float, axis: int = -1) -> Any:
@@ -49,6 +72,7 @@ def hanning_smooth(data: Any, width_bins: float, axis: int = -1) -> Any:
     >>> hanning_smooth(x, 2).round(3).tolist()
     [0.0, 1.0, 2.0, 1.333, nan, 0.0]
     """
+    check_width(width_bins, np.shape(data)[axis] if np.ndim(data) else 0)
     taps = hanning_window(width_bins)
     if hasattr(data, "map_overlap"):
         axis = axis % data.ndim

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .filters import hanning_smooth, hanning_window
+from .filters import check_width, hanning_smooth, hanning_window
 
 __all__ = ["noise_ceiling", "normalize", "psth", "smooth", "split_keys", "stim_positions"]
 
@@ -259,6 +259,7 @@ def smooth(ds: xr.Dataset, window_ms: float) -> xr.Dataset:
     resp = _response(ds)
     dt = float(ds.attrs.get("dt", 0.01))
     width = window_ms / 1000.0 / dt
+    check_width(width, resp.sizes["time"])
     w = hanning_window(width)
     if resp.chunks is not None:
         resp = resp.chunk({"time": -1})

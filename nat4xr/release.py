@@ -10,12 +10,13 @@ CellId(site='ARM029a', animal='ARM', electrode=4, unit=1)
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import MissingFileError
 
@@ -66,6 +67,35 @@ def check_subset(subset: str) -> str:
     if subset not in SUBSETS:
         raise ValueError(f"unknown subset {subset!r}: choose 'all', 'est' or 'val'")
     return subset
+
+
+#: Length of every NAT4 sound (ms); a smoothing window may not be longer.
+SOUND_MS = 1000.0
+
+
+def check_smooth_ms(smooth_ms: Any) -> float | None:
+    """Return ``smooth_ms`` as a float (None stays None) if it is a usable window, else raise.
+
+    A window must be a positive, finite number of milliseconds no longer than
+    a sound (:data:`SOUND_MS`): a longer one would average the whole trial.
+
+    Examples
+    --------
+    >>> check_smooth_ms(20), check_smooth_ms(None)
+    (20.0, None)
+    >>> check_smooth_ms(float("inf"))
+    Traceback (most recent call last):
+    ...
+    ValueError: smooth_ms must be a number of milliseconds in (0, 1000], got inf
+    """
+    if smooth_ms is None:
+        return None
+    bad = isinstance(smooth_ms, (bool, str, bytes)) or not isinstance(smooth_ms, numbers.Real)
+    if bad or not 0 < float(smooth_ms) <= SOUND_MS:
+        raise ValueError(
+            f"smooth_ms must be a number of milliseconds in (0, {SOUND_MS:.0f}], got {smooth_ms!r}"
+        )
+    return float(smooth_ms)
 
 
 def population_file(area: str) -> str:

@@ -122,12 +122,14 @@ def test_build_info_and_cache(env, release_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_demo_writes_a_coverage_png(env, tmp_path):
-    png = tmp_path / "figs" / "coverage.png"
-    proc = run(env, "demo", "--png", str(png), cwd=tmp_path)
+    proc = run(env, "demo", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "cells      40" in proc.stdout and "sounds     34 (est 30, val 4)" in proc.stdout
+    png = Path(env["NAT4XR_DATA_DIR"]) / "nat4xr_demo_coverage.png"  # the data folder, not cwd
+    assert f"figure     {png}" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 2000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]
 
 
 def test_errors_are_one_line_and_non_zero(env, tmp_path, capsys):
@@ -139,7 +141,9 @@ def test_errors_are_one_line_and_non_zero(env, tmp_path, capsys):
     usage = run(env, "fetch", "V1")
     assert usage.returncode == 2 and "nat4xr fetch: error:" in usage.stderr
 
-    # The same paths in-process (cheap): a missing release says how to get it.
+    # The same paths in-process (cheap): a missing release says how to get it, in
+    # the command line's words, not Python's.
     assert main(["build", "A1", "--path", str(tmp_path / "empty"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("nat4xr: error: ") and "download=True" in err
+    assert err.startswith("nat4xr: error: ") and "`nat4xr fetch A1`" in err and "--path" in err
+    assert "download=True" not in err and "path=" not in err

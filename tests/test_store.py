@@ -233,6 +233,9 @@ def test_cache_key_follows_options_and_sources(dirs, release_dir, tmp_path):
     key = nat4xr.cachedir.cache_key(release.source_files(copy, "A1"), {"a": 1})
     csv = copy / "A1_pred_correlation.csv"
     os.utime(csv, ns=(time.time_ns(), csv.stat().st_mtime_ns + 10**9))
+    # The table is keyed by its content: touched, it keeps its cache; edited, it gets a new one.
+    assert nat4xr.cachedir.cache_key(release.source_files(copy, "A1"), {"a": 1}) == key
+    csv.write_text(csv.read_text() + "\n")
     assert nat4xr.cachedir.cache_key(release.source_files(copy, "A1"), {"a": 1}) != key
 
 

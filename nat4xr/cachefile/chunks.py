@@ -44,7 +44,15 @@ import numpy as np
 from ..errors import CacheError
 from .layout import FIELDS, INDEX_GROUP, chunk_grid
 
-__all__ = ["DECODED_CACHE_BYTES", "ChunkFile", "ChunkIndex", "crc32", "read_index"]
+__all__ = [
+    "DECODED_CACHE_BYTES",
+    "ChunkFile",
+    "ChunkIndex",
+    "crc32",
+    "in_use",
+    "read_index",
+    "share_lock",
+]
 
 #: Decoded compressed chunks kept per open file (least recently used first out),
 #: as netCDF-C's per-variable chunk cache (64 MiB) keeps them for HDF5 readers.
@@ -166,6 +174,12 @@ class ChunkFile:
     Thread-safe for reading. After :meth:`close` the next read maps the file
     again (checking ``identity``), as xarray's lazy arrays reopen files.
 
+    While mapped, the file holds a shared advisory lock (:func:`share_lock`;
+    the map keeps the open file, and so the lock, alive; forked processes
+    share it): housekeeping that deletes caches skips a file in use
+    (:func:`in_use`), and a file deleted anyway (``rm``) stays readable
+    through the map until :meth:`close`.
+
     Which unfiltered chunks have passed their check is kept in memory shared
     with the processes forked from this one (DataLoader workers, dask's
     process pools), so each chunk of a file is checked once for all of them,
@@ -216,6 +230,8 @@ class ChunkFile:
                         "(open_nat4 or xarray.open_dataset(..., engine='nat4'))"
                     )
                 self.identity = now
+                # The map keeps the open file (and this lock) alive after `fh` closes.
+                share_lock(fh.fileno())
                 self._map = (
                     mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else None
                 )
@@ -231,7 +247,7 @@ class ChunkFile:
         )
 
     def close(self) -> None:
-        """Unmap the file and release its handle now."""
+        """Unmap the file and release its handle (and so its shared lock) now."""
         with self._lock:
             self._bytes = None
             if self._map is not None:
@@ -375,3 +391,39 @@ def _unshuffle(shuffled: bytes, dtype: np.dtype) -> np.ndarray:
     for k in range(size):
         planes[:, k] = src[k * n : (k + 1) * n]
     return out
+
+
+def share_lock(fd: int) -> None:
+    """Take a shared advisory lock (``flock``) on an open cache file: "a reader has it open".
+
+    Released when every descriptor sharing it is closed. A no-op where
+    ``fcntl`` does not exist (Windows refuses to delete an open file anyway)
+    or the file system does not support ``flock``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:  # a file system without flock: reading works, clearing cannot tell
+        pass
+
+
+def in_use(fd: int) -> bool:
+    """Whether a reader holds the shared lock of the cache file open as ``fd``.
+
+    Otherwise ``fd`` now holds the exclusive lock (until it is closed), so no
+    reader can start mapping the file while the caller deletes it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this file system
+        return False
+    return False

@@ -24,7 +24,7 @@ from .arrays import CacheArray, CacheSource
 from .chunks import ChunkFile, read_index
 from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
 
-__all__ = ["open_cache", "open_store", "read_metadata"]
+__all__ = ["open_cache", "open_store", "read_metadata", "read_stamp"]
 
 #: Bytes of ``response`` per dask chunk that ``chunks='auto'`` aims at.
 _CHUNK_BYTES = 64 << 20
@@ -72,7 +72,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     """
     import netCDF4
 
-    path = Path(path)
+    path = Path(path).absolute()  # a later chdir must not change which file is read
     try:
         st = path.stat()
         nc = netCDF4.Dataset(str(path), "r")
@@ -139,6 +139,10 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
         raise CacheError(f"{path}: {exc}; {_REBUILD}") from exc
     if drop:
         ds = ds.drop_vars([name for name in drop if name in ds.variables])
+    # Mapped now, not at the first read: from here the Dataset reads the file it
+    # checked even if the name is deleted or replaced, and its shared lock
+    # tells `cache clear` that the file is in use.
+    _ = files.bytes
     ds.set_close(files.close)
     ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
     return ds
@@ -255,3 +259,73 @@ def chunk_spec(ds: xr.Dataset, chunks: Any) -> dict[str, int]:
     if isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool) and chunks > 0:
         return {"stim": min(int(chunks), n_stim)}
     raise ValueError(f"chunks must be 'auto', a positive int, a dict or None, got {chunks!r}")
+
+
+#: The first bytes of every HDF5 file whose superblock is at offset 0 (every cache file).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The stamp of a nat4xr cache file, or None for anything else.
+
+    Cheap and safe on any file: a path that is not a regular file, does not
+    start with the HDF5 signature, or cannot be opened is not a cache (None,
+    never an error). Only the superblock and the root group's attributes are
+    read (through h5py, without HDF5's file locking), never the data or the
+    chunk index, and nothing is checked beyond the stamp: a stamped file may
+    still be damaged (:func:`open_store` finds that).
+
+    Returns
+    -------
+    dict or None
+        ``format`` (int), ``key`` (str), ``options`` (dict, empty when
+        unreadable) and ``schema`` (int or None).
+
+    Examples
+    --------
+    >>> import tempfile, nat4xr
+    >>> from nat4xr.cachefile import write_cache
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_time=3)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     stamp = read_stamp(write_cache(ds, Path(tmp) / "c.nc", key="k", options={"a": 1}))
+    ...     other = Path(tmp) / "notes.nc"
+    ...     _ = other.write_text("not a cache")
+    ...     print(stamp["key"], stamp["options"], read_stamp(other))
+    k {'a': 1} None
+    """
+    import stat
+
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < len(_HDF5_SIGNATURE):
+            return None
+        with open(path, "rb") as fh:
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                return None
+        import h5py
+
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = f.attrs
+            if "nat4xr_cache_format" not in attrs or "nat4xr_cache_key" not in attrs:
+                return None
+            fmt = int(np.asarray(attrs["nat4xr_cache_format"]).ravel()[0])
+            key = _text(attrs["nat4xr_cache_key"])
+            schema = attrs.get("nat4xr_schema")
+            schema = None if schema is None else int(np.asarray(schema).ravel()[0])
+            try:
+                options = json.loads(_text(attrs.get("nat4xr_cache_options", "{}")))
+            except ValueError:
+                options = {}
+    except Exception:  # any unreadable or foreign file: not a cache
+        return None
+    return {
+        "format": fmt,
+        "key": key,
+        "options": options if isinstance(options, dict) else {},
+        "schema": schema,
+    }
+
+
+def _text(value: Any) -> str:
+    value = np.asarray(value).ravel()[0] if np.ndim(value) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
