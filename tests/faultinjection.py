@@ -3,7 +3,10 @@
 Used by ``tests/test_integrity.py``; run directly for the counts in
 docs/reliability.md::
 
-    python tests/faultinjection.py --cases 100 --seed 0
+    python tests/faultinjection.py --cases 100 --seed 0     # seeded flips per region
+    python tests/faultinjection.py --mode index             # every byte of the chunk index
+    python tests/faultinjection.py --mode metadata          # every 4th byte of the metadata
+    python tests/faultinjection.py --mode file --flips 10000 --seed 0   # anywhere
 
 Every case copies a freshly written cache file, damages the copy, then opens
 it with :func:`nat4xr.cachefile.open_cache` and loads everything, in a forked
@@ -14,7 +17,7 @@ child process (so a crash or a hang is seen, not suffered). Outcomes:
   naming the file (``open_nat4`` rebuilds on the first);
 - ``WRONG``: different values without an error (must never happen);
 - ``bare <Type>``: another exception type reached the caller;
-- ``crash`` / ``hang``: the child died or took over 60 s.
+- ``crash`` / ``hang``: the child died or took over ``timeout`` (60 s) seconds.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ import xarray as xr
 
 import nat4xr
 from nat4xr.cachefile import open_cache, write_cache
+from nat4xr.cachefile.header import ENTRY_BYTES, HEAD, read_header
 from nat4xr.errors import CacheError
 
 REGIONS = (
     "raw chunks",
     "compressed chunks",
     "chunk index",
+    "header padding",
     "coordinates",
     "attributes",
     "HDF5 metadata",
@@ -54,17 +59,32 @@ def sample_dataset() -> xr.Dataset:
 
 
 def regions(path: Path) -> dict[str, list[tuple[int, int]]]:
-    """Byte ranges ``[start, end)`` of each region of a cache file."""
+    """Byte ranges ``[start, end)`` of each region of a cache file.
+
+    ``chunk index``: the header's fixed fields, description and chunk tables
+    (the user block up to the end of the tables); ``header padding``: the rest
+    of the user block; ``HDF5 metadata``: every byte no other region claims
+    (superblock, object headers, B-trees, heaps).
+    """
     out: dict[str, list[tuple[int, int]]] = {name: [] for name in REGIONS}
+    data = path.read_bytes()
+    _, _, _, userblock, _, _, n_desc = HEAD.unpack_from(data)
+    header = read_header(path)
+    n_chunks = sum(ix.stored.size for ix in header.index.values())
+    tables_end = HEAD.size + n_desc + n_chunks * ENTRY_BYTES
+    out["chunk index"].append((0, tables_end))
+    out["header padding"].append((tables_end, userblock))
+    for index in header.index.values():
+        for off, n, comp, stored in zip(
+            index.offset.ravel(),
+            index.nbytes.ravel(),
+            index.compressed.ravel(),
+            index.stored.ravel(),
+        ):
+            if stored:
+                kind = "compressed chunks" if comp else "raw chunks"
+                out[kind].append((int(off), int(off + n)))
     with open_cache(path, chunks=None) as ds:
-        files = ds.response.encoding["nat4xr_source"].file
-        for index in files.index.values():
-            for off, n, comp in zip(
-                index.offset.ravel(), index.nbytes.ravel(), index.compressed.ravel()
-            ):
-                if off >= 0:
-                    kind = "compressed chunks" if comp else "raw chunks"
-                    out[kind].append((int(off), int(off + n)))
         texts = [str(v) for v in ds.attrs.values() if isinstance(v, str) and len(str(v)) > 6]
     with h5py.File(path, "r") as f:
 
@@ -74,15 +94,12 @@ def regions(path: Path) -> dict[str, list[tuple[int, int]]]:
             start = obj.id.get_offset()
             if start is None:
                 return
-            size = obj.id.get_storage_size()
-            kind = "chunk index" if name.startswith("nat4xr/") else "coordinates"
-            out[kind].append((int(start), int(start + size)))
+            out["coordinates"].append((int(start), int(start + obj.id.get_storage_size())))
 
         f.visititems(visit)
-    data = path.read_bytes()
     for text in texts:
         raw = text.encode()
-        at = data.find(raw)
+        at = data.find(raw, userblock)
         if at >= 0:
             out["attributes"].append((at, at + len(raw)))
     taken = np.zeros(len(data), bool)
@@ -90,12 +107,19 @@ def regions(path: Path) -> dict[str, list[tuple[int, int]]]:
         for a, b in ranges:
             taken[a:b] = True
     free = np.flatnonzero(~taken)
-    # runs of bytes no data region claims: superblock, object headers, B-trees, heaps
     breaks = np.flatnonzero(np.diff(free) != 1) + 1
     for run in np.split(free, breaks):
         if len(run):
             out["HDF5 metadata"].append((int(run[0]), int(run[-1]) + 1))
     return out
+
+
+def region_of(where: dict[str, list[tuple[int, int]]], offset: int) -> str:
+    """The region holding byte ``offset``."""
+    for name, ranges in where.items():
+        if any(a <= offset < b for a, b in ranges):
+            return name
+    raise ValueError(f"byte {offset} is in no region")
 
 
 def classify(path: Path, reference: xr.Dataset) -> str:
@@ -145,13 +169,36 @@ def in_child(path: Path, reference: xr.Dataset, timeout: float = 60.0) -> str:
     return label or "crash (no result)"
 
 
-def run(cases: int, seed: int, workdir: Path) -> dict[str, collections.Counter]:
+def prepare(workdir: Path) -> tuple[Path, xr.Dataset, dict[str, list[tuple[int, int]]]]:
+    """A freshly written sample cache, the Dataset it reads back as, and its regions."""
+    original = write_cache(sample_dataset(), workdir / "original.nc")
+    with open_cache(original, chunks=None) as ds:
+        reference = ds.load()
+    return original, reference, regions(original)
+
+
+def flipped(original: bytes, target: Path, offset: int, xor: int) -> Path:
+    """``target``: a new file of ``original`` with byte ``offset`` XOR-ed with ``xor``."""
+    data = bytearray(original)
+    data[offset] ^= xor
+    fresh = target.with_suffix(".new")
+    fresh.write_bytes(bytes(data))
+    os.replace(fresh, target)  # a new inode every case: no library sees a stale file
+    return target
+
+
+def other_value(offset: int) -> int:
+    """A deterministic XOR value per byte in 1..255, never 0x80 (that one is tried apart)."""
+    value = (offset * 97 + 31) % 255 + 1
+    return 0x7F if value == 0x80 else value
+
+
+def run(
+    cases: int, seed: int, workdir: Path, timeout: float = 60.0
+) -> dict[str, collections.Counter]:
     """``cases`` byte flips per region plus ``cases`` truncations; outcome counts per kind."""
-    reference = sample_dataset()
-    original = write_cache(reference, workdir / "original.nc")
-    reference = open_cache(original, chunks=None).load()
-    size = original.stat().st_size
-    where = regions(original)
+    original, reference, where = prepare(workdir)
+    data = original.read_bytes()
     rng = np.random.default_rng(seed)
     counts: dict[str, collections.Counter] = {}
     target = workdir / "damaged.nc"
@@ -164,31 +211,88 @@ def run(cases: int, seed: int, workdir: Path) -> dict[str, collections.Counter]:
         for _ in range(cases):
             a, b = ranges[rng.choice(len(ranges), p=lengths / lengths.sum())]
             offset = int(rng.integers(a, b))
-            shutil.copyfile(original, target)
-            with open(target, "r+b") as fh:
-                fh.seek(offset)
-                byte = fh.read(1)[0]
-                fh.seek(offset)
-                fh.write(bytes([byte ^ int(rng.integers(1, 256))]))
-            counts[region][in_child(target, reference)] += 1
+            flipped(data, target, offset, int(rng.integers(1, 256)))
+            counts[region][in_child(target, reference, timeout)] += 1
     counts["truncation"] = collections.Counter()
     for _ in range(cases):
         shutil.copyfile(original, target)
-        os.truncate(target, int(rng.integers(0, size)))
-        counts["truncation"][in_child(target, reference)] += 1
+        os.truncate(target, int(rng.integers(0, len(data))))
+        counts["truncation"][in_child(target, reference, timeout)] += 1
+    return counts
+
+
+def sweep(
+    workdir: Path,
+    region: str,
+    stride: int = 1,
+    sign: bool = True,
+    timeout: float = 60.0,
+    limit: int | None = None,
+) -> collections.Counter:
+    """Flip every ``stride``-th byte of ``region``: XOR 0x80 (if ``sign``) and :func:`other_value`.
+
+    Deterministic: the same cases every run. ``limit`` keeps the first cases only.
+    """
+    original, reference, where = prepare(workdir)
+    data = original.read_bytes()
+    target = workdir / "damaged.nc"
+    offsets = [o for a, b in where[region] for o in range(a, b)][::stride]
+    cases = [(o, x) for o in offsets for x in ((0x80,) if sign else ()) + (other_value(o),)]
+    counts: collections.Counter = collections.Counter()
+    for offset, xor in cases[:limit]:
+        counts[in_child(flipped(data, target, offset, xor), reference, timeout)] += 1
+    return counts
+
+
+def random_flips(
+    flips: int, seed: int, workdir: Path, timeout: float = 60.0
+) -> dict[str, collections.Counter]:
+    """``flips`` single-byte flips anywhere in the file (uniform offset and value), by region."""
+    original, reference, where = prepare(workdir)
+    data = original.read_bytes()
+    rng = np.random.default_rng(seed)
+    target = workdir / "damaged.nc"
+    counts: dict[str, collections.Counter] = {name: collections.Counter() for name in REGIONS}
+    for _ in range(flips):
+        offset = int(rng.integers(0, len(data)))
+        label = in_child(
+            flipped(data, target, offset, int(rng.integers(1, 256))), reference, timeout
+        )
+        counts[region_of(where, offset)][label] += 1
     return counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mode",
+        default="regions",
+        choices=["regions", "index", "metadata", "file"],
+        help="regions: --cases seeded flips per region and truncations; index: every byte "
+        "of the chunk index (XOR 0x80 and one other value); metadata: every --stride-th "
+        "byte of the HDF5 metadata, coordinates, attributes and header padding; file: "
+        "--flips seeded flips over the whole file",
+    )
     parser.add_argument("--cases", type=int, default=100, help="cases per region")
+    parser.add_argument("--flips", type=int, default=10_000, help="flips over the whole file")
+    parser.add_argument("--stride", type=int, default=4, help="metadata: every n-th byte")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        counts = run(args.cases, args.seed, Path(tmp))
+        if args.mode == "regions":
+            counts = run(args.cases, args.seed, Path(tmp))
+        elif args.mode == "index":
+            counts = {"chunk index": sweep(Path(tmp), "chunk index")}
+        elif args.mode == "metadata":
+            counts = {
+                region: sweep(Path(tmp), region, stride=args.stride, sign=False)
+                for region in ("HDF5 metadata", "coordinates", "attributes", "header padding")
+            }
+        else:
+            counts = random_flips(args.flips, args.seed, Path(tmp))
         elapsed = time.perf_counter() - t0
-    print("| region | cases | " + " | ".join(["outcomes"]) + " |")
+    print("| region | cases | outcomes |")
     print("|---|---|---|")
     for region, counter in counts.items():
         text = ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))

@@ -168,7 +168,7 @@ def test_a_flipped_byte_in_a_coordinate_fails_the_open(written, tmp_path):
     with h5py.File(copy, "r") as f:
         offset = f["neuron"].id.get_offset()
     _flip(copy, offset + 3)
-    with pytest.raises(CacheError, match=rf"{copy.name}.*digest.*rebuild"):
+    with pytest.raises(CacheError, match=rf"{copy.name}.*metadata.*CRC-32.*rebuild"):
         open_cache(copy)
 
 

@@ -63,7 +63,7 @@ def test_damage_found_at_open_rebuilds_with_a_warning(release, tmp_path, monkeyp
         byte = fh.read(1)
         fh.seek(offset + 2)
         fh.write(bytes([byte[0] ^ 1]))
-    with pytest.warns(Nat4Warning, match=rf"{path}.*digest.*rebuilding"):
+    with pytest.warns(Nat4Warning, match=rf"{path}.*metadata.*CRC-32.*rebuilding"):
         again = _open(release)
     xr.testing.assert_identical(again.load(), expected)
 

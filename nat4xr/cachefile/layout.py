@@ -51,7 +51,7 @@ __all__ = [
     "digest",
 ]
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """Version of the cache file layout; bumped when the way files are written changes."""
 
 #: Global attributes stamped on every cache file (moved to
@@ -62,8 +62,6 @@ STAMPS = ("nat4xr_cache_format", "nat4xr_cache_key", "nat4xr_cache_options")
 INDEX_GROUP = "nat4xr"
 #: Dimensions stored one entry per chunk; every other dimension is whole in a chunk.
 GRID_DIMS = ("stim", "repeat")
-#: Names of the index arrays per variable: ``<variable>.<field>``.
-FIELDS = ("offset", "nbytes", "compressed", "crc32")
 #: Compression of filtered chunks (HDF5 built-in filters: any reader decodes them).
 COMPRESSION = {"zlib": True, "complevel": 1, "shuffle": True}
 #: ``response``'s single-repeat chunks: spike counts compress smaller without the

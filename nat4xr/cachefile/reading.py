@@ -21,7 +21,8 @@ from xarray.core import indexing
 from ..errors import CacheError
 from ..schema import SCHEMA_VERSION, check_dataset
 from .arrays import CacheArray, CacheSource
-from .chunks import ChunkFile, read_index
+from .chunks import ChunkFile
+from .header import read_header
 from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
 
 __all__ = ["open_cache", "open_store", "read_metadata"]
@@ -74,20 +75,25 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
 
     path = Path(path)
     try:
-        st = path.stat()
+        # Every byte netCDF/HDF5 will parse is verified before they see the file.
+        header = read_header(path)
         nc = netCDF4.Dataset(str(path), "r")
     except FileNotFoundError:
         raise CacheError(
             f"{path}: no such cache file; open_nat4() (or `nat4xr build AREA`) builds one"
         ) from None
+    except CacheError:
+        raise
     except Exception as exc:  # HDF5/netCDF raise assorted types for broken files
         raise CacheError(
             f"{path} is not a readable netCDF file ({exc}); delete it, or call "
             "open_nat4(..., rebuild=True)"
         ) from exc
+    index = header.index
     try:
+        if _identity(path) != header.identity:
+            raise CacheError(f"{path} was replaced while it was opened; open it again")
         stamp = _stamp(nc, path)
-        index = read_index(nc, str(path))
         expected = str(nc.groups[INDEX_GROUP].getncattr("digest"))
         root = _root(path, nc)
         coords = _coords(root)
@@ -98,6 +104,10 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
                 f"them: the file is damaged; {_REBUILD}"
             )
         meta = {name: (var.dims, dict(var.attrs)) for name, var in root.data_vars.items()}
+        for name, (dims, _) in meta.items():
+            ix = index.get(name)
+            if ix is not None and (ix.dims != tuple(dims) or ix.shape != root[name].shape):
+                raise CacheError(f"{path}: {name} does not match its chunk index; {_REBUILD}")
     except CacheError:
         nc.close()
         raise
@@ -108,7 +118,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     missing = [name for name in ("stim", "neuron") if name not in coords]
     if missing or "response" not in meta:
         raise CacheError(f"{path}: no {', '.join(missing or ['response'])}; {_REBUILD}")
-    files = ChunkFile(path, index, (st.st_ino, st.st_size, st.st_mtime_ns))
+    files = ChunkFile(path, index, header.identity)
     all_dims = {d for var_dims, _ in meta.values() for d in var_dims}
     drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
     source = CacheSource(
@@ -142,6 +152,11 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     ds.set_close(files.close)
     ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
     return ds
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _stamp(nc: Any, path: Path) -> dict[str, Any]:
