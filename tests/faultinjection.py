@@ -5,7 +5,7 @@ docs/reliability.md::
 
     python tests/faultinjection.py --cases 100 --seed 0     # seeded flips per region
     python tests/faultinjection.py --mode index             # every byte of the chunk index
-    python tests/faultinjection.py --mode metadata          # every 4th byte of the metadata
+    python tests/faultinjection.py --mode metadata          # every byte of the metadata
     python tests/faultinjection.py --mode file --flips 10000 --seed 0   # anywhere
 
 Every case copies a freshly written cache file, damages the copy, then opens
@@ -356,7 +356,7 @@ def main() -> None:
     )
     parser.add_argument("--cases", type=int, default=100, help="cases per region")
     parser.add_argument("--flips", type=int, default=10_000, help="flips over the whole file")
-    parser.add_argument("--stride", type=int, default=4, help="metadata: every n-th byte")
+    parser.add_argument("--stride", type=int, default=1, help="metadata: every n-th byte")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -188,3 +188,106 @@ def test_close_releases_the_file_and_a_replaced_file_is_never_read(written, tmp_
         _ = lazy.response.isel(stim=1).values
     with open_cache(copy) as fresh:
         xr.testing.assert_identical(fresh.load(), other)
+
+
+# ----------------------------------------------------------------------------- the header
+
+
+def _header_entry(path, name: str, flat: int) -> tuple[bytearray, int, int]:
+    """The user block, and the offsets of chunk ``flat``'s ``offset`` and ``flags`` in it."""
+    from nat4xr.cachefile.header import HEAD, read_header
+
+    block = bytearray(path.read_bytes())
+    _, _, _, userblock, _, _, n_desc = HEAD.unpack_from(block)
+    at = HEAD.size + n_desc
+    for ix in read_header(path).index.values():  # offset, nbytes, crc32, flags: 8, 8, 4, 1 B
+        n = ix.stored.size
+        if ix.name == name:
+            return block[:userblock], at + 8 * flat, at + 20 * n + flat
+        at += 21 * n
+    raise KeyError(name)
+
+
+def _write_block(path, block: bytearray, crc: bool) -> None:
+    import struct
+
+    from nat4xr.cachefile.chunks import crc32
+
+    if crc:  # a header whose CRC matches what it says: as a faulty writer would leave it
+        struct.pack_into("<I", block, 20, 0)
+        struct.pack_into("<I", block, 20, crc32(block))
+    with open(path, "r+b") as fh:
+        fh.write(block)
+
+
+def test_the_sign_byte_of_a_chunk_offset_is_caught_by_the_index_checksum(written, tmp_path):
+    ds, path = written
+    copy = _copy(path, tmp_path)
+    val = int(np.flatnonzero(ds.subset.values == "val")[0])
+    flat = val * ds.sizes["repeat"]  # (stim=val, repeat=0): a stored, unfiltered chunk
+    block, offset_at, _ = _header_entry(copy, "response", flat)
+    block[offset_at + 7] ^= 0x80  # the offset turns negative: read as "not stored" before
+    _write_block(copy, block, crc=False)
+    with pytest.raises(CacheError, match=rf"{copy.name}: its header \(the chunk index\) fails"):
+        open_cache(copy)
+
+
+def test_an_absent_chunk_is_recorded_and_checked_not_inferred(written, tmp_path):
+    ds, path = written
+    val = int(np.flatnonzero(ds.subset.values == "val")[0])
+    flat = val * ds.sizes["repeat"]
+    copy = _copy(path, tmp_path)
+    with open_cache(copy, chunks=None) as lazy:
+        index = lazy.response.encoding["nat4xr_source"].file.index["response"]
+        assert index.stored.sum() == int(ds.n_repeats.sum())
+        assert (index.stored == (index.offset >= 0)).all()
+    block, _, flags_at = _header_entry(copy, "response", flat)
+    block[flags_at] = 0  # "never written", but the entry still has an offset, size and CRC
+    _write_block(copy, block, crc=True)
+    with pytest.raises(
+        CacheError, match=rf"{copy.name}: its header \(the chunk index\) is invalid"
+    ):
+        open_cache(copy)
+    block, offset_at, _ = _header_entry(_copy(path, tmp_path), "response", flat)
+    block[offset_at + 4] ^= 0x10  # far past the end of the file
+    _write_block(copy, block, crc=True)
+    with pytest.raises(CacheError, match=rf"{copy.name}: its chunk index places chunks outside"):
+        open_cache(copy)
+
+
+def test_a_cache_of_format_4_is_named_as_such(tmp_path):
+    ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=4)
+    old = tmp_path / "old.nc"
+    ds.to_netcdf(old, engine="netcdf4")  # an HDF5 file without nat4xr's header
+    with pytest.raises(CacheError, match=r"old.nc was written by an older nat4xr.*rebuild"):
+        open_cache(old)
+    assert not nat4xr.cachefile.is_cache_file(old)
+
+
+def test_is_cache_file_and_read_stamp(written, tmp_path):
+    import os
+
+    from nat4xr.cachefile import is_cache_file, read_stamp
+
+    _, path = written
+    assert is_cache_file(path)
+    assert read_stamp(path) == {"format": CACHE_FORMAT, "key": "", "options": {}}
+    fifo = tmp_path / "fifo.nc"
+    os.mkfifo(fifo)  # opening a FIFO for reading would block: it is never opened
+    assert not is_cache_file(fifo) and not is_cache_file(tmp_path)
+    with pytest.raises(CacheError, match="not a regular file"):
+        read_stamp(fifo)
+    copy = _copy(path, tmp_path)
+    _flip(copy, 200)
+    assert is_cache_file(copy)  # the magic only
+    with pytest.raises(CacheError, match=rf"{copy.name}: its header \(the chunk index\) fails"):
+        read_stamp(copy)
+
+
+def test_xarray_guesses_the_engine_of_a_cache_file(written):
+    ds, path = written
+    with xr.open_dataset(path) as lazy:  # netCDF4's engine looks for HDF5 at byte 0
+        assert lazy.response.encoding["nat4xr_source"].path == str(path.resolve())
+        xr.testing.assert_identical(lazy.load(), ds)
+    with xr.open_dataset(path, engine="netcdf4") as plain:  # and still reads it, told to
+        np.testing.assert_array_equal(plain.response.values, ds.response.values)

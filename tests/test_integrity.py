@@ -170,6 +170,19 @@ def test_damage_found_at_open_rebuilds_with_a_warning(release, tmp_path, monkeyp
     xr.testing.assert_identical(again.load(), expected)
 
 
+def test_a_cache_of_the_previous_format_is_rebuilt_with_a_warning(release, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
+    first = _open(release)
+    path = first.encoding["source"]
+    expected = first.load()
+    first.close()
+    expected.to_netcdf(path, engine="netcdf4")  # as format 4 left it: HDF5 from byte 0
+    with pytest.warns(Nat4Warning, match=rf"{path} was written by an older nat4xr.*rebuilding"):
+        again = _open(release)
+    xr.testing.assert_identical(again.load(), expected)
+    assert nat4xr.cachefile.is_cache_file(path)
+
+
 def test_damage_found_by_a_dask_task_or_a_torch_worker_names_file_variable_and_stim(tmp_path):
     ds = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=5, n_time=8, seed=3)
     path = write_cache(ds, tmp_path / "c.nc")
