@@ -40,14 +40,13 @@ import xarray as xr
 
 import nat4xr
 from nat4xr.cachefile import open_cache, write_cache
-from nat4xr.cachefile.header import ENTRY_BYTES, HEAD, read_header
+from nat4xr.cachefile.trailer import FOOT, read_trailer
 from nat4xr.errors import CacheError
 
 REGIONS = (
     "raw chunks",
     "compressed chunks",
     "chunk index",
-    "header padding",
     "coordinates",
     "attributes",
     "HDF5 metadata",
@@ -62,20 +61,16 @@ def sample_dataset() -> xr.Dataset:
 def regions(path: Path) -> dict[str, list[tuple[int, int]]]:
     """Byte ranges ``[start, end)`` of each region of a cache file.
 
-    ``chunk index``: the header's fixed fields, description and chunk tables
-    (the user block up to the end of the tables); ``header padding``: the rest
-    of the user block; ``HDF5 metadata``: every byte no other region claims
-    (superblock, object headers, B-trees, heaps).
+    ``chunk index``: the trailer (description, chunk tables, footer);
+    ``HDF5 metadata``: every byte no other region claims (superblock, object
+    headers, B-trees, heaps).
     """
     out: dict[str, list[tuple[int, int]]] = {name: [] for name in REGIONS}
     data = path.read_bytes()
-    _, _, _, userblock, _, _, n_desc = HEAD.unpack_from(data)
-    header = read_header(path)
-    n_chunks = sum(ix.stored.size for ix in header.index.values())
-    tables_end = HEAD.size + n_desc + n_chunks * ENTRY_BYTES
-    out["chunk index"].append((0, tables_end))
-    out["header padding"].append((tables_end, userblock))
-    for index in header.index.values():
+    trailer = read_trailer(path)
+    hdf5_size = FOOT.unpack_from(data, len(data) - FOOT.size)[2]
+    out["chunk index"].append((hdf5_size, len(data)))
+    for index in trailer.index.values():
         for off, n, comp, stored in zip(
             index.offset.ravel(),
             index.nbytes.ravel(),
@@ -100,7 +95,7 @@ def regions(path: Path) -> dict[str, list[tuple[int, int]]]:
         f.visititems(visit)
     for text in texts:
         raw = text.encode()
-        at = data.find(raw, userblock)
+        at = data.find(raw)
         if at >= 0:
             out["attributes"].append((at, at + len(raw)))
     taken = np.zeros(len(data), bool)
@@ -308,20 +303,20 @@ def sweep(
     stride: int = 1,
     sign: bool = True,
     timeout: float = 60.0,
-    limit: int | None = None,
+    tail: int | None = None,
 ) -> collections.Counter:
     """Flip every ``stride``-th byte of ``region``: XOR 0x80 (if ``sign``) and :func:`other_value`.
 
-    Deterministic: the same cases every run. ``limit`` keeps the first cases only.
+    Deterministic: the same cases every run. ``tail``: the region's last bytes only.
     """
     original, reference, where = prepare(workdir)
     data = original.read_bytes()
     target = workdir / "damaged.nc"
-    offsets = [o for a, b in where[region] for o in range(a, b)][::stride]
+    offsets = [o for a, b in where[region] for o in range(a, b)][-(tail or 0) :][::stride]
     cases = [(o, x) for o in offsets for x in ((0x80,) if sign else ()) + (other_value(o),)]
     counts: collections.Counter = collections.Counter()
     with Watchdog(reference, timeout) as child:
-        for offset, xor in cases[:limit]:
+        for offset, xor in cases:
             counts[child.classify(flipped(data, target, offset, xor))] += 1
     return counts
 
@@ -351,7 +346,7 @@ def main() -> None:
         choices=["regions", "index", "metadata", "file"],
         help="regions: --cases seeded flips per region and truncations; index: every byte "
         "of the chunk index (XOR 0x80 and one other value); metadata: every --stride-th "
-        "byte of the HDF5 metadata, coordinates, attributes and header padding; file: "
+        "byte of the HDF5 metadata, coordinates and attributes; file: "
         "--flips seeded flips over the whole file",
     )
     parser.add_argument("--cases", type=int, default=100, help="cases per region")
@@ -368,7 +363,7 @@ def main() -> None:
         elif args.mode == "metadata":
             counts = {
                 region: sweep(Path(tmp), region, stride=args.stride, sign=False)
-                for region in ("HDF5 metadata", "coordinates", "attributes", "header padding")
+                for region in ("HDF5 metadata", "coordinates", "attributes")
             }
         else:
             counts = random_flips(args.flips, args.seed, Path(tmp))

@@ -3,8 +3,8 @@
 - :mod:`~nat4xr.cachefile.layout`: what a file holds (format version, chunking,
   the chunk index, the digest).
 - :mod:`~nat4xr.cachefile.writer`: :func:`write_cache` (atomic, locked).
-- :mod:`~nat4xr.cachefile.header`: the checked header in the file's HDF5
-  user block (chunk index, CRC-32 of the metadata), :func:`is_cache_file`,
+- :mod:`~nat4xr.cachefile.trailer`: the checked trailer after HDF5's last
+  byte (chunk index, CRC-32 of the metadata), :func:`is_cache_file`,
   :func:`read_stamp`.
 - :mod:`~nat4xr.cachefile.chunks`: the chunk index and the memory-mapped,
   CRC-checked chunk reader.
@@ -19,9 +19,9 @@ Nothing here knows of releases, downloads or synthetic data.
 
 from .arrays import CacheArray, CacheSource
 from .chunks import ChunkFile, ChunkIndex
-from .header import is_cache_file, read_stamp
 from .layout import CACHE_FORMAT
 from .reading import open_cache
+from .trailer import is_cache_file, read_stamp
 from .writer import write_cache
 
 __all__ = [

@@ -52,12 +52,5 @@ class Nat4BackendEntrypoint(BackendEntrypoint):
         return open_store(filename_or_obj, drop_variables=drop_variables)
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
-        """A path to a file that begins with the cache header (16 bytes read).
-
-        netCDF4's engine looks for HDF5's signature at byte 0, where a cache
-        file has its header, so ``xr.open_dataset(cache_file)`` picks this
-        engine.
-        """
-        from .header import is_cache_file
-
-        return isinstance(filename_or_obj, (str, os.PathLike)) and is_cache_file(filename_or_obj)
+        """Never guessed: a cache file is also plain netCDF, which other engines open."""
+        return False

@@ -1,7 +1,7 @@
 """Read the chunks of a cache file straight from a memory map, checked by CRC-32.
 
 :class:`ChunkIndex` is one data variable's chunk index from the file's
-verified header (see :mod:`nat4xr.cachefile.header`); :class:`ChunkFile` is
+verified trailer (see :mod:`nat4xr.cachefile.trailer`); :class:`ChunkFile` is
 one process's read-only memory map of a cache file. :meth:`ChunkFile.chunk`
 returns the values of one chunk: unfiltered chunks are their own bytes,
 compressed ones are inflated (ISA-L when installed, else zlib) and, for
@@ -71,7 +71,7 @@ class ChunkIndex:
     shuffle : bool
         Compressed chunks were byte-shuffled before deflate.
     stored : numpy.ndarray
-        Bool per chunk: written (the file's header records this explicitly;
+        Bool per chunk: written (the file's trailer records this explicitly;
         when not given, ``offset >= 0``).
     """
 
@@ -112,7 +112,7 @@ class ChunkFile:
         The cache file.
     index : dict
         The file's chunk indexes by variable (from
-        :func:`~nat4xr.cachefile.header.read_header`).
+        :func:`~nat4xr.cachefile.trailer.read_trailer`).
     identity : tuple, optional
         ``(inode, size, mtime_ns)`` the file must still have; a file replaced
         since its index was read raises :class:`CacheError`.

@@ -22,8 +22,8 @@ from ..errors import CacheError
 from ..schema import SCHEMA_VERSION, check_dataset
 from .arrays import CacheArray, CacheSource
 from .chunks import ChunkFile
-from .header import read_header
 from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
+from .trailer import read_trailer
 
 __all__ = ["open_cache", "open_store", "read_metadata"]
 
@@ -76,7 +76,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     path = Path(path)
     try:
         # Every byte netCDF/HDF5 will parse is verified before they see the file.
-        header = read_header(path)
+        trailer = read_trailer(path)
         nc = netCDF4.Dataset(str(path), "r")
     except FileNotFoundError:
         raise CacheError(
@@ -89,9 +89,9 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
             f"{path} is not a readable netCDF file ({exc}); delete it, or call "
             "open_nat4(..., rebuild=True)"
         ) from exc
-    index = header.index
+    index = trailer.index
     try:
-        if _identity(path) != header.identity:
+        if _identity(path) != trailer.identity:
             raise CacheError(f"{path} was replaced while it was opened; open it again")
         stamp = _stamp(nc, path)
         expected = str(nc.groups[INDEX_GROUP].getncattr("digest"))
@@ -118,7 +118,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     missing = [name for name in ("stim", "neuron") if name not in coords]
     if missing or "response" not in meta:
         raise CacheError(f"{path}: no {', '.join(missing or ['response'])}; {_REBUILD}")
-    files = ChunkFile(path, index, header.identity)
+    files = ChunkFile(path, index, trailer.identity)
     all_dims = {d for var_dims, _ in meta.values() for d in var_dims}
     drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
     source = CacheSource(

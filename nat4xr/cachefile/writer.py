@@ -1,7 +1,7 @@
-"""Write a Dataset to a cache file: atomically, under a lock, with a checked header.
+"""Write a Dataset to a cache file: atomically, under a lock, with a checked trailer.
 
 See :mod:`nat4xr.cachefile.layout` for what the file holds and
-:mod:`nat4xr.cachefile.header` for its header.
+:mod:`nat4xr.cachefile.trailer` for its trailer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ..errors import CacheError
 from ..files import atomic_path, remove_stale
 from ..schema import check_dataset
 from .chunks import crc32
-from .header import DEFLATED, STORED, encode_header, metadata_crc, userblock_size
 from .layout import (
     CACHE_FORMAT,
     COMPRESSION,
@@ -35,6 +34,7 @@ from .layout import (
     chunk_shape,
     digest,
 )
+from .trailer import DEFLATED, STORED, encode_trailer, metadata_crc
 
 __all__ = ["LOCK_TIMEOUT", "lock", "write_cache"]
 
@@ -146,22 +146,14 @@ def write_unlocked(
 
 
 def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], progress: bool) -> None:
-    import h5py
     import netCDF4
 
     data_vars = [name for name in ds.data_vars if name != "response"]
     description = _description(ds, ["response", *data_vars], key, options)
-    n_chunks = sum(v["n"] for v in description["variables"])
-    blob = json.dumps(description).encode()
-    userblock = userblock_size(blob, n_chunks)
-    # The header is written into the user block last; HDF5 and netCDF skip it.
-    # netCDF-C writes into an HDF5 file only if its root group tracks creation order.
-    with h5py.File(tmp, "w", userblock_size=userblock, track_order=True, libver=("v108", "latest")):
-        pass
     rest = ds.drop_vars("response").drop_encoding()
     rest.attrs = {k: v for k, v in rest.attrs.items() if k not in STAMPS}
     encoding = {name: _encoding(var, name in data_vars) for name, var in rest.variables.items()}
-    rest.to_netcdf(tmp, mode="a", format="NETCDF4", engine="netcdf4", encoding=encoding)
+    rest.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
     reps = _recorded_repeats(ds)
     blocks = _blocks(reps, ds.sizes["neuron"] * ds.sizes["time"] * 4)
     bar = _progress(len(blocks), progress)
@@ -183,7 +175,7 @@ def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], prog
         nc.setncattr("nat4xr_cache_format", np.int64(CACHE_FORMAT))
     tables = _chunk_tables(tmp, description["variables"])
     with open(tmp, "rb+") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = os.fstat(fh.fileno()).st_size  # HDF5's end of file: nothing reads past it
         ranges = [
             (o, o + n)
             for t in tables
@@ -193,14 +185,13 @@ def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], prog
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
-                meta = metadata_crc(
-                    view, userblock, np.array(sorted(ranges), np.int64).reshape(-1, 2)
-                )
+                chunks = np.array(sorted(ranges), np.int64).reshape(-1, 2)
+                meta = metadata_crc(view, 0, chunks)
             finally:
                 view.release()
-        # The header goes last: a file without it was never finished.
-        fh.seek(0)
-        fh.write(encode_header(userblock, size, meta, blob, tables))
+        # The trailer goes last: a file without it was never finished.
+        fh.seek(size)
+        fh.write(encode_trailer(size, meta, json.dumps(description).encode(), tables))
         fh.flush()
         os.fsync(fh.fileno())  # the data reach the disk before the rename publishes them
 
@@ -208,7 +199,7 @@ def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], prog
 def _description(
     ds: xr.Dataset, names: list[str], key: str, options: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The header's description: stamp, and per data variable what its chunks hold."""
+    """The trailer's description: stamp, and per data variable what its chunks hold."""
     variables = []
     for name in names:
         var = ds[name]
@@ -353,14 +344,14 @@ def _chunk_table(dset: Any, var: dict[str, Any], fh: Any) -> dict[str, np.ndarra
     shuffled = any(
         filters.get_filter(i)[0] == _filter_id("SHUFFLE") for i in range(filters.get_nfilters())
     )
-    # The header describes the chunks to a reader that never asks HDF5: it must be exact.
+    # The trailer describes the chunks to a reader that never asks HDF5: it must be exact.
     if (
         list(dset.shape) != var["shape"]
         or list(chunks) != var["chunks"]
         or dset.dtype.newbyteorder("<") != np.dtype(var["dtype"])
         or shuffled != var["shuffle"]
     ):
-        raise RuntimeError(f"{var['name']} was not stored as the cache header describes it")
+        raise RuntimeError(f"{var['name']} was not stored as the cache trailer describes it")
     grid = chunk_grid(dset.shape, chunks)
     skip_all = (1 << filters.get_nfilters()) - 1
     fields = {
