@@ -1,12 +1,11 @@
 """What a cache file holds and where: the one description shared by writer and reader.
 
 Layout (cache format 5)
-    A cache file is a netCDF4/HDF5 file that begins with an HDF5 user block
-    (bytes HDF5 and netCDF reserve and never read) holding nat4xr's header:
-    the stamp, the chunk index and the CRC-32 of every byte outside the user
-    block and the chunks (see :mod:`nat4xr.cachefile.header`). netCDF and
-    HDF5 find the file's superblock after the user block and read the rest as
-    usual (``xarray.open_dataset(path, engine="netcdf4")`` opens it).
+    A cache file is a netCDF4/HDF5 file followed by nat4xr's trailer: the
+    stamp, the chunk index and the CRC-32 of every byte of the HDF5 part
+    outside the chunks (see :mod:`nat4xr.cachefile.trailer`). HDF5 reads
+    nothing past its own last byte, so netCDF and HDF5 readers open the file
+    as usual (``xarray.open_dataset(path)`` reads it as plain netCDF).
 
     The root group holds the Dataset: coordinates stored plainly (strings as
     fixed-width UTF-8 characters), data variables chunked one stim at a time,
@@ -23,7 +22,7 @@ Layout (cache format 5)
     per-chunk filter mask, so their bytes are the little-endian float32
     values in C order.
 
-    The header's chunk index is what the reader uses instead of HDF5's: for
+    The trailer's chunk index is what the reader uses instead of HDF5's: for
     each chunk in C order of the chunk grid, whether it was written (a chunk
     never written is recorded as such), its byte offset in the file, its
     stored size, whether it is compressed, and the CRC-32 of its stored
@@ -32,16 +31,15 @@ Layout (cache format 5)
 
 Integrity
     Nothing of the file is used unchecked. At open, before netCDF parses a
-    byte, the header's CRC-32 (covering the whole user block), the file's
-    size and the CRC-32 of every byte outside the chunks (superblock, object
-    headers, heaps, B-trees, coordinates, attributes) are verified; then the
+    byte, the trailer's CRC-32, the file's size and the CRC-32 of every byte
+    outside the chunks and the trailer (superblock, object headers, heaps,
+    B-trees, coordinates, attributes) are verified; then the
     digest. The reader copies chunks straight from a memory map of the file
     and verifies each chunk's CRC-32 before its bytes are used. A damaged
     byte anywhere is a :class:`~nat4xr.errors.CacheError` naming the file,
     never a wrong value, a crash or a hang inside netCDF.
 
-The header is written last, into the user block; a file without it was never
-finished.
+The trailer is written last; a file without it was never finished.
 """
 
 from __future__ import annotations
