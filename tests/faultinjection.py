@@ -10,7 +10,8 @@ docs/reliability.md::
 
 Every case copies a freshly written cache file, damages the copy, then opens
 it with :func:`nat4xr.cachefile.open_cache` and loads everything, in a forked
-child process (so a crash or a hang is seen, not suffered). Outcomes:
+child process under a watchdog (:class:`Watchdog`: a crash or a hang is
+seen, not suffered, and the child is replaced). Outcomes:
 
 - ``identical``: every value, coordinate and attribute as written;
 - ``error at open`` / ``error at read``: a :class:`~nat4xr.errors.CacheError`
@@ -132,37 +133,6 @@ def classify(path: Path, reference: xr.Dataset) -> str:
     if loaded.identical(reference):
         return "identical"
     return "WRONG"
-
-
-def in_child(path: Path, reference: xr.Dataset, timeout: float = 60.0) -> str:
-    """:func:`classify` in a forked child: a crash or a hang becomes an outcome."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read)
-        try:
-            label = classify(path, reference)
-        except BaseException as exc:  # anything that is not a CacheError
-            label = f"bare {type(exc).__name__}: {str(exc)[:80]}"
-        os.write(write, label.encode())
-        os._exit(0)
-    os.close(write)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read)
-            return "hang"
-        time.sleep(0.002)
-    label = os.read(read, 4096).decode()
-    os.close(read)
-    if os.WIFSIGNALED(status):
-        return f"crash (signal {os.WTERMSIG(status)})"
-    return label or "crash (no result)"
 
 
 class Watchdog:
