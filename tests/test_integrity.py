@@ -45,28 +45,28 @@ def test_seeded_faults_in_every_region_never_give_a_wrong_value(tmp_path):
 
 
 def test_flips_of_the_chunk_index_end_at_open(tmp_path):
-    # The sign bit and one other value at every 41st byte of the index, and at
+    # The sign bit and one other value at every 13th byte of the index, and at
     # every byte of its footer (format, CRC, sizes, magic): all caught at open.
-    counts = sweep(tmp_path, "chunk index", stride=41, timeout=WATCHDOG)
+    counts = sweep(tmp_path, "chunk index", stride=13, timeout=WATCHDOG)
     counts += sweep(tmp_path, "chunk index", stride=1, timeout=WATCHDOG, tail=48)
     assert set(counts) == {"error at open"}, dict(counts)
-    assert counts.total() > 2 * 48 + 200
+    assert counts.total() > 2 * 48 + 800
 
 
 def test_flips_of_the_metadata_end_at_open(tmp_path):
-    counts = sweep(tmp_path, "HDF5 metadata", stride=97, sign=False, timeout=WATCHDOG)
-    counts += sweep(tmp_path, "coordinates", stride=31, sign=False, timeout=WATCHDOG)
+    counts = sweep(tmp_path, "HDF5 metadata", stride=41, sign=False, timeout=WATCHDOG)
+    counts += sweep(tmp_path, "coordinates", stride=7, sign=False, timeout=WATCHDOG)
     assert set(counts) == {"error at open"}, dict(counts)
-    assert counts.total() > 150
+    assert counts.total() > 800
 
 
 def test_random_flips_anywhere_are_caught(tmp_path):
-    counts = random_flips(120, seed=3, workdir=tmp_path, timeout=WATCHDOG)
+    counts = random_flips(300, seed=3, workdir=tmp_path, timeout=WATCHDOG)
     outcomes = collections.Counter()
     for counter in counts.values():
         outcomes += counter
     assert set(outcomes) <= {"error at open", "error at read"}, dict(outcomes)
-    assert outcomes.total() == 120
+    assert outcomes.total() == 300
 
 
 def _global_heap_object(data: bytes, k: int) -> int:
