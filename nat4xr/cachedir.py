@@ -7,7 +7,7 @@ so a changed input gets a new file instead of meeting a stale cache.
 Housekeeping touches only what nat4xr wrote: :func:`cache_list` and
 :func:`cache_clear` see a file only when its name has the cache pattern
 (:data:`CACHE_NAME`) and it carries the cache stamp inside
-(:func:`nat4xr.cachefile.reading.read_stamp`); a cache that an open Dataset is
+(:func:`nat4xr.cachefile.reading.identify`); a cache that an open Dataset is
 reading is skipped, not deleted.
 """
 
@@ -160,14 +160,14 @@ def cache_list() -> list[CacheEntry]:
     folder = cache_dir()
     if not folder.is_dir():
         return []
-    from .cachefile.reading import read_stamp
+    from .cachefile.reading import identify
 
     entries = []
     for p in folder.iterdir():
         match = CACHE_NAME.fullmatch(p.name)
         if match is None:
             continue
-        stamp = read_stamp(p)  # None for folders, links, foreign and unfinished files
+        stamp = identify(p)  # None for folders, links, foreign and unfinished files
         if stamp is None:
             continue
         try:

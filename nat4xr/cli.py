@@ -131,9 +131,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 f"{args.target!r} is neither an area ({', '.join(AREAS)}) nor a file; "
                 "`nat4xr cache list` shows the cache files"
             )
-        from .cachefile.reading import read_stamp
+        from .cachefile.reading import identify
 
-        if target.exists() and read_stamp(target) is None:
+        if target.exists() and identify(target) is None:
             raise Nat4Error(
                 f"{target} is not a nat4xr cache file (no nat4xr stamp inside); `nat4xr info` "
                 "takes an area or a cache file (`nat4xr cache list` shows them)"

@@ -168,7 +168,7 @@ def test_a_flipped_byte_in_a_coordinate_fails_the_open(written, tmp_path):
     with h5py.File(copy, "r") as f:
         offset = f["neuron"].id.get_offset()
     _flip(copy, offset + 3)
-    with pytest.raises(CacheError, match=rf"{copy.name}.*digest.*rebuild"):
+    with pytest.raises(CacheError, match=rf"{copy.name}.*metadata.*CRC-32.*rebuild"):
         open_cache(copy)
 
 
@@ -188,3 +188,105 @@ def test_close_releases_the_file_and_a_replaced_file_is_never_read(written, tmp_
         _ = lazy.response.isel(stim=1).values
     with open_cache(copy) as fresh:
         xr.testing.assert_identical(fresh.load(), other)
+
+
+# ----------------------------------------------------------------------------- the trailer
+
+
+def _trailer_entry(path, name: str, flat: int) -> tuple[bytearray, int, int, int]:
+    """The file's bytes, where its trailer starts, and chunk ``flat``'s ``offset`` and ``flags``."""
+    from nat4xr.cachefile.trailer import FOOT, read_trailer
+
+    data = bytearray(path.read_bytes())
+    _, _, start, _, _, n_desc, _ = FOOT.unpack_from(data, len(data) - FOOT.size)
+    at = start + n_desc
+    for ix in read_trailer(path).index.values():  # offset, nbytes, crc32, flags: 8, 8, 4, 1 B
+        n = ix.stored.size
+        if ix.name == name:
+            return data, start, at + 8 * flat, at + 20 * n + flat
+        at += 21 * n
+    raise KeyError(name)
+
+
+def _write_back(path, data: bytearray, start: int, crc: bool) -> None:
+    import struct
+
+    from nat4xr.cachefile.chunks import crc32
+    from nat4xr.cachefile.trailer import FOOT
+
+    if crc:  # a trailer whose CRC matches what it says: as a faulty writer would leave it
+        at = len(data) - FOOT.size + 4
+        struct.pack_into("<I", data, at, 0)
+        struct.pack_into("<I", data, at, crc32(data[start:]))
+    path.write_bytes(bytes(data))
+
+
+def test_the_sign_byte_of_a_chunk_offset_is_caught_by_the_index_checksum(written, tmp_path):
+    ds, path = written
+    copy = _copy(path, tmp_path)
+    val = int(np.flatnonzero(ds.subset.values == "val")[0])
+    flat = val * ds.sizes["repeat"]  # (stim=val, repeat=0): a stored, unfiltered chunk
+    data, start, offset_at, _ = _trailer_entry(copy, "response", flat)
+    data[offset_at + 7] ^= 0x80  # the offset turns negative: read as "not stored" before
+    _write_back(copy, data, start, crc=False)
+    with pytest.raises(CacheError, match=rf"{copy.name}: its trailer \(the chunk index\) fails"):
+        open_cache(copy)
+
+
+def test_an_absent_chunk_is_recorded_and_checked_not_inferred(written, tmp_path):
+    ds, path = written
+    val = int(np.flatnonzero(ds.subset.values == "val")[0])
+    flat = val * ds.sizes["repeat"]
+    copy = _copy(path, tmp_path)
+    with open_cache(copy, chunks=None) as lazy:
+        index = lazy.response.encoding["nat4xr_source"].file.index["response"]
+        assert index.stored.sum() == int(ds.n_repeats.sum())
+        assert (index.stored == (index.offset >= 0)).all()
+    data, start, _, flags_at = _trailer_entry(copy, "response", flat)
+    data[flags_at] = 0  # "never written", but the entry still has an offset, size and CRC
+    _write_back(copy, data, start, crc=True)
+    with pytest.raises(
+        CacheError, match=rf"{copy.name}: its trailer \(the chunk index\) is invalid"
+    ):
+        open_cache(copy)
+    data, start, offset_at, _ = _trailer_entry(_copy(path, tmp_path), "response", flat)
+    data[offset_at + 4] ^= 0x10  # far past the end of the file
+    _write_back(copy, data, start, crc=True)
+    with pytest.raises(CacheError, match=rf"{copy.name}: its chunk index places chunks outside"):
+        open_cache(copy)
+
+
+def test_a_cache_of_format_4_is_named_as_such(tmp_path):
+    ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=3, n_time=4)
+    old = tmp_path / "old.nc"
+    ds.to_netcdf(old, engine="netcdf4")  # an HDF5 file without nat4xr's trailer
+    with pytest.raises(CacheError, match=r"old.nc has no nat4xr cache trailer: .* older nat4xr"):
+        open_cache(old)
+    assert not nat4xr.cachefile.is_cache_file(old)
+
+
+def test_is_cache_file_and_read_stamp(written, tmp_path):
+    import os
+
+    from nat4xr.cachefile import is_cache_file, read_stamp
+
+    _, path = written
+    assert is_cache_file(path)
+    assert read_stamp(path) == {"format": CACHE_FORMAT, "key": "", "options": {}}
+    fifo = tmp_path / "fifo.nc"
+    os.mkfifo(fifo)  # opening a FIFO for reading would block: it is never opened
+    assert not is_cache_file(fifo) and not is_cache_file(tmp_path)
+    with pytest.raises(CacheError, match="not a regular file"):
+        read_stamp(fifo)
+    copy = _copy(path, tmp_path)
+    _flip(copy, copy.stat().st_size - 100)
+    assert is_cache_file(copy)  # the magic only
+    with pytest.raises(CacheError, match=rf"{copy.name}: its trailer \(the chunk index\) fails"):
+        read_stamp(copy)
+
+
+def test_xarray_still_opens_a_cache_file_as_netcdf(written):
+    ds, path = written
+    with xr.open_dataset(path) as plain:  # HDF5 ignores the trailer after its last byte
+        np.testing.assert_array_equal(plain.response.values, ds.response.values)
+        assert plain.attrs["nat4xr_cache_format"] == CACHE_FORMAT

@@ -95,15 +95,15 @@ def test_cache_list_and_clear_touch_only_stamped_caches(dirs):
     assert not list(folder.glob("*.lock")), "no lock file may be created for foreign files"
 
 
-def test_read_stamp_is_none_for_anything_but_a_cache(tmp_path):
-    from nat4xr.cachefile.reading import read_stamp
+def test_identify_is_none_for_anything_but_a_cache(tmp_path):
+    from nat4xr.cachefile.reading import identify as read_stamp
 
     cache = write_cache(_tiny(), tmp_path / "c.nc", key="k", options={"subset": "all"})
     assert read_stamp(cache) == {
         "format": nat4xr.cachefile.CACHE_FORMAT,
         "key": "k",
         "options": {"subset": "all"},
-        "schema": nat4xr.schema.SCHEMA_VERSION,
+        "damaged": False,
     }
     plain = tmp_path / "plain.nc"
     xr.Dataset({"x": ("t", [1.0])}).to_netcdf(plain)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -164,18 +165,29 @@ def test_open_cache_rejects_bad_files(tmp_path):
         nat4xr.cachefile.open_cache(truncated)
     garbage = tmp_path / "garbage.nc"
     garbage.write_bytes(b"not a netCDF file at all" * 10)
-    with pytest.raises(CacheError, match="not a readable netCDF"):
+    with pytest.raises(CacheError, match="not a nat4xr cache file"):
         nat4xr.cachefile.open_cache(garbage)
     foreign = tmp_path / "foreign.nc"
     ds.to_netcdf(foreign)
     with pytest.raises(CacheError, match="not a nat4xr cache"):
         nat4xr.cachefile.open_cache(foreign)
-    future = tmp_path / "future.nc"
-    shutil.copy(good, future)
+    edited = tmp_path / "edited.nc"
+    shutil.copy(good, edited)
     import netCDF4
 
-    with netCDF4.Dataset(future, "a") as nc:
+    with netCDF4.Dataset(edited, "a") as nc:  # HDF5 cuts the file at its own end: no trailer
         nc.setncattr("nat4xr_cache_format", np.int64(99))
+    with pytest.raises(CacheError, match="no nat4xr cache trailer"):
+        nat4xr.cachefile.open_cache(edited)
+    future = tmp_path / "future.nc"
+    data = bytearray(good.read_bytes())
+    from nat4xr.cachefile.chunks import crc32
+    from nat4xr.cachefile.trailer import FOOT
+
+    start = FOOT.unpack_from(data, len(data) - FOOT.size)[2]
+    struct.pack_into("<II", data, len(data) - FOOT.size, 99, 0)  # format 99, CRC re-made
+    struct.pack_into("<I", data, len(data) - FOOT.size + 4, crc32(data[start:]))
+    future.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="format 99"):
         nat4xr.cachefile.open_cache(future)
 

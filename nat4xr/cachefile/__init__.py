@@ -3,6 +3,9 @@
 - :mod:`~nat4xr.cachefile.layout`: what a file holds (format version, chunking,
   the chunk index, the digest).
 - :mod:`~nat4xr.cachefile.writer`: :func:`write_cache` (atomic, locked).
+- :mod:`~nat4xr.cachefile.trailer`: the checked trailer after HDF5's last
+  byte (chunk index, CRC-32 of the metadata), :func:`is_cache_file`,
+  :func:`read_stamp`.
 - :mod:`~nat4xr.cachefile.chunks`: the chunk index and the memory-mapped,
   CRC-checked chunk reader.
 - :mod:`~nat4xr.cachefile.arrays`: the lazy ``BackendArray`` and the
@@ -18,6 +21,7 @@ from .arrays import CacheArray, CacheSource
 from .chunks import ChunkFile, ChunkIndex
 from .layout import CACHE_FORMAT
 from .reading import open_cache
+from .trailer import is_cache_file, read_stamp
 from .writer import write_cache
 
 __all__ = [
@@ -26,6 +30,8 @@ __all__ = [
     "CacheSource",
     "ChunkFile",
     "ChunkIndex",
+    "is_cache_file",
     "open_cache",
+    "read_stamp",
     "write_cache",
 ]

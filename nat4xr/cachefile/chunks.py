@@ -1,7 +1,7 @@
 """Read the chunks of a cache file straight from a memory map, checked by CRC-32.
 
 :class:`ChunkIndex` is one data variable's chunk index from the file's
-``/nat4xr`` group (see :mod:`nat4xr.cachefile.layout`); :class:`ChunkFile` is
+verified trailer (see :mod:`nat4xr.cachefile.trailer`); :class:`ChunkFile` is
 one process's read-only memory map of a cache file. :meth:`ChunkFile.chunk`
 returns the values of one chunk: unfiltered chunks are their own bytes,
 compressed ones are inflated (ISA-L when installed, else zlib) and, for
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheError
-from .layout import FIELDS, INDEX_GROUP, chunk_grid
+from .layout import chunk_grid
 
 __all__ = [
     "DECODED_CACHE_BYTES",
@@ -50,7 +50,6 @@ __all__ = [
     "ChunkIndex",
     "crc32",
     "in_use",
-    "read_index",
     "share_lock",
 ]
 
@@ -72,12 +71,15 @@ class ChunkIndex:
     fill : float
         Value of chunks never written.
     offset, nbytes, crc32 : numpy.ndarray
-        Per chunk, shaped like the chunk grid: byte offset (-1: not written),
-        stored size and CRC-32 of the stored bytes.
+        Per chunk, shaped like the chunk grid: byte offset (-1 for a chunk
+        not written), stored size and CRC-32 of the stored bytes.
     compressed : numpy.ndarray
         Bool per chunk: deflated (else the raw values).
     shuffle : bool
         Compressed chunks were byte-shuffled before deflate.
+    stored : numpy.ndarray
+        Bool per chunk: written (the file's trailer records this explicitly;
+        when not given, ``offset >= 0``).
     """
 
     name: str
@@ -91,6 +93,11 @@ class ChunkIndex:
     compressed: np.ndarray
     crc32: np.ndarray
     shuffle: bool = False
+    stored: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.stored is None:
+            object.__setattr__(self, "stored", np.asarray(self.offset) >= 0)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -103,59 +110,6 @@ class ChunkIndex:
         return int(np.prod(self.chunks)) * self.dtype.itemsize
 
 
-def read_index(nc: Any, path: str) -> dict[str, ChunkIndex]:
-    """The chunk indexes in an open ``netCDF4.Dataset`` of a cache file, by variable.
-
-    Raises :class:`CacheError` when the index is missing or inconsistent.
-    """
-    try:
-        group = nc.groups[INDEX_GROUP]
-    except KeyError:
-        raise CacheError(
-            f"{path} has no chunk index (group /{INDEX_GROUP}); rebuild it with "
-            "open_nat4(..., rebuild=True)"
-        ) from None
-    out = {}
-    for name in str(group.getncattr("variables")).split():
-        var = nc.variables[name]
-        shape = tuple(len(nc.dimensions[d]) for d in var.dimensions)
-        chunking = var.chunking()
-        chunks = tuple(int(c) for c in chunking) if chunking != "contiguous" else shape
-        grid = chunk_grid(shape, chunks)
-        fields = {}
-        for field in FIELDS:
-            arr = group.variables[f"{name}.{field}"]
-            arr.set_auto_maskandscale(False)
-            fields[field] = np.asarray(arr[...])
-        if any(f.size != int(np.prod(grid)) for f in fields.values()):
-            raise CacheError(
-                f"{path}: the chunk index of {name} does not match its shape; rebuild it with "
-                "open_nat4(..., rebuild=True)"
-            )
-        fill = var.getncattr("_FillValue") if "_FillValue" in var.ncattrs() else np.nan
-        filters = var.filters() or {}
-        others = [k for k, v in filters.items() if v and k not in ("zlib", "shuffle", "complevel")]
-        if others:
-            raise CacheError(
-                f"{path}: {name} is stored with the filter(s) {others}, which this reader does "
-                "not decode; rebuild it with open_nat4(..., rebuild=True)"
-            )
-        out[name] = ChunkIndex(
-            name=name,
-            dims=tuple(var.dimensions),
-            shape=shape,
-            chunks=chunks,
-            dtype=np.dtype(var.dtype).newbyteorder("<"),
-            fill=float(fill),
-            offset=fields["offset"].astype(np.int64).reshape(grid),
-            nbytes=fields["nbytes"].astype(np.int64).reshape(grid),
-            compressed=fields["compressed"].astype(bool).reshape(grid),
-            crc32=fields["crc32"].astype(np.int64).reshape(grid),
-            shuffle=bool(filters.get("shuffle", False)),
-        )
-    return out
-
-
 class ChunkFile:
     """A read-only memory map of a cache file, serving checked chunks.
 
@@ -164,7 +118,8 @@ class ChunkFile:
     path : path-like
         The cache file.
     index : dict
-        The file's chunk indexes by variable (:func:`read_index`).
+        The file's chunk indexes by variable (from
+        :func:`~nat4xr.cachefile.trailer.read_trailer`).
     identity : tuple, optional
         ``(inode, size, mtime_ns)`` the file must still have; a file replaced
         since its index was read raises :class:`CacheError`.
@@ -261,9 +216,9 @@ class ChunkFile:
 
     def stored(self, index: ChunkIndex, flat: int, where: str = "") -> memoryview | None:
         """The checked stored bytes of chunk ``flat`` (C order of the grid); None if unwritten."""
-        offset = int(index.offset.flat[flat])
-        if offset < 0:
+        if not index.stored.flat[flat]:
             return None
+        offset = int(index.offset.flat[flat])
         n = int(index.nbytes.flat[flat])
         data = self.bytes
         if offset + n > data.size:

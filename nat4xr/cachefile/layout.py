@@ -1,35 +1,45 @@
 """What a cache file holds and where: the one description shared by writer and reader.
 
-Layout (cache format 4)
-    A cache file is an ordinary netCDF4/HDF5 file. The root group holds the
-    Dataset: coordinates stored plainly (strings as fixed-width UTF-8
-    characters), data variables chunked one stim at a time, and ``response``
-    one (stim, repeat) pair at a time ``(1, neuron, 1, time)``. Only the
-    recorded repeats of each sound are written; HDF5 allocates no chunk
-    that is never written, so the padding reads as the fill value (NaN) and
-    costs nothing.
+Layout (cache format 5)
+    A cache file is a netCDF4/HDF5 file followed by nat4xr's trailer: the
+    stamp, the chunk index and the CRC-32 of every byte of the HDF5 part
+    outside the chunks (see :mod:`nat4xr.cachefile.trailer`). HDF5 reads
+    nothing past its own last byte, so netCDF and HDF5 readers open the file
+    as usual (``xarray.open_dataset(path)`` reads it as plain netCDF).
+
+    The root group holds the Dataset: coordinates stored plainly (strings as
+    fixed-width UTF-8 characters), data variables chunked one stim at a time,
+    and ``response`` one (stim, repeat) pair at a time ``(1, neuron, 1,
+    time)``. Only the recorded repeats of each sound are written; HDF5
+    allocates no chunk that is never written, so the padding reads as the
+    fill value (NaN) and costs nothing.
 
     Chunks of sounds with one recorded repeat (estimation sounds) are
     compressed with deflate level 1, and every chunk of the other data
     variables with byte shuffle + deflate level 1: HDF5's own filters, which
-    every HDF5 reader decodes. Chunks of sounds with repeats (validation sounds, read whole and
-    often) are stored unfiltered, marked by HDF5's per-chunk filter mask, so
-    their bytes are the little-endian float32 values in C order.
+    every HDF5 reader decodes. Chunks of sounds with repeats (validation
+    sounds, read whole and often) are stored unfiltered, marked by HDF5's
+    per-chunk filter mask, so their bytes are the little-endian float32
+    values in C order.
 
-    The group ``/nat4xr`` holds, per data variable, the chunk index the
-    reader uses instead of HDF5's: for each chunk in C order of the chunk
-    grid, its byte offset in the file (-1: never written), its stored size,
-    whether it is compressed, and the CRC-32 of its stored bytes. Its
-    attribute ``digest`` is a SHA-256 over every coordinate and attribute of
-    the root group as read back.
+    The trailer's chunk index is what the reader uses instead of HDF5's: for
+    each chunk in C order of the chunk grid, whether it was written (a chunk
+    never written is recorded as such), its byte offset in the file, its
+    stored size, whether it is compressed, and the CRC-32 of its stored
+    bytes. The group ``/nat4xr`` has the attribute ``digest``, a SHA-256
+    over every coordinate and attribute of the root group as read back.
 
 Integrity
-    The reader copies chunks straight from a memory map of the file and
-    verifies each chunk's CRC-32 before its bytes are used; the digest is
-    checked when the file is opened. A damaged chunk, coordinate or
-    attribute is therefore never served as data.
+    Nothing of the file is used unchecked. At open, before netCDF parses a
+    byte, the trailer's CRC-32, the file's size and the CRC-32 of every byte
+    outside the chunks and the trailer (superblock, object headers, heaps,
+    B-trees, coordinates, attributes) are verified; then the
+    digest. The reader copies chunks straight from a memory map of the file
+    and verifies each chunk's CRC-32 before its bytes are used. A damaged
+    byte anywhere is a :class:`~nat4xr.errors.CacheError` naming the file,
+    never a wrong value, a crash or a hang inside netCDF.
 
-The stamp attributes go last; a file without them was never finished.
+The trailer is written last; a file without it was never finished.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ __all__ = [
     "digest",
 ]
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """Version of the cache file layout; bumped when the way files are written changes."""
 
 #: Global attributes stamped on every cache file (moved to
@@ -62,8 +72,6 @@ STAMPS = ("nat4xr_cache_format", "nat4xr_cache_key", "nat4xr_cache_options")
 INDEX_GROUP = "nat4xr"
 #: Dimensions stored one entry per chunk; every other dimension is whole in a chunk.
 GRID_DIMS = ("stim", "repeat")
-#: Names of the index arrays per variable: ``<variable>.<field>``.
-FIELDS = ("offset", "nbytes", "compressed", "crc32")
 #: Compression of filtered chunks (HDF5 built-in filters: any reader decodes them).
 COMPRESSION = {"zlib": True, "complevel": 1, "shuffle": True}
 #: ``response``'s single-repeat chunks: spike counts compress smaller without the

@@ -21,10 +21,11 @@ from xarray.core import indexing
 from ..errors import CacheError
 from ..schema import SCHEMA_VERSION, check_dataset
 from .arrays import CacheArray, CacheSource
-from .chunks import ChunkFile, read_index
+from .chunks import ChunkFile
 from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
+from .trailer import read_trailer
 
-__all__ = ["open_cache", "open_store", "read_metadata", "read_stamp"]
+__all__ = ["identify", "open_cache", "open_store", "read_metadata"]
 
 #: Bytes of ``response`` per dask chunk that ``chunks='auto'`` aims at.
 _CHUNK_BYTES = 64 << 20
@@ -74,20 +75,25 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
 
     path = Path(path).absolute()  # a later chdir must not change which file is read
     try:
-        st = path.stat()
+        # Every byte netCDF/HDF5 will parse is verified before they see the file.
+        trailer = read_trailer(path)
         nc = netCDF4.Dataset(str(path), "r")
     except FileNotFoundError:
         raise CacheError(
             f"{path}: no such cache file; open_nat4() (or `nat4xr build AREA`) builds one"
         ) from None
+    except CacheError:
+        raise
     except Exception as exc:  # HDF5/netCDF raise assorted types for broken files
         raise CacheError(
             f"{path} is not a readable netCDF file ({exc}); delete it, or call "
             "open_nat4(..., rebuild=True)"
         ) from exc
+    index = trailer.index
     try:
+        if _identity(path) != trailer.identity:
+            raise CacheError(f"{path} was replaced while it was opened; open it again")
         stamp = _stamp(nc, path)
-        index = read_index(nc, str(path))
         expected = str(nc.groups[INDEX_GROUP].getncattr("digest"))
         root = _root(path, nc)
         coords = _coords(root)
@@ -98,6 +104,10 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
                 f"them: the file is damaged; {_REBUILD}"
             )
         meta = {name: (var.dims, dict(var.attrs)) for name, var in root.data_vars.items()}
+        for name, (dims, _) in meta.items():
+            ix = index.get(name)
+            if ix is not None and (ix.dims != tuple(dims) or ix.shape != root[name].shape):
+                raise CacheError(f"{path}: {name} does not match its chunk index; {_REBUILD}")
     except CacheError:
         nc.close()
         raise
@@ -108,7 +118,7 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     missing = [name for name in ("stim", "neuron") if name not in coords]
     if missing or "response" not in meta:
         raise CacheError(f"{path}: no {', '.join(missing or ['response'])}; {_REBUILD}")
-    files = ChunkFile(path, index, (st.st_ino, st.st_size, st.st_mtime_ns))
+    files = ChunkFile(path, index, trailer.identity)
     all_dims = {d for var_dims, _ in meta.values() for d in var_dims}
     drop = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
     source = CacheSource(
@@ -146,6 +156,11 @@ def open_store(path: str | os.PathLike, drop_variables: Any = None) -> xr.Datase
     ds.set_close(files.close)
     ds.encoding = {"source": str(path), "nat4xr_cache": stamp}
     return ds
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _stamp(nc: Any, path: Path) -> dict[str, Any]:
@@ -265,21 +280,25 @@ def chunk_spec(ds: xr.Dataset, chunks: Any) -> dict[str, int]:
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The stamp of a nat4xr cache file, or None for anything else.
+def identify(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The stamp of a nat4xr cache file of any format, or None for any other file.
 
-    Cheap and safe on any file: a path that is not a regular file, does not
-    start with the HDF5 signature, or cannot be opened is not a cache (None,
-    never an error). Only the superblock and the root group's attributes are
-    read (through h5py, without HDF5's file locking), never the data or the
-    chunk index, and nothing is checked beyond the stamp: a stamped file may
-    still be damaged (:func:`open_store` finds that).
+    Cheap and safe on any path: what is not a regular file (a symbolic link
+    is not), or carries
+    neither nat4xr's trailer nor (caches of formats before 5) nat4xr's stamp
+    attributes, is not a cache (None, never an error). A file of this format
+    is recognised by the magic that ends its trailer and its stamp is read
+    from the checked trailer (:func:`nat4xr.cachefile.read_stamp`); one whose
+    trailer is damaged is still nat4xr's own (``damaged`` True, empty
+    options). Older caches are recognised by the root attributes HDF5 keeps
+    (read through h5py without HDF5's file locking). Nothing else is read:
+    :func:`open_store` checks the rest.
 
     Returns
     -------
     dict or None
         ``format`` (int), ``key`` (str), ``options`` (dict, empty when
-        unreadable) and ``schema`` (int or None).
+        unreadable) and ``damaged`` (bool).
 
     Examples
     --------
@@ -287,12 +306,32 @@ def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
     >>> from nat4xr.cachefile import write_cache
     >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=1, n_neurons=2, n_time=3)
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     stamp = read_stamp(write_cache(ds, Path(tmp) / "c.nc", key="k", options={"a": 1}))
+    ...     stamp = identify(write_cache(ds, Path(tmp) / "c.nc", key="k", options={"a": 1}))
     ...     other = Path(tmp) / "notes.nc"
     ...     _ = other.write_text("not a cache")
-    ...     print(stamp["key"], stamp["options"], read_stamp(other))
-    k {'a': 1} None
+    ...     print(stamp["key"], stamp["options"], stamp["damaged"], identify(other))
+    k {'a': 1} False None
     """
+    import stat
+
+    from .trailer import is_cache_file
+    from .trailer import read_stamp as read_checked_stamp
+
+    try:  # a link is the user's, whatever it points to
+        if not stat.S_ISREG(os.stat(path, follow_symlinks=False).st_mode):
+            return None
+    except OSError:
+        return None
+    if is_cache_file(path):
+        try:
+            return {**read_checked_stamp(path), "damaged": False}
+        except (CacheError, OSError):
+            return {"format": CACHE_FORMAT, "key": "", "options": {}, "damaged": True}
+    return _legacy_stamp(path)
+
+
+def _legacy_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The stamp attributes of a cache written before the trailer (format < 5), else None."""
     import stat
 
     try:
@@ -310,8 +349,6 @@ def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
                 return None
             fmt = int(np.asarray(attrs["nat4xr_cache_format"]).ravel()[0])
             key = _text(attrs["nat4xr_cache_key"])
-            schema = attrs.get("nat4xr_schema")
-            schema = None if schema is None else int(np.asarray(schema).ravel()[0])
             try:
                 options = json.loads(_text(attrs.get("nat4xr_cache_options", "{}")))
             except ValueError:
@@ -322,7 +359,7 @@ def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
         "format": fmt,
         "key": key,
         "options": options if isinstance(options, dict) else {},
-        "schema": schema,
+        "damaged": fmt >= CACHE_FORMAT,  # this format without its trailer: cut or edited
     }
 
 

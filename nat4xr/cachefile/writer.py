@@ -1,6 +1,7 @@
-"""Write a Dataset to a cache file: atomically, under a lock, with a checked chunk index.
+"""Write a Dataset to a cache file: atomically, under a lock, with a checked trailer.
 
-See :mod:`nat4xr.cachefile.layout` for what the file holds.
+See :mod:`nat4xr.cachefile.layout` for what the file holds and
+:mod:`nat4xr.cachefile.trailer` for its trailer.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -25,7 +27,6 @@ from .chunks import crc32
 from .layout import (
     CACHE_FORMAT,
     COMPRESSION,
-    FIELDS,
     INDEX_GROUP,
     RESPONSE_COMPRESSION,
     STAMPS,
@@ -33,6 +34,7 @@ from .layout import (
     chunk_shape,
     digest,
 )
+from .trailer import DEFLATED, STORED, encode_trailer, metadata_crc
 
 __all__ = ["LOCK_TIMEOUT", "lock", "write_cache"]
 
@@ -147,6 +149,7 @@ def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], prog
     import netCDF4
 
     data_vars = [name for name in ds.data_vars if name != "response"]
+    description = _description(ds, ["response", *data_vars], key, options)
     rest = ds.drop_vars("response").drop_encoding()
     rest.attrs = {k: v for k, v in rest.attrs.items() if k not in STAMPS}
     encoding = {name: _encoding(var, name in data_vars) for name, var in rest.variables.items()}
@@ -161,26 +164,61 @@ def _write(ds: xr.Dataset, tmp: Path, key: str, options: Mapping[str, Any], prog
             _write_unfiltered(tmp, ds, repeated, bar)
     finally:
         bar.close()
-    tables = _chunk_tables(tmp, ["response", *data_vars])
     from .reading import read_metadata
 
     coords, attrs = read_metadata(tmp)
     with netCDF4.Dataset(tmp, "a") as nc:
         group = nc.createGroup(INDEX_GROUP)
-        for name, fields in tables.items():
-            group.createDimension(f"{name}.chunks", fields["offset"].size)
-            for field in FIELDS:
-                values = fields[field].ravel()
-                var = group.createVariable(f"{name}.{field}", values.dtype, (f"{name}.chunks",))
-                var[:] = values
-        group.setncattr("variables", " ".join(tables))
         group.setncattr("digest", digest(coords, attrs))
-        # The stamp goes last: a file without it was never finished.
         nc.setncattr("nat4xr_cache_options", json.dumps(dict(options), sort_keys=True))
         nc.setncattr("nat4xr_cache_key", key)
         nc.setncattr("nat4xr_cache_format", np.int64(CACHE_FORMAT))
-    with open(tmp, "rb+") as fh:  # the data reach the disk before the rename publishes them
-        os.fsync(fh.fileno())
+    tables = _chunk_tables(tmp, description["variables"])
+    with open(tmp, "rb+") as fh:
+        size = os.fstat(fh.fileno()).st_size  # HDF5's end of file: nothing reads past it
+        ranges = [
+            (o, o + n)
+            for t in tables
+            for o, n, f in zip(t["offset"].tolist(), t["nbytes"].tolist(), t["flags"].tolist())
+            if f & STORED
+        ]
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                chunks = np.array(sorted(ranges), np.int64).reshape(-1, 2)
+                meta = metadata_crc(view, 0, chunks)
+            finally:
+                view.release()
+        # The trailer goes last: a file without it was never finished.
+        fh.seek(size)
+        fh.write(encode_trailer(size, meta, json.dumps(description).encode(), tables))
+        fh.flush()
+        os.fsync(fh.fileno())  # the data reach the disk before the rename publishes them
+
+
+def _description(
+    ds: xr.Dataset, names: list[str], key: str, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The trailer's description: stamp, and per data variable what its chunks hold."""
+    variables = []
+    for name in names:
+        var = ds[name]
+        chunks = chunk_shape(var.dims, var.shape)
+        variables.append(
+            {
+                "name": name,
+                "dims": list(var.dims),
+                "shape": list(var.shape),
+                "chunks": list(chunks),
+                "dtype": "<f4" if name == "response" else np.dtype(var.dtype).newbyteorder("<").str,
+                "fill": float("nan"),
+                "shuffle": bool(
+                    (RESPONSE_COMPRESSION if name == "response" else COMPRESSION)["shuffle"]
+                ),
+                "n": int(np.prod(chunk_grid(var.shape, chunks))),
+            }
+        )
+    return {"key": key, "options": json.loads(json.dumps(dict(options))), "variables": variables}
 
 
 def _encoding(var: xr.Variable, data: bool) -> dict[str, Any]:
@@ -292,35 +330,55 @@ def _write_unfiltered(
             bar.update(1)
 
 
-def _chunk_tables(path: Path, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Per variable: offset, stored size, compressed flag and CRC-32 of every chunk."""
+def _chunk_tables(path: Path, variables: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """Per variable of the description: offset, size, flags and CRC-32 of every chunk, flat."""
     import h5py
 
     with h5py.File(path, "r") as f, open(path, "rb") as fh:
-        return {name: _chunk_table(f[name], fh) for name in names}
+        return [_chunk_table(f[var["name"]], var, fh) for var in variables]
 
 
-def _chunk_table(dset: Any, fh: Any) -> dict[str, np.ndarray]:
+def _chunk_table(dset: Any, var: dict[str, Any], fh: Any) -> dict[str, np.ndarray]:
     chunks = dset.chunks or dset.shape
+    filters = dset.id.get_create_plist()
+    shuffled = any(
+        filters.get_filter(i)[0] == _filter_id("SHUFFLE") for i in range(filters.get_nfilters())
+    )
+    # The trailer describes the chunks to a reader that never asks HDF5: it must be exact.
+    if (
+        list(dset.shape) != var["shape"]
+        or list(chunks) != var["chunks"]
+        or dset.dtype.newbyteorder("<") != np.dtype(var["dtype"])
+        or shuffled != var["shuffle"]
+    ):
+        raise RuntimeError(f"{var['name']} was not stored as the cache trailer describes it")
     grid = chunk_grid(dset.shape, chunks)
-    skip_all = (1 << dset.id.get_create_plist().get_nfilters()) - 1
+    skip_all = (1 << filters.get_nfilters()) - 1
     fields = {
-        "offset": np.full(grid, -1, np.int64),
-        "nbytes": np.zeros(grid, np.int64),
-        "compressed": np.zeros(grid, np.int8),
-        "crc32": np.zeros(grid, np.int64),
+        "offset": np.zeros(grid, np.uint64),
+        "nbytes": np.zeros(grid, np.uint64),
+        "flags": np.zeros(grid, np.uint8),
+        "crc32": np.zeros(grid, np.uint32),
     }
 
     def visit(info: Any) -> None:
         cell = tuple(o // c for o, c in zip(info.chunk_offset, chunks))
         fh.seek(info.byte_offset)
+        compressed = skip_all and (info.filter_mask & skip_all) != skip_all
         fields["offset"][cell] = info.byte_offset
         fields["nbytes"][cell] = info.size
-        fields["compressed"][cell] = skip_all and (info.filter_mask & skip_all) != skip_all
+        fields["flags"][cell] = STORED | (DEFLATED if compressed else 0)
         fields["crc32"][cell] = crc32(fh.read(info.size))
 
     _each_chunk(dset, visit)
-    return fields
+    return {name: values.ravel() for name, values in fields.items()}
+
+
+def _filter_id(name: str) -> int:
+    """HDF5's id of a built-in filter (``"SHUFFLE"``, ``"DEFLATE"``)."""
+    import h5py
+
+    return int(getattr(h5py.h5z, f"FILTER_{name}"))
 
 
 def _each_chunk(dset: Any, visit: Any) -> None:
