@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import provenance
+
 __all__ = [
     "AXES",
     "axis_coords",
@@ -433,7 +435,11 @@ def select(
         indexers["repeat"] = slice(0, max(0, int(repeat)))
     if not indexers:
         return ds.copy(deep=False)
-    return _isel(ds, indexers)
+    out = _isel(ds, indexers)
+    for name in ds.data_vars:
+        # values selected from a file's stay the file's: say where they lie
+        provenance.record_selection(ds.variables[name], out.variables[name], indexers)
+    return out
 
 
 # -- the bidirectional rule ---------------------------------------------------------------------
