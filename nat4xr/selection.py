@@ -29,6 +29,7 @@ from . import provenance
 
 __all__ = [
     "AXES",
+    "aligned_mask",
     "axis_coords",
     "axis_table",
     "coverage_array",
@@ -168,13 +169,90 @@ def axis_table(ds: xr.Dataset, dim: str) -> pd.DataFrame:
 # -- masks from filters -------------------------------------------------------------------------
 
 
-def _as_mask(value: Any, n: int, what: str) -> np.ndarray:
-    mask = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
-    if mask.shape != (n,):
-        raise ValueError(f"{what} gave a mask of shape {mask.shape}, expected ({n},)")
-    if mask.dtype != bool:
-        raise TypeError(f"{what} gave a mask of dtype {mask.dtype}, expected bool")
-    return mask
+def aligned_mask(mask: Any, labels: Any, dim: str, what: str = "mask") -> np.ndarray:
+    """A boolean mask over ``labels`` (the ids along ``dim``), aligned by label when it has them.
+
+    The one rule for every argument that chooses stims or cells by a mask:
+
+    - an :class:`xarray.DataArray` with a ``dim`` coordinate, or a
+      :class:`pandas.Series`, is read by label: each of ``labels`` takes the
+      mask's value at the same id, whatever the mask's order (ids the mask
+      has beyond ``labels`` are ignored, so a mask made on a larger Dataset
+      applies to any selection of it); an id of ``labels`` the mask lacks
+      raises ``KeyError`` naming it;
+    - anything without labels (a NumPy array, a list, a DataArray without a
+      ``dim`` coordinate) is positional and must have one entry per label.
+
+    Parameters
+    ----------
+    mask : DataArray, Series or array-like of bool
+    labels : array-like
+        The ids along ``dim``, in the object's order.
+    dim : str
+        The axis (``'stim'`` or ``'neuron'``).
+    what : str
+        Names the argument in errors.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool, one entry per label.
+
+    Raises
+    ------
+    KeyError
+        For ids of ``labels`` that the mask's labels lack.
+    TypeError, ValueError
+        For a mask that is not boolean, has duplicate labels, other dims, or
+        (positional) the wrong length.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> m = xr.DataArray([True, False, True], coords={"neuron": ["c", "b", "a"]})
+    >>> aligned_mask(m, np.array(["a", "b"]), "neuron").tolist()
+    [True, False]
+    >>> aligned_mask(np.array([False, True]), np.array(["a", "b"]), "neuron").tolist()
+    [False, True]
+    """
+    labels = np.asarray(labels)
+    keys: np.ndarray | None = None
+    if isinstance(mask, xr.DataArray):
+        if mask.dims != (dim,):
+            raise ValueError(f"{what} has dims {mask.dims}, expected ({dim!r},)")
+        if dim in mask.coords:
+            keys = np.asarray(mask[dim].values)
+        values = np.asarray(mask.values)
+    elif isinstance(mask, pd.Series):
+        keys, values = np.asarray(mask.index), mask.to_numpy()
+    else:
+        values = np.asarray(mask.to_numpy() if hasattr(mask, "to_numpy") else mask)
+    if values.dtype != bool:
+        raise TypeError(f"{what} has dtype {values.dtype}, expected bool")
+    if keys is None:
+        if values.shape != labels.shape:
+            raise ValueError(
+                f"{what} has shape {values.shape}, expected ({len(labels)},): an unlabelled "
+                f"mask is positional, one entry per {dim}; give it {dim} labels to align by id"
+            )
+        return values
+    index = pd.Index(keys.astype(str) if labels.dtype.kind == "U" else keys)
+    if not index.is_unique:
+        twice = index[index.duplicated()].unique().tolist()
+        raise ValueError(f"{what} has duplicate {dim} labels: {twice[:5]}")
+    pos = index.get_indexer(labels)
+    if (pos < 0).any():
+        missing = labels[pos < 0].tolist()
+        raise KeyError(
+            f"{what} has no value for {(pos < 0).sum()} {dim}(s) of this Dataset: "
+            f"{missing[:5]}; a labelled mask is aligned by {dim} id (use .values for "
+            "a positional one)"
+        )
+    return values[pos]
+
+
+def _as_mask(value: Any, labels: np.ndarray, dim: str, what: str) -> np.ndarray:
+    return aligned_mask(value, labels, dim, f"the mask {what} gave")
 
 
 def filter_mask(
@@ -209,7 +287,8 @@ def filter_mask(
     >>> filter_mask(ds, "stim", (), {"subset": "val"}).tolist()
     [False, False, False, True]
     """
-    n = ds.sizes[dim] if dim in ds.dims else len(ids(ds, dim))
+    labels = ids(ds, dim)
+    n = len(labels)
     mask = np.ones(n, dtype=bool)
     table = None
     for i, pred in enumerate(predicates):
@@ -217,7 +296,7 @@ def filter_mask(
             if table is None:
                 table = axis_table(ds, dim)
             pred = pred(table)
-        mask &= _as_mask(pred, n, f"{dim} predicate #{i}")
+        mask &= _as_mask(pred, labels, dim, f"{dim} predicate #{i}")
     allowed = axis_coords(ds, dim)
     for name, value in filters.items():
         if name != dim and name not in allowed and f"{dim}_{name}" in allowed:
@@ -234,7 +313,7 @@ def filter_mask(
             m = values == value
             if np.ndim(m) == 0:  # numpy gives a scalar when types cannot be compared
                 m = np.full(n, bool(m))
-        mask &= _as_mask(m, n, f"filter {name}=")
+        mask &= _as_mask(m, labels, dim, f"filter {name}=")
     return mask
 
 
