@@ -86,7 +86,7 @@ def _cell_mask(ids: np.ndarray, cells: Any) -> np.ndarray:
     """Bool over ``ids`` from ``cells``: None, a bool DataArray over neuron, ids, or a bool mask."""
     if cells is None:
         return np.ones(len(ids), dtype=bool)
-    if getattr(cells, "dtype", np.asarray(cells).dtype) == bool:
+    if np.asarray(cells).dtype.kind == "b":
         # by neuron id when the mask has them, else by position
         return aligned_mask(cells, ids, "neuron", "cells")
     arr = np.asarray(cells)
