@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from . import provenance
@@ -409,12 +408,13 @@ def file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> FileSource 
     Whether they are is decided from the data themselves, never from the
     encoding (which xarray keeps through ``shift``, ``roll``, ``copy(data=)``,
     arithmetic...): a variable qualifies when its dask array is one that
-    nat4xr made by opening the file or selecting from it, or one plain xarray
-    selection of such an array (:func:`nat4xr.provenance.placement`), so the
-    file positions of its values are known. The ``repeat`` axis may be a
-    prefix of the file's; every other non-selection axis must be the file's,
-    whole and in order. None unless ``response`` qualifies; the others
-    qualify only on the same stims of the same file.
+    nat4xr made by opening the file or selecting from it, or plain xarray
+    selections of such an array (:func:`nat4xr.provenance.placement`), so the
+    file positions of its values are known, whatever labels they carry now.
+    The ``repeat`` axis may be a prefix of the file's; every other
+    non-selection axis must be the file's, whole and in order. None unless
+    ``response`` qualifies; the others qualify only on the same stims of the
+    same file.
     """
     placed = _placed(ds["response"])
     if placed is None:
@@ -437,25 +437,13 @@ def file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> FileSource 
     return FileSource(source, {n: dims[n] for n in names}, stim_pos, neuron_pos)
 
 
-def _locate(source: CacheSource, dim: str, labels: np.ndarray) -> np.ndarray | None:
-    """File positions of ``labels`` along ``dim`` (None when some are not in the file)."""
-    if dim in ("stim", "neuron"):
-        return source.positions(dim, labels)
-    axis = source.axes.get(dim)
-    if axis is None:
-        return None
-    pos = pd.Index(axis).get_indexer(labels) if pd.Index(axis).is_unique else None
-    return None if pos is None or (pos < 0).any() else pos
-
-
 def _placed(da: xr.DataArray) -> provenance.Placement | None:
     """``da``'s placement in a cache file, when the batch reader can serve it from there."""
     if da.chunks is None:
         # Not dask: maybe loaded, and then maybe changed in memory; xarray's
         # own lazy indexing reads it from the file just as well.
         return None
-    labels = {d: (da[d].values if d in da.coords else np.arange(da.sizes[d])) for d in da.dims}
-    placed = provenance.placement(da.variable, labels, _locate)
+    placed = provenance.placement(da, da.encoding.get("nat4xr_source"))
     if placed is None:
         return None
     source = placed.source

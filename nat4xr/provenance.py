@@ -11,10 +11,10 @@ the file of its entries along each dimension (a :class:`Placement`). Anything
 computed from those values, or the same values under other labels, has a
 name that was never recorded, and readers take the general path.
 
-A single plain xarray selection (``ds.isel(...)``, ``ds.sel(...)``) of a
-recorded array is recognised too: :func:`placement` rebuilds that selection
-from the current labels and accepts it only when dask gives the rebuilt array
-the same name.
+Plain xarray selections of a recorded array (``ds.isel(...)``,
+``ds.sel(...)``, one per axis in a row) are recognised by rebuilding them
+from the labels and comparing dask names (:func:`placement`); the graph
+itself is never read.
 
 Examples
 --------
@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -68,6 +69,7 @@ class Placement:
     """
 
     _source: Callable[[], Any]
+    _array: Callable[[], Any]
     variable: str
     dims: tuple[str, ...]
     positions: dict[str, np.ndarray]
@@ -78,6 +80,11 @@ class Placement:
     def source(self) -> Any:
         """The file's handle, or None once nothing refers to it any more."""
         return self._source()
+
+    @property
+    def array(self) -> Any:
+        """The dask array, or None once nothing refers to it any more."""
+        return self._array()
 
     def whole(self, dim: str, n: int) -> bool:
         """True when the entries along ``dim`` are the file's first ``n``, in order."""
@@ -113,6 +120,7 @@ def record(
         return
     entry = Placement(
         _ref(source),
+        _ref(var.data),
         variable,
         tuple(map(str, var.dims)),
         {str(d): np.asarray(positions[d], dtype=np.int64) for d in var.dims},
@@ -140,12 +148,14 @@ def record_selection(
     parent: xr.Variable | xr.DataArray,
     child: xr.Variable | xr.DataArray,
     indexers: Mapping[Hashable, slice | np.ndarray],
+    hint: Any = None,
 ) -> None:
     """Record ``child = parent.isel(indexers)`` when ``parent``'s placement is known.
 
-    ``indexers`` are positions (slices or integer arrays) along the parent's dims.
+    ``indexers`` are positions (slices or integer arrays) along the parent's
+    dims; ``hint`` as in :func:`placement`.
     """
-    entry = _lookup(_name(parent))
+    entry = placement(parent, hint)
     if entry is None or tuple(map(str, child.dims)) != entry.dims:
         return
     positions = {}
@@ -155,78 +165,115 @@ def record_selection(
     record(child, entry.source, entry.variable, positions)
 
 
-def placement(
-    var: xr.Variable | xr.DataArray,
-    labels: Mapping[str, np.ndarray] | None = None,
-    locate: Callable[[Any, str, np.ndarray], np.ndarray | None] | None = None,
-) -> Placement | None:
+def placement(var: xr.Variable | xr.DataArray, hint: Any = None) -> Placement | None:
     """The placement of ``var``'s dask array, or None when its values are not a file's.
 
     Parameters
     ----------
     var : xarray.Variable or xarray.DataArray
-    labels : dict, optional
-        ``var``'s labels along its dims; with ``locate``, lets a plain xarray
-        selection of a recorded array be recognised (see the module's notes).
-    locate : callable, optional
-        ``locate(source, dim, labels)``: the file positions of ``labels``
-        along ``dim`` (None when some are not in the file).
+        The data (a DataArray's coordinates let plain selections be recognised).
+    hint : object, optional
+        The file handle the data claim to come from (e.g. from the encoding).
+        Only narrows the search: recognition rests on dask names alone.
     """
     name = _name(var)
     entry = _lookup(name)
-    if entry is not None or labels is None or locate is None:
-        return entry if entry is not None and entry.dims == tuple(map(str, var.dims)) else None
-    return _rebuilt(var, labels, locate)
+    if entry is None and name is not None and isinstance(var, xr.DataArray):
+        entry = _rebuilt(var, hint)
+    return entry if entry is not None and entry.dims == tuple(map(str, var.dims)) else None
 
 
-def _rebuilt(
-    var: xr.Variable | xr.DataArray,
-    labels: Mapping[str, np.ndarray],
-    locate: Callable[[Any, str, np.ndarray], np.ndarray | None],
-) -> Placement | None:
-    """The placement of ``var`` when it is one xarray selection of a recorded ancestor."""
-    import dask.array as da
+def _rebuilt(var: xr.DataArray, hint: Any) -> Placement | None:
+    """The placement of ``var`` when it is plain xarray selections of a recorded array.
 
-    graph = var.data.__dask_graph__()
+    From the labels of ``var``, the selections that would give it are rebuilt
+    from recorded arrays that are still alive (one ``isel`` over every axis,
+    or one per axis in any order; integer arrays, or slices where the
+    positions run in steps of one), and accepted only when dask names the
+    rebuilt array as it named ``var``'s: then the values are the same, and
+    their file positions are known, even when the labels are not the file's.
+    """
     with _LOCK:
-        ancestors = [(n, _RECORDS[n]) for n in graph.layers if n in _RECORDS]
+        entries = [e for e in reversed(_RECORDS.values()) if hint is None or e.source is hint]
+    target = var.data.name
     dims = tuple(map(str, var.dims))
-    for name, entry in ancestors:
+    tries = 0
+    for entry in entries:
+        array = entry.array
         source = entry.source
-        if source is None or entry.dims != dims:
+        if array is None or source is None or entry.dims != dims or tries == _TRIES:
             continue
-        relative: dict[str, np.ndarray] = {}
-        for dim in dims:
-            pos = locate(source, dim, np.asarray(labels[dim]))
-            if pos is None:
-                break
-            within = pd.Index(entry.positions[dim]).get_indexer(pos)
-            if (within < 0).any():
-                break
-            relative[dim] = within
-        else:
-            ancestor = xr.Variable(dims, da.Array(graph, name, entry.chunks, dtype=entry.dtype))
-            for form in (_as_arrays, _as_slices):
-                indexers = form(relative, entry)
-                if ancestor.isel(indexers).data.name == var.data.name:
-                    positions = {d: entry.positions[d][relative[d]] for d in dims}
-                    record(var, source, entry.variable, positions)
-                    return _lookup(var.data.name)
+        relative = _relative(var, entry, source)
+        if relative is None:
+            continue
+        tries += 1
+        parent = xr.Variable(dims, array)
+        for indexers in _candidates(relative, entry):
+            try:
+                rebuilt = parent
+                for step in indexers:
+                    rebuilt = rebuilt.isel(step)
+            except (IndexError, ValueError):
+                continue
+            if rebuilt.data.name == target:
+                positions = {d: entry.positions[d][relative.get(d, slice(None))] for d in dims}
+                record(var.variable, source, entry.variable, positions)
+                return _lookup(target)
     return None
 
 
-def _as_arrays(relative: dict[str, np.ndarray], entry: Placement) -> dict[str, Any]:
-    """Integer arrays along the dims that change (as ``ds.sel`` and ``ds.isel(list)`` pass)."""
-    sizes = {d: len(p) for d, p in entry.positions.items()}
-    return {d: k for d, k in relative.items() if not np.array_equal(k, np.arange(sizes[d]))}
+#: Recorded arrays (holding all of the labels) tried, most recent first, per recognition.
+_TRIES = 8
 
 
-def _as_slices(relative: dict[str, np.ndarray], entry: Placement) -> dict[str, Any]:
-    """Slices where the positions are a range (as ``ds.isel(dim=slice(...))`` passes)."""
-    out: dict[str, Any] = {}
-    for dim, k in _as_arrays(relative, entry).items():
-        if len(k) and np.array_equal(k, np.arange(k[0], k[0] + len(k))):
-            out[dim] = slice(int(k[0]), int(k[0]) + len(k))
-        else:
-            out[dim] = k
+def _relative(var: xr.DataArray, entry: Placement, source: Any) -> dict[str, np.ndarray] | None:
+    """Positions within ``entry``'s array of ``var``'s labels, along the axes that differ."""
+    out = {}
+    for dim in entry.dims:
+        if dim not in var.coords:
+            return None
+        labels = np.asarray(var[dim].values)
+        ids = _labels(source, dim, entry.positions[dim])
+        if ids is None:
+            return None
+        index = pd.Index(ids)
+        if not index.is_unique:
+            return None
+        pos = index.get_indexer(labels)
+        if (pos < 0).any():
+            return None
+        if not np.array_equal(pos, np.arange(len(ids))):
+            out[dim] = pos
     return out
+
+
+def _labels(source: Any, dim: str, positions: np.ndarray) -> np.ndarray | None:
+    """The file's labels at ``positions`` along ``dim`` (None when the file has none)."""
+    if dim == "stim":
+        axis = getattr(source, "stims", None)
+    elif dim == "neuron":
+        axis = getattr(source, "neurons", None)
+    else:
+        axis = getattr(source, "axes", {}).get(dim)
+    return None if axis is None else np.asarray(axis)[positions]
+
+
+def _candidates(relative: dict[str, np.ndarray], entry: Placement) -> list[list[dict[str, Any]]]:
+    """Chains of ``isel`` steps that give the ``relative`` positions from ``entry``'s array."""
+    if not relative:
+        return [[]]
+    arrays = {d: k.astype(np.int64) for d, k in relative.items()}
+    slices = {d: _as_slice(k) for d, k in arrays.items()}
+    out: list[list[dict[str, Any]]] = []
+    for form in (arrays, slices):
+        out.append([dict(form)])
+        if len(form) > 1:
+            out += [[{d: form[d]} for d in order] for order in itertools.permutations(form)]
+    return out
+
+
+def _as_slice(k: np.ndarray) -> slice | np.ndarray:
+    """A slice for positions that run in steps of one, else the positions."""
+    if len(k) and np.array_equal(k, np.arange(k[0], k[0] + len(k))):
+        return slice(int(k[0]), int(k[0]) + len(k))
+    return k

@@ -515,9 +515,11 @@ def select(
     if not indexers:
         return ds.copy(deep=False)
     out = _isel(ds, indexers)
-    for name in ds.data_vars:
-        # values selected from a file's stay the file's: say where they lie
-        provenance.record_selection(ds.variables[name], out.variables[name], indexers)
+    for name, var in ds.data_vars.items():
+        if var.chunks is not None:
+            # values selected from a file's stay the file's: say where they lie
+            hint = var.encoding.get("nat4xr_source")
+            provenance.record_selection(var, out.variables[name], indexers, hint)
     return out
 
 
