@@ -259,16 +259,26 @@ def _labels(source: Any, dim: str, positions: np.ndarray) -> np.ndarray | None:
 
 
 def _candidates(relative: dict[str, np.ndarray], entry: Placement) -> list[list[dict[str, Any]]]:
-    """Chains of ``isel`` steps that give the ``relative`` positions from ``entry``'s array."""
-    if not relative:
-        return [[]]
-    arrays = {d: k.astype(np.int64) for d, k in relative.items()}
-    slices = {d: _as_slice(k) for d, k in arrays.items()}
+    """Chains of ``isel`` steps that give the ``relative`` positions from ``entry``'s array.
+
+    Along ``stim`` and ``neuron`` a selection may also have named every
+    position (``ds.isel(neuron=all_of_them)``), which dask names differently
+    from leaving the axis alone, so both are tried.
+    """
+    whole = [d for d in ("stim", "neuron") if d in entry.dims and d not in relative]
     out: list[list[dict[str, Any]]] = []
-    for form in (arrays, slices):
-        out.append([dict(form)])
-        if len(form) > 1:
-            out += [[{d: form[d]} for d in order] for order in itertools.permutations(form)]
+    for n_whole in range(len(whole) + 1):
+        for named in itertools.combinations(whole, n_whole):
+            arrays = {d: k.astype(np.int64) for d, k in relative.items()}
+            arrays.update({d: np.arange(len(entry.positions[d])) for d in named})
+            if not arrays:
+                out.append([])
+                continue
+            slices = {d: _as_slice(k) for d, k in arrays.items()}
+            for form in (arrays, slices):
+                out.append([dict(form)])
+                if len(form) > 1:
+                    out += [[{d: form[d]} for d in order] for order in itertools.permutations(form)]
     return out
 
 

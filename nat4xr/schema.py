@@ -186,6 +186,8 @@ def make_dataset(
             f"{len(stims)} stims x {len(neurons)} neurons in the tables, "
             f"but response has shape {response.shape}"
         )
+    if "n_repeats" in stims.columns:
+        _check_repeats(stims, n_repeat)
     if coverage is None:
         coverage = coverage_of(response)
     n_freq = spectrogram.shape[1]
@@ -226,6 +228,23 @@ def make_dataset(
     base.update(attrs or {})
     ds.attrs = {k: _attr(v) for k, v in base.items()}
     return ds
+
+
+def _check_repeats(stims: pd.DataFrame, n_repeat: int) -> None:
+    """``n_repeats`` must be whole numbers from 0 to the ``repeat`` axis' length."""
+    reps = stims["n_repeats"].to_numpy()
+    if reps.dtype.kind not in "iu" and not (
+        reps.dtype.kind == "f" and np.isfinite(reps).all() and (reps == np.round(reps)).all()
+    ):
+        raise ValueError(f"n_repeats must be whole numbers, got dtype {reps.dtype}")
+    bad = (reps < 0) | (reps > n_repeat)
+    if bad.any():
+        shown = ", ".join(f"{s} ({int(r)})" for s, r in zip(stims.index[bad][:5], reps[bad][:5]))
+        raise ValueError(
+            f"n_repeats of {int(bad.sum())} stim(s) outside 0..{n_repeat}, the length of "
+            f"response's repeat axis: {shown}; give response a repeat axis as long as the "
+            "most repeats recorded, or correct n_repeats"
+        )
 
 
 def _typed(series: pd.Series) -> np.ndarray:
