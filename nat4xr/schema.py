@@ -266,6 +266,31 @@ def _attr(value: Any) -> Any:
     return value
 
 
+def spectrogram_dims(ds: xr.Dataset) -> xr.DataArray:
+    """``ds``'s spectrogram as ``(stim, freq, time)``, or a ValueError naming what went wrong.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"spectrogram": (("stim", "freq", "time", "neuron"), np.zeros((1,) * 4))})
+    >>> try:
+    ...     spectrogram_dims(ds)
+    ... except ValueError as err:
+    ...     print(str(err).split(":")[0])
+    spectrogram has dims ('stim', 'freq', 'time', 'neuron'), expected ('stim', 'freq', 'time')
+    """
+    spec = ds["spectrogram"]
+    if set(spec.dims) != set(SPECTROGRAM_DIMS):
+        extra = set(spec.dims) - set(SPECTROGRAM_DIMS)
+        hint = (
+            "ds.where(cond) broadcasts every variable against cond; apply it to the response "
+            "alone, e.g. ds.assign(response=ds.response.where(cond))"
+            if extra
+            else "the Dataset needs a spectrogram (stim, freq, time) variable"
+        )
+        raise ValueError(f"spectrogram has dims {spec.dims}, expected {SPECTROGRAM_DIMS}: {hint}")
+    return spec.transpose(*SPECTROGRAM_DIMS)
+
+
 def check_dataset(ds: xr.Dataset) -> None:
     """Raise ``ValueError`` unless ``ds`` follows the nat4xr contract.
 
