@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from .lagged import _check_lags, _stim_mask, lagged, psth_values
+from .selection import coverage_array
 
 __all__ = ["RidgeSTRF"]
 
@@ -183,11 +184,7 @@ class RidgeSTRF:
         neurons = np.asarray(train["neuron"].values)
         empty = per_stim.sum(0) == 0
         if empty.any():
-            raise ValueError(
-                f"{int(empty.sum())} cell(s) have no data on the sounds to fit on "
-                f"({', '.join(map(str, neurons[empty][:5]))}); select cells with data first, "
-                "e.g. ds.nat4.sel_stims(subset='est') or ds.nat4.prune()"
-            )
+            raise ValueError(_no_data_message(train, neurons, empty, self.stims))
         stim_fold = self._folds(train, n_folds)
         n_feat = n_lags * n_freq
         weights = np.empty((n_feat, len(neurons)))
@@ -411,6 +408,24 @@ class RidgeSTRF:
                 f"the model's ({dt_fit} s): its lags would span other delays; predict on data "
                 "binned as the fit's"
             )
+
+
+def _no_data_message(train: xr.Dataset, neurons: np.ndarray, empty: np.ndarray, stims: Any) -> str:
+    """Which cells have no data to fit on, and remedies that do drop them."""
+    ids = [str(n) for n in neurons[empty]]
+    shown = ", ".join(map(repr, ids[:5])) + (", ..." if len(ids) > 5 else "")
+    text = f"{len(ids)} cell(s) have no data on the sounds to fit on ({shown}); "
+    chosen = f".nat4.sel_stims(subset={stims!r})" if isinstance(stims, str) else ""
+    if "coverage" in train.coords and coverage_array(train)[:, empty].any():
+        # selections read coverage, which an edit of the values (ds.where) left behind
+        return text + (
+            "their coverage coordinate says they have, so the response was edited after it "
+            f"was derived (e.g. by where): ds.nat4.prune(recompute=True){chosen} drops them, "
+            "as does ds.drop_sel(neuron=[...these ids...])"
+        )
+    if chosen:
+        return text + f"ds{chosen} drops cells without data on those sounds"
+    return text + "drop them with ds.drop_sel(neuron=[...these ids...])"
 
 
 class _SoundStats:

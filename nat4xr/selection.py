@@ -40,6 +40,7 @@ __all__ = [
     "repeats_held",
     "select",
     "select_matching",
+    "with_data_coverage",
 ]
 
 #: The two axes that selection works on; each one's rule prunes the other.
@@ -557,10 +558,16 @@ def select_matching(ds: xr.Dataset, dim: str, *predicates: Any, **filters: Any) 
     return select(ds, **picked, repeat=repeats_held(ds, picked["stim"]))
 
 
-def prune(ds: xr.Dataset) -> xr.Dataset:
+def prune(ds: xr.Dataset, recompute: bool = False) -> xr.Dataset:
     """Drop stims and neurons that have no data at all.
 
-    The ``repeat`` axis is cut as in :func:`select_matching`.
+    The ``repeat`` axis is cut as in :func:`select_matching`. By default the
+    decision reads the ``coverage`` coordinate, never ``response``: it is
+    derived from the data when the Dataset is built and travels with every
+    selection, but a plain xarray edit of the values (``ds.where(...)``,
+    ``fillna``) does not update it. ``recompute=True`` derives it again
+    from ``response`` first (one streamed pass over the data), so the
+    decision and the returned ``coverage`` agree with the values.
 
     Examples
     --------
@@ -568,8 +575,43 @@ def prune(ds: xr.Dataset) -> xr.Dataset:
     >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=1.0)
     >>> dict(prune(ds).sizes)["stim"]
     0
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
+    >>> gone = ds.assign(response=ds.response.where(ds.neuron != ds.neuron[0]))
+    >>> prune(gone).sizes["neuron"], prune(gone, recompute=True).sizes["neuron"]
+    (3, 2)
     """
+    if recompute:
+        ds = with_data_coverage(ds)
     cov = coverage_array(ds)
     stim = np.flatnonzero(cov.any(axis=1))
     neuron = np.flatnonzero(cov.any(axis=0))
     return select(ds, stim=stim, neuron=neuron, repeat=repeats_held(ds, stim))
+
+
+def with_data_coverage(ds: xr.Dataset, block: int = 32) -> xr.Dataset:
+    """``ds`` with its ``coverage`` derived again from ``response`` (read once, streamed).
+
+    A dask-backed ``response`` is reduced by dask; any other is read
+    ``block`` stims at a time, so it is never held whole.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
+    >>> edited = ds.assign(response=ds.response.where(ds.stim != ds.stim[0]))
+    >>> with_data_coverage(edited)["coverage"].values[0].tolist()
+    [False, False, False]
+    """
+    resp = ds["response"]
+    dims = [d for d in resp.dims if d not in AXES]
+    if resp.chunks is not None:
+        cov = resp.notnull().any(dims).transpose(*AXES).values
+    else:
+        n = ds.sizes["stim"]
+        cov = np.zeros((n, ds.sizes["neuron"]), dtype=bool)
+        for i in range(0, n, block):
+            part = resp.isel(stim=slice(i, i + block))
+            cov[i : i + block] = part.notnull().any(dims).transpose(*AXES).values
+    var = ds["coverage"].variable if "coverage" in ds.variables else None
+    attrs = dict(var.attrs) if var is not None else {}
+    return ds.assign_coords(coverage=(AXES, cov, attrs))
