@@ -46,7 +46,7 @@ import xarray as xr
 __all__ = ["Placement", "placement", "record", "record_selection"]
 
 #: Names remembered at most; the oldest are forgotten first (they then take the general path).
-_LIMIT = 4096
+_LIMIT = 1024
 _RECORDS: OrderedDict[str, Placement] = OrderedDict()
 _LOCK = threading.Lock()
 
@@ -173,12 +173,13 @@ def placement(var: xr.Variable | xr.DataArray, hint: Any = None) -> Placement | 
     var : xarray.Variable or xarray.DataArray
         The data (a DataArray's coordinates let plain selections be recognised).
     hint : object, optional
-        The file handle the data claim to come from (e.g. from the encoding).
-        Only narrows the search: recognition rests on dask names alone.
+        The file handle the data claim to come from (e.g. from the encoding):
+        without it, only recorded names are looked up. It narrows the search
+        for plain selections; recognition rests on dask names alone.
     """
     name = _name(var)
     entry = _lookup(name)
-    if entry is None and name is not None and isinstance(var, xr.DataArray):
+    if entry is None and name is not None and hint is not None and isinstance(var, xr.DataArray):
         entry = _rebuilt(var, hint)
     return entry if entry is not None and entry.dims == tuple(map(str, var.dims)) else None
 
@@ -194,7 +195,7 @@ def _rebuilt(var: xr.DataArray, hint: Any) -> Placement | None:
     their file positions are known, even when the labels are not the file's.
     """
     with _LOCK:
-        entries = [e for e in reversed(_RECORDS.values()) if hint is None or e.source is hint]
+        entries = [e for e in reversed(_RECORDS.values()) if e.source is hint]
     target = var.data.name
     dims = tuple(map(str, var.dims))
     tries = 0

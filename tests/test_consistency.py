@@ -214,7 +214,7 @@ def test_losses_score_each_cell_against_itself_only() -> None:
     for pred in (rate, rate[:, :, None]):
         assert masked_mse(pred, target, mask).item() == pytest.approx(sq / n, rel=1e-5)
         assert masked_poisson_nll(pred, target, mask).item() == pytest.approx(nll / n, rel=1e-5)
-    for bad in (rate[:, :2], torch.rand(1, 3, 2, 5), rate.transpose(1, 2)):
+    for bad in (rate[:, :2], torch.rand(1, 3, 2, 5), rate.transpose(1, 2), torch.rand(4, 5)):
         with pytest.raises(ValueError, match=r"\(B, N, T\)"):
             masked_poisson_nll(bad, target, mask)
     with pytest.raises(ValueError, match="mask"):

@@ -70,6 +70,14 @@ OPS: dict[str, tuple[Callable[[xr.Dataset], bool], Callable[[xr.Dataset], xr.Dat
         lambda d: d.nat4.sel_neurons(lambda t: ~t["auditory"] | t["auditory"].cumsum() > 0),
     ),
     "spectrogram": (lambda d: True, lambda d: d.assign(spectrogram=d.spectrogram[:, ::-1] + 1)),
+    "concat": (
+        lambda d: d.sizes["neuron"] > 1,
+        lambda d: nat4xr.concat(
+            [d.isel(neuron=slice(0, 2)), d.isel(neuron=slice(2, None))], names=["a", "b"]
+        ),
+    ),
+    "rechunk": (lambda d: True, lambda d: d.chunk({"stim": 3})),
+    "repeat_prefix": (lambda d: True, lambda d: d.isel(repeat=slice(0, 2))),
 }
 
 

@@ -31,6 +31,8 @@ def _aligned(
             ok = torch.broadcast_shapes(t.shape, target.shape) == target.shape
         except RuntimeError:
             ok = False
+        # fewer dims would broadcast from the right: (N, T) against (R, T)
+        ok = ok and (target.ndim != 4 or t.ndim == 4)
         if not ok:
             expected = (
                 f"(B, N, T) = {_bnt(target)}, (B, N, 1, T) or (B, N, R, T)"
