@@ -128,7 +128,11 @@ def record(
         np.dtype(var.dtype),
     )
     with _LOCK:
-        _RECORDS[name] = entry
+        known = _RECORDS.get(name)
+        # one name, one set of values: a live handle to them (the file opened
+        # again, or an equal selection) is kept
+        if known is None or known.source is None or known.array is None:
+            _RECORDS[name] = entry
         _RECORDS.move_to_end(name)
         while len(_RECORDS) > _LIMIT:
             _RECORDS.popitem(last=False)

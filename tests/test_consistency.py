@@ -219,3 +219,17 @@ def test_losses_score_each_cell_against_itself_only() -> None:
             masked_poisson_nll(bad, target, mask)
     with pytest.raises(ValueError, match="mask"):
         masked_mse(rate, target, mask[..., None])
+
+
+def test_predict_reads_a_stim_mask_by_label(ds) -> None:
+    pytest.importorskip("torch")
+    val = ds.nat4.sel_stims(subset="val")
+
+    def model(stims):
+        return stims[:, 0, :1].expand(-1, val.sizes["neuron"], -1) * 1.0
+
+    pick = xr.DataArray([True, False, True], coords={"stim": val.stim.values})[::-1]
+    got = nat4xr.torch.predict(model, val, stims=pick)
+    assert got.stim.values.tolist() == val.stim.values[[0, 2]].tolist()
+    one = nat4xr.torch.predict(model, val, stims=np.array([False, True, False]))
+    assert one.stim.values.tolist() == [val.stim.values[1]]
