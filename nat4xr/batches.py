@@ -430,7 +430,7 @@ def file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> FileSource 
         other = _placed(ds[name])
         if (
             other is not None
-            and other.source is source
+            and provenance.same_file(other.source, source)
             and np.array_equal(other.positions["stim"], stim_pos)
         ):
             names.append(name)

@@ -413,7 +413,7 @@ class RidgeSTRF:
 def _no_data_message(train: xr.Dataset, neurons: np.ndarray, empty: np.ndarray, stims: Any) -> str:
     """Which cells have no data to fit on, and remedies that do drop them."""
     ids = [str(n) for n in neurons[empty]]
-    shown = ", ".join(map(repr, ids[:5])) + (", ..." if len(ids) > 5 else "")
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
     text = f"{len(ids)} cell(s) have no data on the sounds to fit on ({shown}); "
     chosen = f".nat4.sel_stims(subset={stims!r})" if isinstance(stims, str) else ""
     if "coverage" in train.coords and coverage_array(train)[:, empty].any():

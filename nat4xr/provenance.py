@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["Placement", "placement", "record", "record_selection"]
+__all__ = ["Placement", "placement", "record", "record_selection", "same_file"]
 
 #: Names remembered at most; the oldest are forgotten first (they then take the general path).
 _LIMIT = 1024
@@ -66,6 +66,8 @@ class Placement:
     chunks : tuple
         The array's dask chunks (to rebuild selections from it).
     dtype : numpy.dtype
+    graph : HighLevelGraph or None
+        The array's graph, kept for arrays as opened (see :func:`record`).
     """
 
     _source: Callable[[], Any]
@@ -75,6 +77,8 @@ class Placement:
     positions: dict[str, np.ndarray]
     chunks: tuple[tuple[int, ...], ...]
     dtype: np.dtype
+    graph: Any = None
+    _name: str = ""
 
     @property
     def source(self) -> Any:
@@ -83,8 +87,18 @@ class Placement:
 
     @property
     def array(self) -> Any:
-        """The dask array, or None once nothing refers to it any more."""
-        return self._array()
+        """The dask array: the one recorded while it lives, else rebuilt from a kept graph."""
+        array = self._array()
+        if array is None and self.graph is not None:
+            import dask.array as da
+
+            array = da.Array(self.graph, self.name, self.chunks, dtype=self.dtype)
+        return array
+
+    @property
+    def name(self) -> str:
+        """The dask name of the array."""
+        return self._name
 
     def whole(self, dim: str, n: int) -> bool:
         """True when the entries along ``dim`` are the file's first ``n``, in order."""
@@ -109,11 +123,15 @@ def record(
     source: Any,
     variable: str,
     positions: Mapping[Hashable, np.ndarray],
+    keep: bool = False,
 ) -> None:
     """Record that the dask-backed ``var`` holds ``source``'s ``variable`` at ``positions``.
 
     Only the code that makes such an array (reading or selecting) may call
-    this. Does nothing for an array without dask.
+    this. Does nothing for an array without dask. ``keep`` holds on to the
+    array's graph (small, for an array as opened), so that selections of it
+    are recognised after the array itself is gone; other entries are
+    forgotten with their array.
     """
     name = _name(var)
     if name is None:
@@ -126,16 +144,32 @@ def record(
         {str(d): np.asarray(positions[d], dtype=np.int64) for d in var.dims},
         tuple(map(tuple, var.chunks)),
         np.dtype(var.dtype),
+        var.data.dask if keep else None,
+        name,
     )
     with _LOCK:
-        known = _RECORDS.get(name)
-        # one name, one set of values: a live handle to them (the file opened
-        # again, or an equal selection) is kept
-        if known is None or known.source is None or known.array is None:
-            _RECORDS[name] = entry
+        _RECORDS[name] = entry
         _RECORDS.move_to_end(name)
         while len(_RECORDS) > _LIMIT:
             _RECORDS.popitem(last=False)
+
+
+def same_file(a: Any, b: Any) -> bool:
+    """True when two handles name one file: the same object, or equal path and identity.
+
+    A file opened twice gives two handles, and dask arrays of one name from
+    either (the name is a token of the path and the file's identity).
+    """
+    if a is None or b is None:
+        return False
+    if a is b:
+        return True
+    path = getattr(a, "path", None)
+    return (
+        path is not None
+        and path == getattr(b, "path", None)
+        and (getattr(a, "identity", None) == getattr(b, "identity", None))
+    )
 
 
 def _lookup(name: str | None) -> Placement | None:
@@ -199,7 +233,7 @@ def _rebuilt(var: xr.DataArray, hint: Any) -> Placement | None:
     their file positions are known, even when the labels are not the file's.
     """
     with _LOCK:
-        entries = [e for e in reversed(_RECORDS.values()) if e.source is hint]
+        entries = [e for e in reversed(_RECORDS.values()) if same_file(e.source, hint)]
     target = var.data.name
     dims = tuple(map(str, var.dims))
     tries = 0
