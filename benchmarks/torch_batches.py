@@ -125,9 +125,9 @@ def workloads(ds: xr.Dataset) -> dict[str, xr.Dataset]:
     subset = ds["subset"].values
     out = {}
     for name, stims in (("val", subset == "val"), ("est", subset == "est")):
-        sel = ds.isel(stim=np.flatnonzero(stims))
-        if name == "est":
-            sel = sel.isel(stim=slice(0, 64))
+        # one selection per axis: batches then come from the file's chunks (a
+        # second selection along the same axis would leave that to dask)
+        sel = ds.isel(stim=np.flatnonzero(stims)[: 64 if name == "est" else None])
         keep = sel["auditory"].values & sel["coverage"].values.any(axis=0)
         out[name] = sel.isel(neuron=np.flatnonzero(keep))
     return out

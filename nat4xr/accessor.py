@@ -224,12 +224,15 @@ class Nat4Accessor:
         """
         return selection.select_matching(self._ds, "neuron", *predicate, **filters)
 
-    def prune(self) -> xr.Dataset:
+    def prune(self, recompute: bool = False) -> xr.Dataset:
         """Drop stims and neurons that have no data at all.
 
         The ``repeat`` axis is cut to the largest ``n_repeats`` among the
         stims left, as in :meth:`sel_stims`; useful after plain xarray
-        indexing, which keeps every repeat.
+        indexing, which keeps every repeat. The decision reads the
+        ``coverage`` coordinate; after editing values with plain xarray
+        (``where``, ``fillna``) pass ``recompute=True`` to derive it from
+        the data again (one streamed pass).
 
         Examples
         --------
@@ -241,7 +244,7 @@ class Nat4Accessor:
         >>> ds.isel(stim=[0, 1]).nat4.prune().sizes["repeat"]
         1
         """
-        return selection.prune(self._ds)
+        return selection.prune(self._ds, recompute=recompute)
 
     # metrics and plots -----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import provenance
 from .cachefile.arrays import CacheArray, CacheSource
 from .cachefile.chunks import ChunkFile, ChunkIndex
 
@@ -402,49 +403,67 @@ def _runs(neurons: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def file_source(ds: xr.Dataset, dims: dict[str, tuple[str, ...]]) -> FileSource | None:
-    """A :class:`FileSource` for the variables that come unchanged from a cache file.
+    """A :class:`FileSource` for the variables whose values are exactly a cache file's.
 
-    A variable qualifies when its encoding carries the ``nat4xr_source``
-    handle (xarray keeps encodings through selection and chunking and drops
-    them from computed results), it is not loaded into memory, its stims and
-    neurons are all in the file, and its other dimensions are the file's (the
-    ``repeat`` axis may be a prefix). None unless ``response`` qualifies.
+    Whether they are is decided from the data themselves, never from the
+    encoding (which xarray keeps through ``shift``, ``roll``, ``copy(data=)``,
+    arithmetic...): a variable qualifies when its dask array is one that
+    nat4xr made by opening the file or selecting from it, or plain xarray
+    selections of such an array (:func:`nat4xr.provenance.placement`), so the
+    file positions of its values are known, whatever labels they carry now.
+    The ``repeat`` axis may be a prefix of the file's; every other
+    non-selection axis must be the file's, whole and in order. None unless
+    ``response`` qualifies; the others qualify only on the same stims of the
+    same file.
     """
-    var = ds["response"].variable
-    source = var.encoding.get("nat4xr_source")
-    if not isinstance(source, CacheSource) or not os.path.isfile(source.path):
+    placed = _placed(ds["response"])
+    if placed is None:
         return None
-    names = [n for n in dims if _from_file(ds[n], source)]
-    if "response" not in names:
+    source = placed.source
+    stim_pos, neuron_pos = placed.positions["stim"], placed.positions["neuron"]
+    if len(stim_pos) == 0 or len(neuron_pos) == 0:
         return None
-    stim_pos = source.positions("stim", ds["stim"].values)
-    neuron_pos = source.positions("neuron", ds["neuron"].values)
-    if stim_pos is None or neuron_pos is None or len(stim_pos) == 0 or len(neuron_pos) == 0:
-        return None
+    names = ["response"]
+    for name in dims:
+        if name == "response":
+            continue
+        other = _placed(ds[name])
+        if (
+            other is not None
+            and provenance.same_file(other.source, source)
+            and np.array_equal(other.positions["stim"], stim_pos)
+        ):
+            names.append(name)
     return FileSource(source, {n: dims[n] for n in names}, stim_pos, neuron_pos)
 
 
-def _from_file(da: xr.DataArray, source: CacheSource) -> bool:
-    var = da.variable
-    if var.encoding.get("nat4xr_source") is not source or da.name not in source.file.index:
-        return False
-    if var.chunks is None:
-        # Not dask: maybe loaded, and then maybe changed in memory (xarray keeps the
-        # encoding); xarray's own lazy indexing reads it from the file just as well.
-        return False
-    index = source.file.index[da.name]
-    if set(var.dims) != set(index.dims):
-        return False
+def _placed(da: xr.DataArray) -> provenance.Placement | None:
+    """``da``'s placement in a cache file, when the batch reader can serve it from there."""
+    if da.chunks is None:
+        # Not dask: maybe loaded, and then maybe changed in memory; xarray's
+        # own lazy indexing reads it from the file just as well.
+        return None
+    placed = provenance.placement(da, da.encoding.get("nat4xr_source"))
+    if placed is None:
+        return None
+    source = placed.source
+    if (
+        not isinstance(source, CacheSource)
+        or not os.path.isfile(source.path)
+        or placed.variable != da.name
+        or placed.variable not in source.file.index
+    ):
+        return None
+    index = source.file.index[placed.variable]
+    if placed.dims != tuple(index.dims) or not {"stim"} <= set(placed.dims):
+        return None
     for dim, n in zip(index.dims, index.shape):
         if dim in ("stim", "neuron"):
             continue
-        size = var.sizes[dim]
-        if size > n or (dim != "repeat" and size != n):
-            return False
-        if dim in source.axes and dim in da.coords:
-            if not np.array_equal(da[dim].values, source.axes[dim][:size]):
-                return False  # e.g. a time window: not the file's own axis
-    return True
+        size = len(placed.positions[dim])
+        if not placed.whole(dim, size) or (dim != "repeat" and size != n):
+            return None
+    return placed
 
 
 def storage_groups(ds: xr.Dataset) -> list[np.ndarray] | None:

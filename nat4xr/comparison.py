@@ -26,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import Nat4Warning
+from .selection import aligned_mask
 
 __all__ = ["RULES", "compare", "leaderboard", "paired_values", "score_table", "significant"]
 
@@ -99,18 +100,10 @@ def _cell_mask(ids: np.ndarray, cells: Any) -> np.ndarray:
     """Bool over ``ids`` from ``cells``: None, a bool DataArray over neuron, ids, or a bool mask."""
     if cells is None:
         return np.ones(len(ids), dtype=bool)
-    if isinstance(cells, xr.DataArray):
-        if cells.dims != ("neuron",):
-            raise ValueError(f"cells has dims {cells.dims}; expected ('neuron',)")
-        if cells.dtype != bool:
-            raise TypeError(f"a cells DataArray must be bool, got {cells.dtype}")
-        chosen = set(_neuron_ids(cells)[cells.values])
-        return np.array([i in chosen for i in ids])
+    if np.asarray(cells).dtype.kind == "b":
+        # by neuron id when the mask has them, else by position
+        return aligned_mask(cells, ids, "neuron", "cells")
     arr = np.asarray(cells)
-    if arr.dtype == bool:
-        if arr.shape != ids.shape:
-            raise ValueError(f"cells mask has shape {arr.shape}, expected {ids.shape}")
-        return arr
     wanted = set(arr.astype(str).tolist())
     unknown = sorted(wanted - set(ids.tolist()))
     if unknown:
@@ -330,29 +323,35 @@ def significant(scores: Any, *more: xr.Dataset, rule: str = "both") -> xr.DataAr
 def leaderboard(scores: xr.Dataset, cells: Any = None) -> str:
     """The leaderboard's summary line: mean CCraw and CCnorm in percent over the chosen cells.
 
-    Means skip NaN cells, as deepSTRF's ``reduction="mean"`` does.
+    Means skip NaN cells, as deepSTRF's ``reduction="mean"`` does, so each
+    mean states its own count of cells, then the number of cells chosen.
+
+    Parameters
+    ----------
+    scores : Dataset
+        Result of :func:`nat4xr.evaluate` (``cc_raw`` and ``cc_norm``).
+    cells : bool DataArray over neuron, sequence of ids or bool mask, optional
+        Cells to summarize, as in :func:`compare` (a mask with neuron labels
+        is aligned by id, one without is positional).
 
     Examples
     --------
     >>> import xarray as xr
-    >>> s = xr.Dataset({"cc_raw": ("neuron", [0.4, 0.5, float("nan")]),
+    >>> s = xr.Dataset({"cc_raw": ("neuron", [0.4, 0.5, 0.3]),
     ...                 "cc_norm": ("neuron", [0.6, 0.7, float("nan")])},
     ...                coords={"neuron": ["a", "b", "c"]})
     >>> leaderboard(s)
-    'CCraw 45.0 % | CCnorm 65.0 % (mean over 2 of 3 cells)'
+    'CCraw 40.0 % over 3 cells | CCnorm 65.0 % over 2 cells (of 3)'
     """
     table = score_table(scores)
     missing = [m for m in ("cc_raw", "cc_norm") if m not in table]
     if missing:
         raise KeyError(f"the leaderboard line needs cc_raw and cc_norm; the scores lack {missing}")
     keep = _cell_mask(_neuron_ids(scores), cells)
-    raw = np.asarray(table["cc_raw"].values, dtype=np.float64)[keep]
-    norm = np.asarray(table["cc_norm"].values, dtype=np.float64)[keep]
-    used = int((np.isfinite(raw) | np.isfinite(norm)).sum())
-    with np.errstate(invalid="ignore"):
-        m_raw = np.nanmean(raw) if np.isfinite(raw).any() else np.nan
-        m_norm = np.nanmean(norm) if np.isfinite(norm).any() else np.nan
-    return (
-        f"CCraw {100 * m_raw:.1f} % | CCnorm {100 * m_norm:.1f} % "
-        f"(mean over {used} of {int(keep.sum())} cells)"
-    )
+    parts = []
+    for label, name in (("CCraw", "cc_raw"), ("CCnorm", "cc_norm")):
+        values = np.asarray(table[name].values, dtype=np.float64)[keep]
+        finite = values[np.isfinite(values)]
+        mean = finite.mean() if finite.size else np.nan
+        parts.append(f"{label} {100 * mean:.1f} % over {finite.size} cells")
+    return f"{' | '.join(parts)} (of {int(keep.sum())})"

@@ -65,6 +65,37 @@ def _check_compatible(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> N
                 )
 
 
+def _units(ds: xr.Dataset) -> str:
+    """``"raw"``, or the normalization record of ``ds`` (an attribute, JSON)."""
+    record = ds.attrs.get("normalization", "none")
+    return "raw" if record in ("none", None, "") else str(record)
+
+
+def _check_units(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> None:
+    """Raw and normalized inputs cannot be joined: their responses are in other units."""
+    raw = [n for ds, n in zip(datasets, names) if _units(ds) == "raw"]
+    if raw and len(raw) < len(datasets):
+        scaled = [n for n in names if n not in raw]
+        raise ValueError(
+            f"cannot concat raw {raw} with normalized {scaled}: their responses are in "
+            "different units; normalize every input, or none of them, before joining"
+        )
+
+
+def _normalization(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> str:
+    """The joined ``normalization`` attribute: the inputs' own record, or one per input."""
+    records = [_units(ds) for ds in datasets]
+    if all(r == records[0] for r in records):
+        return "none" if records[0] == "raw" else records[0]
+    per_input = {}
+    for name, record in zip(names, records):
+        try:
+            per_input[name] = json.loads(record)
+        except ValueError:
+            per_input[name] = record
+    return json.dumps({"per_source": per_input}, sort_keys=True)
+
+
 def _pad_repeats(ds: xr.Dataset, n_repeat: int) -> xr.Dataset:
     """``ds`` (without ``response``) with ``n_repeat`` repeats, the new ones NaN.
 
@@ -415,6 +446,7 @@ def concat(
         raise ValueError(f"{len(names)} names for {len(datasets)} datasets")
     names = _unique_names([str(n) for n in names])
     _check_compatible(datasets, names)
+    _check_units(datasets, names)
     # every response as dask over the input itself (nothing copied or read); an est-only
     # build has one repeat: pad every input (lazily, with NaN) to the longest
     n_repeat = max(ds.sizes["repeat"] for ds in datasets)
@@ -548,6 +580,8 @@ def _attrs(datasets: Sequence[xr.Dataset], names: Sequence[str], join: str) -> d
         name: {k: v for k, v in ds.attrs.items() if k not in common}
         for ds, name in zip(datasets, names)
     }
+    # kept whatever it holds: a normalized input must never read as raw
+    common["normalization"] = _normalization(datasets, names)
     common["sources"] = json.dumps(list(names))
     common["source_attrs"] = json.dumps(differing, sort_keys=True, default=_jsonable)
     common["concat_join"] = join

@@ -151,6 +151,16 @@ def _observed(observed: xr.Dataset | xr.DataArray) -> xr.DataArray:
         raise ValueError(
             f"observed has dims {resp.dims}; expected exactly (stim, neuron, repeat, time)"
         )
+    for dim in ("stim", "neuron"):
+        labels = _labels(resp, dim)
+        if labels is None:
+            continue
+        uniq, counts = np.unique(labels.astype(str), return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                _mismatch("appear more than once in observed", dim, uniq[counts > 1])
+                + f" (each would be scored as often); select each {dim} once"
+            )
     return resp.transpose("stim", "neuron", "repeat", "time")
 
 

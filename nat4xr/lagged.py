@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from .metrics import stim_positions
+from .schema import spectrogram_dims
 
 __all__ = ["Design", "design", "lagged", "psth_values"]
 
@@ -43,7 +44,7 @@ def _spectrogram(ds: xr.Dataset) -> xr.DataArray:
         raise ValueError(
             "expected a nat4xr Dataset with a 'spectrogram' variable (stim, freq, time)"
         )
-    return ds["spectrogram"].transpose("stim", "freq", "time")
+    return spectrogram_dims(ds)
 
 
 def lagged(ds: xr.Dataset, n_lags: int) -> xr.DataArray:

@@ -12,9 +12,11 @@ import json
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .filters import check_width, hanning_smooth, hanning_window
+from .selection import aligned_mask
 
 __all__ = ["noise_ceiling", "normalize", "psth", "smooth", "split_keys", "stim_positions"]
 
@@ -293,8 +295,10 @@ def stim_positions(
     """Positions along ``stim`` (in the object's order) of a choice of stims.
 
     ``stims`` is None (all), a ``subset`` value such as ``"val"``, stim ids
-    (one or several), or a boolean mask over ``stim`` (array or DataArray).
-    Unknown ids raise ``KeyError`` naming them and ``what``.
+    (one or several), or a boolean mask over ``stim``: a DataArray with
+    ``stim`` labels or a Series is aligned by id, an unlabelled array is
+    positional (:func:`nat4xr.selection.aligned_mask`). Unknown ids raise
+    ``KeyError`` naming them and ``what``.
 
     Examples
     --------
@@ -313,11 +317,12 @@ def stim_positions(
         if stims in set(subset.tolist()):
             return np.flatnonzero(subset == stims)
         stims = [stims]
+    labels = obj["stim"].values if "stim" in obj.coords else np.arange(n)
+    if isinstance(stims, (xr.DataArray, pd.Series)) and stims.dtype == bool:
+        return np.flatnonzero(aligned_mask(stims, labels, "stim", "the stims mask"))
     arr = np.atleast_1d(np.asarray(stims))
     if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(f"stims mask has shape {arr.shape}, expected ({n},)")
-        return np.flatnonzero(arr)
+        return np.flatnonzero(aligned_mask(arr, labels, "stim", "the stims mask"))
     if "stim" not in obj.coords:
         raise ValueError(f"{what} has no stim labels; pass stims as a boolean mask")
     ids = np.asarray(obj["stim"].values).astype(str)

@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from .lagged import _check_lags, _stim_mask, lagged, psth_values
+from .selection import coverage_array
 
 __all__ = ["RidgeSTRF"]
 
@@ -143,6 +144,14 @@ class RidgeSTRF:
                     f"the 'fold' coordinate holds values {sorted(set(fold.tolist()))}; "
                     f"the fitted stims need folds 1..{n_folds} (cv={n_folds})"
                 )
+            held = sorted(set(fold.tolist()))
+            if len(held) != n_folds:
+                # fewer folds than asked would quietly change the cross-validation
+                raise ValueError(
+                    f"cv={n_folds} but the sounds to fit on hold {len(held)} fold(s) of the "
+                    f"Dataset's 'fold' coordinate ({held}); pass cv={len(held)}, or assign "
+                    f"{n_folds} folds with ds.nat4.assign_folds({n_folds})"
+                )
             return fold - 1
         perm = np.random.default_rng(self.seed).permutation(ds.sizes["stim"])
         fold = np.empty(ds.sizes["stim"], dtype=np.int64)
@@ -175,11 +184,7 @@ class RidgeSTRF:
         neurons = np.asarray(train["neuron"].values)
         empty = per_stim.sum(0) == 0
         if empty.any():
-            raise ValueError(
-                f"{int(empty.sum())} cell(s) have no data on the sounds to fit on "
-                f"({', '.join(map(str, neurons[empty][:5]))}); select cells with data first, "
-                "e.g. ds.nat4.sel_stims(subset='est') or ds.nat4.prune()"
-            )
+            raise ValueError(_no_data_message(train, neurons, empty, self.stims))
         stim_fold = self._folds(train, n_folds)
         n_feat = n_lags * n_freq
         weights = np.empty((n_feat, len(neurons)))
@@ -233,6 +238,7 @@ class RidgeSTRF:
                 **{k: v for k, v in view.coords.items() if v.dims == ("freq",)},
             },
             name="strf",
+            attrs={"dt": float(train.attrs.get("dt", 0.01))},
         )
         self.intercept_ = xr.DataArray(intercepts, dims="neuron", coords=coords_n, name="intercept")
         self.alpha_ = xr.DataArray(chosen, dims="neuron", coords=coords_n, name="alpha")
@@ -355,6 +361,7 @@ class RidgeSTRF:
                 f"ds has {ds.sizes.get('freq')} frequencies; the model was fitted on {n_freq}"
             )
         view = lagged(ds, n_lags)
+        self._check_axes(ds, view)
         n_stim, n_time = view.shape[:2]
         x = np.asarray(view.values, dtype=np.float64).reshape(n_stim * n_time, -1)
         cols = np.array([pos[s] for s in ids], dtype=np.intp)
@@ -370,6 +377,55 @@ class RidgeSTRF:
             if c.dims in (("stim",), ("neuron",), ("time",))
         }
         return xr.DataArray(out, dims=("stim", "neuron", "time"), coords=coords, name="prediction")
+
+    def _check_axes(self, ds: xr.Dataset, view: xr.DataArray) -> None:
+        """``ds``'s frequency bands and time step must be those the model was fitted on."""
+        for name, fitted in self.strf_.coords.items():
+            if fitted.dims != ("freq",) or name not in view.coords:
+                continue
+            got, want = np.asarray(view[name].values), np.asarray(fitted.values)
+            same = (
+                np.allclose(got, want, rtol=1e-6, atol=0)
+                if got.dtype.kind in "iuf" and want.dtype.kind in "iuf"
+                else np.array_equal(got, want)
+            )
+            if not same:
+                raise ValueError(
+                    f"ds's {name} coordinate {got.tolist()[:4]}... differs from the one the "
+                    f"model was fitted on {want.tolist()[:4]}...: the filters would weigh "
+                    "other bands; predict with the frequency axis of the fit (same bands, "
+                    "same order)"
+                )
+        dt_fit = self.strf_.attrs.get("dt")
+        if dt_fit is None:
+            return
+        dt = float(ds.attrs.get("dt", 0.01))
+        times = np.asarray(ds["time"].values, dtype=np.float64) if "time" in ds.coords else None
+        steps = np.diff(times) if times is not None and times.size > 1 else np.array([dt])
+        if not np.allclose([dt, *steps], dt_fit, rtol=1e-6, atol=0):
+            raise ValueError(
+                f"ds's time step (dt={dt}, time coordinate steps {np.unique(steps)[:3]}) is not "
+                f"the model's ({dt_fit} s): its lags would span other delays; predict on data "
+                "binned as the fit's"
+            )
+
+
+def _no_data_message(train: xr.Dataset, neurons: np.ndarray, empty: np.ndarray, stims: Any) -> str:
+    """Which cells have no data to fit on, and remedies that do drop them."""
+    ids = [str(n) for n in neurons[empty]]
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    text = f"{len(ids)} cell(s) have no data on the sounds to fit on ({shown}); "
+    chosen = f".nat4.sel_stims(subset={stims!r})" if isinstance(stims, str) else ""
+    if "coverage" in train.coords and coverage_array(train)[:, empty].any():
+        # selections read coverage, which an edit of the values (ds.where) left behind
+        return text + (
+            "their coverage coordinate says they have, so the response was edited after it "
+            f"was derived (e.g. by where): ds.nat4.prune(recompute=True){chosen} drops them, "
+            "as does ds.drop_sel(neuron=[...these ids...])"
+        )
+    if chosen:
+        return text + f"ds{chosen} drops cells without data on those sounds"
+    return text + "drop them with ds.drop_sel(neuron=[...these ids...])"
 
 
 class _SoundStats:

@@ -197,6 +197,8 @@ def make_dataset(
             f"{len(stims)} stims x {len(neurons)} neurons in the tables, "
             f"but response has shape {response.shape}"
         )
+    if "n_repeats" in stims.columns:
+        _check_repeats(stims, n_repeat)
     if coverage is None:
         coverage = coverage_of(response)
     n_freq = spectrogram.shape[1]
@@ -239,6 +241,23 @@ def make_dataset(
     return ds
 
 
+def _check_repeats(stims: pd.DataFrame, n_repeat: int) -> None:
+    """``n_repeats`` must be whole numbers from 0 to the ``repeat`` axis' length."""
+    reps = stims["n_repeats"].to_numpy()
+    if reps.dtype.kind not in "iu" and not (
+        reps.dtype.kind == "f" and np.isfinite(reps).all() and (reps == np.round(reps)).all()
+    ):
+        raise ValueError(f"n_repeats must be whole numbers, got dtype {reps.dtype}")
+    bad = (reps < 0) | (reps > n_repeat)
+    if bad.any():
+        shown = ", ".join(f"{s} ({int(r)})" for s, r in zip(stims.index[bad][:5], reps[bad][:5]))
+        raise ValueError(
+            f"n_repeats of {int(bad.sum())} stim(s) outside 0..{n_repeat}, the length of "
+            f"response's repeat axis: {shown}; give response a repeat axis as long as the "
+            "most repeats recorded, or correct n_repeats"
+        )
+
+
 def _typed(series: pd.Series) -> np.ndarray:
     """Column as a netCDF-friendly array: str columns become object arrays of str."""
     values = series.to_numpy()
@@ -256,6 +275,31 @@ def _attr(value: Any) -> Any:
     if isinstance(value, (bool, np.bool_)):
         return int(value)
     return value
+
+
+def spectrogram_dims(ds: xr.Dataset) -> xr.DataArray:
+    """``ds``'s spectrogram as ``(stim, freq, time)``, or a ValueError naming what went wrong.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"spectrogram": (("stim", "freq", "time", "neuron"), np.zeros((1,) * 4))})
+    >>> try:
+    ...     spectrogram_dims(ds)
+    ... except ValueError as err:
+    ...     print(str(err).split(":")[0])
+    spectrogram has dims ('stim', 'freq', 'time', 'neuron'), expected ('stim', 'freq', 'time')
+    """
+    spec = ds["spectrogram"]
+    if set(spec.dims) != set(SPECTROGRAM_DIMS):
+        extra = set(spec.dims) - set(SPECTROGRAM_DIMS)
+        hint = (
+            "ds.where(cond) broadcasts every variable against cond; apply it to the response "
+            "alone, e.g. ds.assign(response=ds.response.where(cond))"
+            if extra
+            else "the Dataset needs a spectrogram (stim, freq, time) variable"
+        )
+        raise ValueError(f"spectrogram has dims {spec.dims}, expected {SPECTROGRAM_DIMS}: {hint}")
+    return spec.transpose(*SPECTROGRAM_DIMS)
 
 
 def check_dataset(ds: xr.Dataset) -> None:

@@ -27,10 +27,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import provenance
 from .errors import Nat4Warning
 
 __all__ = [
     "AXES",
+    "aligned_mask",
     "axis_coords",
     "axis_table",
     "coverage_array",
@@ -41,6 +43,7 @@ __all__ = [
     "repeats_held",
     "select",
     "select_matching",
+    "with_data_coverage",
 ]
 
 #: The two axes that selection works on; each one's rule prunes the other.
@@ -177,13 +180,90 @@ def axis_table(ds: xr.Dataset, dim: str) -> pd.DataFrame:
 # -- masks from filters -------------------------------------------------------------------------
 
 
-def _as_mask(value: Any, n: int, what: str) -> np.ndarray:
-    mask = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
-    if mask.shape != (n,):
-        raise ValueError(f"{what} gave a mask of shape {mask.shape}, expected ({n},)")
-    if mask.dtype != bool:
-        raise TypeError(f"{what} gave a mask of dtype {mask.dtype}, expected bool")
-    return mask
+def aligned_mask(mask: Any, labels: Any, dim: str, what: str = "mask") -> np.ndarray:
+    """A boolean mask over ``labels`` (the ids along ``dim``), aligned by label when it has them.
+
+    The one rule for every argument that chooses stims or cells by a mask:
+
+    - an :class:`xarray.DataArray` with a ``dim`` coordinate, or a
+      :class:`pandas.Series`, is read by label: each of ``labels`` takes the
+      mask's value at the same id, whatever the mask's order (ids the mask
+      has beyond ``labels`` are ignored, so a mask made on a larger Dataset
+      applies to any selection of it); an id of ``labels`` the mask lacks
+      raises ``KeyError`` naming it;
+    - anything without labels (a NumPy array, a list, a DataArray without a
+      ``dim`` coordinate) is positional and must have one entry per label.
+
+    Parameters
+    ----------
+    mask : DataArray, Series or array-like of bool
+    labels : array-like
+        The ids along ``dim``, in the object's order.
+    dim : str
+        The axis (``'stim'`` or ``'neuron'``).
+    what : str
+        Names the argument in errors.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool, one entry per label.
+
+    Raises
+    ------
+    KeyError
+        For ids of ``labels`` that the mask's labels lack.
+    TypeError, ValueError
+        For a mask that is not boolean, has duplicate labels, other dims, or
+        (positional) the wrong length.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> m = xr.DataArray([True, False, True], coords={"neuron": ["c", "b", "a"]})
+    >>> aligned_mask(m, np.array(["a", "b"]), "neuron").tolist()
+    [True, False]
+    >>> aligned_mask(np.array([False, True]), np.array(["a", "b"]), "neuron").tolist()
+    [False, True]
+    """
+    labels = np.asarray(labels)
+    keys: np.ndarray | None = None
+    if isinstance(mask, xr.DataArray):
+        if mask.dims != (dim,):
+            raise ValueError(f"{what} has dims {mask.dims}, expected ({dim!r},)")
+        if dim in mask.coords:
+            keys = np.asarray(mask[dim].values)
+        values = np.asarray(mask.values)
+    elif isinstance(mask, pd.Series):
+        keys, values = np.asarray(mask.index), mask.to_numpy()
+    else:
+        values = np.asarray(mask.to_numpy() if hasattr(mask, "to_numpy") else mask)
+    if values.dtype != bool:
+        raise TypeError(f"{what} has dtype {values.dtype}, expected bool")
+    if keys is None:
+        if values.shape != labels.shape:
+            raise ValueError(
+                f"{what} has shape {values.shape}, expected ({len(labels)},): an unlabelled "
+                f"mask is positional, one entry per {dim}; give it {dim} labels to align by id"
+            )
+        return values
+    index = pd.Index(keys.astype(str) if labels.dtype.kind == "U" else keys)
+    if not index.is_unique:
+        twice = index[index.duplicated()].unique().tolist()
+        raise ValueError(f"{what} has duplicate {dim} labels: {twice[:5]}")
+    pos = index.get_indexer(labels)
+    if (pos < 0).any():
+        missing = labels[pos < 0].tolist()
+        raise KeyError(
+            f"{what} has no value for {(pos < 0).sum()} {dim}(s) of this Dataset: "
+            f"{missing[:5]}; a labelled mask is aligned by {dim} id (use .values for "
+            "a positional one)"
+        )
+    return values[pos]
+
+
+def _as_mask(value: Any, labels: np.ndarray, dim: str, what: str) -> np.ndarray:
+    return aligned_mask(value, labels, dim, f"the mask {what} gave")
 
 
 def filter_mask(
@@ -219,7 +299,8 @@ def filter_mask(
     >>> filter_mask(ds, "stim", (), {"subset": "val"}).tolist()
     [False, False, False, True]
     """
-    n = ds.sizes[dim] if dim in ds.dims else len(ids(ds, dim))
+    labels = ids(ds, dim)
+    n = len(labels)
     mask = np.ones(n, dtype=bool)
     table = None
     for i, pred in enumerate(predicates):
@@ -227,7 +308,7 @@ def filter_mask(
             if table is None:
                 table = axis_table(ds, dim)
             pred = pred(table)
-        mask &= _as_mask(pred, n, f"{dim} predicate #{i}")
+        mask &= _as_mask(pred, labels, dim, f"{dim} predicate #{i}")
     allowed = axis_coords(ds, dim)
     for name, value in filters.items():
         if name != dim and name not in allowed and f"{dim}_{name}" in allowed:
@@ -251,7 +332,7 @@ def filter_mask(
                 m = np.full(n, bool(m))
             if not m.any():
                 _require_present(values, [value], dim, name)
-        mask &= _as_mask(m, n, f"filter {name}=")
+        mask &= _as_mask(m, labels, dim, f"filter {name}=")
     return mask
 
 
@@ -518,7 +599,13 @@ def select(
         indexers["repeat"] = slice(0, max(0, int(repeat)))
     if not indexers:
         return ds.copy(deep=False)
-    return _isel(ds, indexers)
+    out = _isel(ds, indexers)
+    for name, var in ds.data_vars.items():
+        if var.chunks is not None:
+            # values selected from a file's stay the file's: say where they lie
+            hint = var.encoding.get("nat4xr_source")
+            provenance.record_selection(var, out.variables[name], indexers, hint)
+    return out
 
 
 # -- the bidirectional rule ---------------------------------------------------------------------
@@ -575,10 +662,16 @@ def _warn_empty(dim: str, n_kept: int, predicates: Sequence[Any], filters: dict[
     )
 
 
-def prune(ds: xr.Dataset) -> xr.Dataset:
+def prune(ds: xr.Dataset, recompute: bool = False) -> xr.Dataset:
     """Drop stims and neurons that have no data at all.
 
-    The ``repeat`` axis is cut as in :func:`select_matching`.
+    The ``repeat`` axis is cut as in :func:`select_matching`. By default the
+    decision reads the ``coverage`` coordinate, never ``response``: it is
+    derived from the data when the Dataset is built and travels with every
+    selection, but a plain xarray edit of the values (``ds.where(...)``,
+    ``fillna``) does not update it. ``recompute=True`` derives it again
+    from ``response`` first (one streamed pass over the data), so the
+    decision and the returned ``coverage`` agree with the values.
 
     Examples
     --------
@@ -586,8 +679,43 @@ def prune(ds: xr.Dataset) -> xr.Dataset:
     >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=1.0)
     >>> dict(prune(ds).sizes)["stim"]
     0
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
+    >>> gone = ds.assign(response=ds.response.where(ds.neuron != ds.neuron[0]))
+    >>> prune(gone).sizes["neuron"], prune(gone, recompute=True).sizes["neuron"]
+    (3, 2)
     """
+    if recompute:
+        ds = with_data_coverage(ds)
     cov = coverage_array(ds)
     stim = np.flatnonzero(cov.any(axis=1))
     neuron = np.flatnonzero(cov.any(axis=0))
     return select(ds, stim=stim, neuron=neuron, repeat=repeats_held(ds, stim))
+
+
+def with_data_coverage(ds: xr.Dataset, block: int = 32) -> xr.Dataset:
+    """``ds`` with its ``coverage`` derived again from ``response`` (read once, streamed).
+
+    A dask-backed ``response`` is reduced by dask; any other is read
+    ``block`` stims at a time, so it is never held whole.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
+    >>> edited = ds.assign(response=ds.response.where(ds.stim != ds.stim[0]))
+    >>> with_data_coverage(edited)["coverage"].values[0].tolist()
+    [False, False, False]
+    """
+    resp = ds["response"]
+    dims = [d for d in resp.dims if d not in AXES]
+    if resp.chunks is not None:
+        cov = resp.notnull().any(dims).transpose(*AXES).values
+    else:
+        n = ds.sizes["stim"]
+        cov = np.zeros((n, ds.sizes["neuron"]), dtype=bool)
+        for i in range(0, n, block):
+            part = resp.isel(stim=slice(i, i + block))
+            cov[i : i + block] = part.notnull().any(dims).transpose(*AXES).values
+    var = ds["coverage"].variable if "coverage" in ds.variables else None
+    attrs = dict(var.attrs) if var is not None else {}
+    return ds.assign_coords(coverage=(AXES, cov, attrs))

@@ -107,9 +107,11 @@ def test_leaderboard_line_is_the_nan_mean_in_percent():
         {"cc_raw": [0.1, 0.4, np.nan, 0.7], "cc_norm": [0.2, 0.5, np.nan, 1.1]},
         ["a", "b", "c", "d"],
     )
-    assert nat4xr.leaderboard(s) == "CCraw 40.0 % | CCnorm 60.0 % (mean over 3 of 4 cells)"
+    assert nat4xr.leaderboard(s) == (
+        "CCraw 40.0 % over 3 cells | CCnorm 60.0 % over 3 cells (of 4)"
+    )
     assert nat4xr.leaderboard(s, cells=["a", "b"]) == (
-        "CCraw 25.0 % | CCnorm 35.0 % (mean over 2 of 2 cells)"
+        "CCraw 25.0 % over 2 cells | CCnorm 35.0 % over 2 cells (of 2)"
     )
     with pytest.raises(KeyError, match="cc_norm"):
         nat4xr.leaderboard(s.drop_vars("cc_norm"))

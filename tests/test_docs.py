@@ -154,7 +154,7 @@ def test_tutorial_executes(docs_env: Path, demo_home: Path) -> None:
     assert without and hidden and without.group(1) == hidden.group(1) != "[]"
     assert "mask is exactly 'not NaN': True" in text
     # the scoring section scored every validation cell with the leaderboard's line
-    line = r"CCraw -?\d+\.\d % \| CCnorm -?\d+\.\d % \(mean over \d+ of \d+ cells\)"
+    line = r"CCraw -?\d+\.\d % over \d+ cells \| CCnorm -?\d+\.\d % over \d+ cells \(of \d+\)"
     assert re.search(line, text)
     figures = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
     # coverage, trial, joint coverage; trial with a prediction, two score scatters; STRFs

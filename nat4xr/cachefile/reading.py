@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 from xarray.core import indexing
 
+from .. import provenance
 from ..errors import CacheError
 from ..schema import SCHEMA_VERSION, check_dataset
 from .arrays import CacheArray, CacheSource
@@ -245,13 +246,16 @@ def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
     from dask.base import tokenize
 
     source = ds.encoding.get("source", "")
-    identity = ds["response"].encoding["nat4xr_source"].identity
+    handle = ds["response"].encoding["nat4xr_source"]
     out = ds.copy(deep=False)
     for name in list(ds.data_vars):
         var = ds.variables[name]
         dims = {d: spec.get(d, -1) for d in var.dims}
-        token = tokenize(source, identity, name, sorted(dims.items()))
+        token = tokenize(source, handle.identity, name, sorted(dims.items()))
         out[name] = var.chunk(dims, from_array_kwargs={"name": f"nat4xr-{name}-{token}"})
+        # the one place that knows these values are the whole file's, in its order
+        whole = {d: np.arange(n) for d, n in var.sizes.items()}
+        provenance.record(out.variables[name], handle, str(name), whole, keep=True)
     out.set_close(ds.close)
     return out
 

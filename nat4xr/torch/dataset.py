@@ -33,7 +33,7 @@ from ..batches import (
     storage_groups,
     threaded,
 )
-from ..schema import RESPONSE_DIMS
+from ..schema import RESPONSE_DIMS, spectrogram_dims
 
 __all__ = ["NAT4TorchDataset", "collate"]
 
@@ -127,7 +127,7 @@ class NAT4TorchDataset(_TorchDataset):
         if "stim" not in stim_dims:
             raise ValueError(f"{self.stim_var} has dims {stim_dims}, expected a 'stim' dim")
         if self.stim_var == "spectrogram":
-            stim_dims = ("stim", "freq", "time")
+            stim_dims = spectrogram_dims(ds).dims
         else:
             stim_dims = ("stim", *(d for d in stim_dims if d != "stim"))
         dims = {"response": RESPONSE_DIMS, self.stim_var: stim_dims}

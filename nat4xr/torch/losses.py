@@ -7,6 +7,52 @@ import torch
 __all__ = ["masked_mse", "masked_poisson_nll"]
 
 
+def _aligned(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pred``, ``target`` and ``mask`` in ``target``'s shape, or a ValueError naming the shapes.
+
+    A rate ``(B, N, T)`` against responses ``(B, N, R, T)`` is one rate for
+    every repeat (as :func:`nat4xr.torch.predict`'s models give ``(B, N, 1, T)``);
+    otherwise ``pred`` and ``mask`` must broadcast to ``target``'s shape
+    without changing it (broadcasting that grows the target, as ``(1, N, T)``
+    against ``(1, N, R, T)`` would, scores every cell against every other).
+    """
+    if target.ndim == 4 and pred.ndim == 3:
+        if pred.shape[:2] != target.shape[:2] or pred.shape[2] != target.shape[3]:
+            raise ValueError(
+                f"{loss}: a rate of shape {tuple(pred.shape)} does not match responses "
+                f"{tuple(target.shape)}; expected (B, N, T) = {_bnt(target)}, "
+                f"(B, N, 1, T) or (B, N, R, T)"
+            )
+        pred = pred.unsqueeze(2)
+    for name, t in (("prediction", pred), ("mask", mask)):
+        try:
+            ok = torch.broadcast_shapes(t.shape, target.shape) == target.shape
+        except RuntimeError:
+            ok = False
+        # fewer dims would broadcast from the right: (N, T) against (R, T)
+        ok = ok and (target.ndim != 4 or t.ndim == 4)
+        if not ok:
+            expected = (
+                f"(B, N, T) = {_bnt(target)}, (B, N, 1, T) or (B, N, R, T)"
+                if target.ndim == 4
+                else f"one that broadcasts to {tuple(target.shape)}"
+            )
+            raise ValueError(
+                f"{loss}: the {name} has shape {tuple(t.shape)}, the responses "
+                f"{tuple(target.shape)}; expected {expected}"
+            )
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{loss}: the mask must be bool (batch['valid_mask']), got {mask.dtype}")
+    pred, target, mask = torch.broadcast_tensors(pred, target, mask)
+    return pred, target, mask
+
+
+def _bnt(target: torch.Tensor) -> tuple[int, int, int]:
+    return (target.shape[0], target.shape[1], target.shape[3])
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     return total / mask.sum().clamp_min(1).to(values.dtype)
@@ -17,7 +63,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
     NaN in ``target`` (or anything in ``pred``) where the mask is False
     changes neither the loss nor its gradient. ``pred`` broadcasts against
-    ``target`` (e.g. one prediction for all repeats). Zero when nothing is valid.
+    ``target`` without changing its shape: against responses ``(B, N, R, T)``
+    a rate ``(B, N, T)`` or ``(B, N, 1, T)`` is one prediction for all
+    repeats; other shapes raise ``ValueError``. Zero when nothing is valid.
 
     Parameters
     ----------
@@ -37,7 +85,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     >>> masked_mse(torch.tensor([2.0, 0.0, 3.0]), t, ~torch.isnan(t))
     tensor(0.5000)
     """
-    pred, target, mask = torch.broadcast_tensors(pred, target, mask)
+    pred, target, mask = _aligned(pred, target, mask, "masked_mse")
     zero = torch.zeros((), dtype=target.dtype, device=target.device)
     diff = torch.where(mask, pred, zero) - torch.where(mask, target, zero)
     return _masked_mean(diff * diff, mask)
@@ -60,7 +108,8 @@ def masked_poisson_nll(
     Parameters
     ----------
     pred : Tensor
-        Predicted rate (or log-rate when ``log_input``).
+        Predicted rate (or log-rate when ``log_input``); against responses
+        ``(B, N, R, T)``: ``(B, N, T)``, ``(B, N, 1, T)`` or ``(B, N, R, T)``.
     target : Tensor
         Observed counts; NaN allowed where ``mask`` is False.
     mask : Tensor of bool
@@ -81,7 +130,7 @@ def masked_poisson_nll(
     >>> masked_poisson_nll(torch.tensor([0.0, 5.0]), t, ~torch.isnan(t), log_input=True)
     tensor(1.)
     """
-    pred, target, mask = torch.broadcast_tensors(pred, target, mask)
+    pred, target, mask = _aligned(pred, target, mask, "masked_poisson_nll")
     zero = torch.zeros((), dtype=target.dtype, device=target.device)
     target = torch.where(mask, target, zero)
     if log_input:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..selection import aligned_mask
 from .loader import to_torch
 
 __all__ = ["predict"]
@@ -52,8 +53,9 @@ def predict(
         parameter (or buffer), the CPU for a model without any.
     num_workers : int
         DataLoader worker processes reading the batches.
-    stims : sequence of stim ids, optional
-        Predict these stims only, in this order (labels, as ``ds.sel``).
+    stims : sequence of stim ids or bool mask, optional
+        Predict these stims only, in this order (labels, as ``ds.sel``); a
+        mask over ``stim`` is aligned by id when it has stim labels.
     name : str
         Name of the returned DataArray.
     **loader_kwargs
@@ -98,6 +100,9 @@ def predict(
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray.Dataset, got {type(ds).__name__}")
     if stims is not None:
+        if not isinstance(stims, str) and np.asarray(stims).dtype.kind == "b":
+            # a mask: by stim id when it has them, else by position
+            stims = ds["stim"].values[aligned_mask(stims, ds["stim"].values, "stim", "stims")]
         wanted = [stims] if isinstance(stims, str) else list(stims)
         if len(set(wanted)) != len(wanted):
             raise ValueError("stims= lists some stim ids more than once")
