@@ -50,7 +50,7 @@ from .layers import (
     WeightChannels,
 )
 
-__all__ = ["CNN1D", "CNN1Dx2", "CNN2D", "PopLN", "PopulationModel", "SingleCNN"]
+__all__ = ["CNN1D", "CNN2D", "CNN1Dx2", "PopLN", "PopulationModel", "SingleCNN"]
 
 
 def _positive(name: str, value: Any) -> int:
@@ -178,7 +178,9 @@ class PopLN(PopulationModel):
 
 
 class CNN1D(PopulationModel):
-    """The 1D-CNN: ``wc.18x100.g-fir.1x25x100-relu.100.f-wc.100x120-relu.120.f-wc.120xR-lvl.R-dexp.R``.
+    """The 1D-CNN (the paper's other population CNN).
+
+    ``wc.18x100.g-fir.1x25x100-relu.100.f-wc.100x120-relu.120.f-wc.120xR-lvl.R-dexp.R``.
 
     120,825 parameters for A1 (R = 849).
 
