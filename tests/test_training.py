@@ -263,3 +263,19 @@ def test_two_gloo_processes_under_torchrun_agree_with_one(tmp_path):
         np.testing.assert_allclose(train, one.train_loss.values, rtol=1e-5)
         for key, value in _state(net).items():
             torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_plot_history_draws_both_panels(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nat4xr.plot import plot_history
+
+    history = fit(_net(), _data(), stages=[{"max_epochs": 2}, {"max_epochs": 2, "lr": 1e-4}],
+                  patience=2, progress=False, batch_size=4)  # fmt: skip
+    axes = plot_history(history)
+    assert len(axes) == 2
+    np.testing.assert_array_equal(axes[0].get_lines()[1].get_ydata(), history.holdout_loss)
+    axes[0].figure.savefig(tmp_path / "history.png")
+    with pytest.raises(ValueError, match="not a fit history"):
+        plot_history(history.drop_vars("holdout_cc"))
