@@ -31,10 +31,16 @@ _N_TAPS = 8
 
 
 def _biphasic(n_taps: int, delay: int = 0) -> np.ndarray:
-    """A causal temporal kernel: excitation then suppression, summing to about zero."""
-    tau = np.arange(n_taps) - delay
-    kernel = np.where(tau >= 0, np.sin(np.pi * np.clip(tau, 0, None) / 4) * np.exp(-tau / 3), 0.0)
-    return kernel / np.abs(kernel).sum()
+    """A causal temporal kernel: two bins of excitation, then two of suppression.
+
+    Equal lobes make the filtered drive of a sound white in time symmetric
+    about zero (a difference of two equally distributed sums), so a cell
+    responding to its magnitude is invisible to any linear filter.
+    """
+    kernel = np.zeros(n_taps)
+    kernel[delay : delay + 2] = 0.25
+    kernel[delay + 2 : delay + 4] = -0.25
+    return kernel
 
 
 def _causal_filter(drive: np.ndarray, kernel: np.ndarray) -> np.ndarray:
