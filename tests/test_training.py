@@ -279,3 +279,24 @@ def test_plot_history_draws_both_panels(tmp_path):
     axes[0].figure.savefig(tmp_path / "history.png")
     with pytest.raises(ValueError, match="not a fit history"):
         plot_history(history.drop_vars("holdout_cc"))
+
+
+def test_a_params_generator_serves_every_stage():
+    net = _net()
+    core = _state(net.core)
+    history = fit(net, _data(), params=net.readout.parameters(), patience=2, progress=False,
+                  stages=[{"max_epochs": 1}, {"max_epochs": 1, "lr": 1e-4}])  # fmt: skip
+    assert history.attrs["n_trained_parameters"] == "[28, 28]"  # wc 2x4, lvl 4, dexp 4x4
+    assert _same(_state(net.core), core)
+
+
+def test_a_holdout_without_any_data_is_refused():
+    ds = _data()
+    est = np.flatnonzero(ds.subset.values == "est")
+    flags = np.zeros(ds.sizes["stim"], dtype=bool)
+    flags[est[0]] = True
+    response = ds.response.copy()
+    response[est[0]] = np.nan
+    bad = ds.assign(response=response).assign_coords(holdout=("stim", flags))
+    with pytest.raises(ValueError, match="held-out sounds hold no valid response"):
+        fit(_net(), bad, holdout="holdout", **FAST)

@@ -243,7 +243,8 @@ def fit(
     loop = _Loop(
         model, LOSSES[loss], loss, device, pin, n_neurons, n_time, world, train_loader, hold_loader
     )
-    bar = _progress(progress and rank == 0, sum(s["max_epochs"] for s in stage_list))
+    total = stage_list[0]["max_epochs"] * restarts + sum(s["max_epochs"] for s in stage_list[1:])
+    bar = _progress(progress and rank == 0, total)
     rows: list[dict[str, float]] = []
     restart_loss: list[float] = []
     best_epoch, best_restart = -1, 0
@@ -395,12 +396,18 @@ def _stages(
     model: nn.Module,
 ) -> list[dict[str, Any]]:
     """Every stage's full settings, with its parameter list checked against the model."""
+    if params is not None:  # a generator (model.parameters()) is read once, for every stage
+        params = list(params)
     base = {"lr": lr, "weight_decay": weight_decay, "max_epochs": max_epochs,
             "patience": patience, "tolerance": tolerance, "params": params}  # fmt: skip
     if stages is not None and (isinstance(stages, Mapping) or len(stages) == 0):
         raise ValueError("stages must be a non-empty list of dicts")
     out = []
     for i, stage in enumerate(stages or [{}]):
+        if not isinstance(stage, Mapping):
+            raise TypeError(f"stage {i} must be a dict of settings, got {type(stage).__name__}")
+        if "params" in stage and stage["params"] is not None:
+            stage = {**stage, "params": list(stage["params"])}
         unknown = set(stage) - set(STAGE_KEYS)
         if unknown:
             raise ValueError(f"stage {i} sets {sorted(unknown)}; a stage may set {STAGE_KEYS}")
@@ -525,7 +532,12 @@ class _Loop:
             total += torch.stack([value.detach().double() * n, n.double()])
         if self.world > 1:
             _all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else math.nan
+        if total[1] == 0:
+            raise ValueError(
+                "the training sounds hold no valid response bin (all NaN): "
+                "select cells and sounds with data (ds.nat4.prune())"
+            )
+        return float(total[0] / total[1])
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -551,7 +563,12 @@ class _Loop:
             sums[2:] += torch.stack([s.sum(dim=(0, 2)) for s in stats]).flatten()
         if self.world > 1:
             _all_reduce(sums)
-        loss = float(sums[0] / sums[1]) if sums[1] > 0 else math.nan
+        if sums[1] == 0:
+            raise ValueError(
+                "the held-out sounds hold no valid response bin (all NaN): choose another "
+                "holdout, or select cells and sounds with data (ds.nat4.prune())"
+            )
+        loss = float(sums[0] / sums[1])
         n, sx, sy, sxx, syy, sxy = sums[2:].view(6, n_n).cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             cov = sxy - sx * sy / n
