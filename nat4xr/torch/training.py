@@ -138,7 +138,10 @@ def fit(
         bool stim coordinate (``'holdout'``, as ``assign_holdout`` writes)
         whose True est sounds are held out.
     batch_size : int
-        Sounds per batch (per process under ``torchrun``).
+        Sounds per batch (per process under ``torchrun``, where a
+        ``DistributedSampler`` deals the training sounds out, repeating up to
+        one per process so that all get as many; the holdout is split
+        without repeats).
     max_epochs, patience, tolerance : int, int, float
         At most ``max_epochs`` epochs; stop after ``patience`` epochs
         without the holdout loss falling by more than ``tolerance``.
