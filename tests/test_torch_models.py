@@ -11,6 +11,15 @@ from nat4xr.torch import models  # noqa: E402
 from nat4xr.torch.models import layers  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads on a busy 2-core machine are many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _np(t):
     return t.detach().numpy().astype(np.float64)
 

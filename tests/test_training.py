@@ -12,6 +12,15 @@ from nat4xr.torch import fit, models, training  # noqa: E402
 from nat4xr.torch.training import EarlyStopping  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads on a busy 2-core machine are many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data(seed=0, p_missing=0.2, n_est=12):
     return nat4xr.synthetic.random_dataset(
         n_est=n_est, n_val=3, n_neurons=4, n_time=20, p_missing=p_missing, seed=seed
