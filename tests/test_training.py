@@ -309,3 +309,18 @@ def test_a_holdout_without_any_data_is_refused():
     bad = ds.assign(response=response).assign_coords(holdout=("stim", flags))
     with pytest.raises(ValueError, match="held-out sounds hold no valid response"):
         fit(_net(), bad, holdout="holdout", **FAST)
+
+
+@pytest.mark.filterwarnings("ignore::nat4xr.Nat4Warning")
+def test_fit_on_a_cache_backed_dataset_reads_batches_without_computing_dask(tmp_path, monkeypatch):
+    from nat4xr.synthetic import write_release
+    from nat4xr.testing import raise_if_dask_computes
+
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
+    write_release(tmp_path / "rel", scale="tiny", seed=0)
+    ds = nat4xr.open_nat4("A1", path=tmp_path / "rel")
+    assert hasattr(ds.response.data, "dask")
+    net = models.PopLN(ds.sizes["neuron"], rank=3, n_taps=4)
+    with raise_if_dask_computes():  # batches come from the file's chunks, never a full read
+        history = fit(net, ds, holdout=0.2, **FAST)
+    assert np.isfinite(history.holdout_loss).all()
