@@ -16,7 +16,7 @@ import xarray as xr
 
 from .selection import coverage_array, metadata_values
 
-__all__ = ["plot_coverage", "plot_scores", "plot_strf", "plot_trial"]
+__all__ = ["plot_coverage", "plot_history", "plot_scores", "plot_strf", "plot_trial"]
 
 
 def _pyplot() -> Any:
@@ -359,3 +359,66 @@ def plot_strf(strf: Any, neuron: Any, ax: Any = None) -> Any:
     ax.set_title(str(neuron))
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
     return ax
+
+
+def plot_history(history: xr.Dataset, axes: Any = None) -> Any:
+    """Loss curves and holdout correlation of a :func:`nat4xr.torch.fit` history.
+
+    Left: ``train_loss`` and ``holdout_loss`` per epoch; right:
+    ``holdout_cc``. A dashed line marks ``best_epoch`` (the weights the model
+    holds) and dotted lines the starts of later stages.
+
+    Parameters
+    ----------
+    history : Dataset
+        The Dataset :func:`nat4xr.torch.fit` returns (dim ``epoch``).
+    axes : pair of matplotlib Axes, optional
+        Where to draw; a new figure by default.
+
+    Returns
+    -------
+    array of two matplotlib Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> h = xr.Dataset(
+    ...     {k: ("epoch", v) for k, v in {"train_loss": [3.0, 2.0, 1.5],
+    ...      "holdout_loss": [3.1, 2.5, 2.6], "holdout_cc": [0.1, 0.3, 0.28]}.items()},
+    ...     coords={"epoch": [0, 1, 2]}, attrs={"best_epoch": 1})
+    >>> axes = plot_history(h)
+    >>> [line.get_label() for line in axes[0].get_lines()][:2]
+    ['train', 'holdout']
+    """
+    plt = _pyplot()
+    missing = {"train_loss", "holdout_loss", "holdout_cc"} - set(history.data_vars)
+    if "epoch" not in history.dims or missing:
+        raise ValueError(
+            f"not a fit history: need dim 'epoch' and variables train_loss, holdout_loss, "
+            f"holdout_cc (missing {sorted(missing)}); pass what nat4xr.torch.fit returns"
+        )
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    epoch = np.asarray(history["epoch"].values)
+    loss_ax, cc_ax = axes[0], axes[1]
+    loss_ax.plot(epoch, history["train_loss"].values, label="train")
+    loss_ax.plot(epoch, history["holdout_loss"].values, label="holdout")
+    cc_ax.plot(epoch, history["holdout_cc"].values, color="tab:green")
+    best = history.attrs.get("best_epoch")
+    if "stage" in history.coords:
+        stage = np.asarray(history["stage"].values)
+        for start in epoch[1:][np.diff(stage) != 0]:
+            for ax in (loss_ax, cc_ax):
+                ax.axvline(start - 0.5, color="0.6", ls=":", lw=1)
+    if best is not None and 0 <= int(best) < len(epoch):
+        for ax in (loss_ax, cc_ax):
+            ax.axvline(epoch[int(best)], color="k", ls="--", lw=1)
+    loss_name = history.attrs.get("loss", "")
+    loss_ax.set(xlabel="epoch", ylabel=f"{loss_name} loss".strip())
+    loss_ax.legend(frameon=False)
+    cc_ax.set(xlabel="epoch", ylabel="holdout mean correlation")
+    title = history.attrs.get("model")
+    if title:
+        loss_ax.set_title(str(title))
+    return np.asarray(axes)

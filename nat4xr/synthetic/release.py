@@ -86,6 +86,8 @@ class SyntheticRelease:
     published: pd.DataFrame | None = None
     strf: np.ndarray | None = None
     intercept: np.ndarray | None = None
+    rate: np.ndarray | None = None
+    truth: str | None = None
 
     def expected_dataset(self, subset: str = "all") -> xr.Dataset:
         """The Dataset a correct build of this release returns.
@@ -169,6 +171,7 @@ def write_release(
     spectrogram: str = "smooth",
     compresslevel: int = 1,
     progress: bool = False,
+    truth: str | None = None,
 ) -> SyntheticRelease:
     """Write a synthetic NAT4 release in the published layout and return its truth.
 
@@ -220,6 +223,15 @@ def write_release(
         gzip level of the ``.tgz`` archives (1 is fastest).
     progress : bool
         Show progress bars (tqdm).
+    truth : {None, 'ln', 'cnn'}
+        Plant a known rate model instead of the default rates (None: the
+        default, unchanged byte for byte). ``'cnn'``: a shared nonlinear
+        core (spectro-temporal channels rectified both ways) with a
+        non-negative readout per cell, which an LN model cannot reach;
+        ``'ln'``: one linear filter and a double-exponential nonlinearity
+        per cell. Every cell is driven, with a gain scaled by ``drive``; the
+        counts are Poisson draws of the rate, kept as
+        :attr:`SyntheticRelease.rate` (see :mod:`nat4xr.synthetic.truth`).
 
     Returns
     -------
@@ -243,6 +255,13 @@ def write_release(
     ...     rel = write_release(tmp, scale="tiny", seed=1, drive=50.0, spectrogram="white")
     >>> rel.strf.shape  # (cells, lags 0..3, frequencies)
     (8, 4, 18)
+
+    A planted nonlinear population, its true rate kept:
+
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     rel = write_release(tmp, scale="tiny", truth="cnn")
+    >>> rel.rate.shape, rel.rate.dtype  # (est + val sounds, cells, time)
+    ((8, 8, 150), dtype('float64'))
     """
     if scale not in _SCALES:
         raise ValueError(f"scale must be one of {sorted(_SCALES)}, got {scale!r}")
@@ -251,6 +270,8 @@ def write_release(
     sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
     if spectrogram not in ("smooth", "white"):
         raise ValueError(f"spectrogram must be 'smooth' or 'white', got {spectrogram!r}")
+    if truth is not None and truth not in ("ln", "cnn"):
+        raise ValueError(f"truth must be None, 'ln' or 'cnn', got {truth!r}")
     if sizes["n_est"] < 1 or sizes["n_val"] < 1:
         raise ValueError(f"need at least one est and one val sound, got {sizes}")
     published = _FULL_AREAS.get(area) if scale == "full" else None
@@ -265,7 +286,7 @@ def write_release(
     layout = _Layout.make(area, sizes, published, traps, rng)
     est_stims, val_stims = _stim_names(sizes["n_est"], sizes["n_val"], rng)
     spec = _spectrograms(sizes["n_est"] + sizes["n_val"], n_freq, rng, spectrogram)
-    counts = _Counts.draw(spec, layout, sizes["n_est"], rng, drive)
+    counts = _Counts.draw(spec, layout, sizes["n_est"], rng, drive, truth)
 
     files = {
         "population": root / f"{area}_NAT4_ozgf.fs100.ch18.tgz",
@@ -303,6 +324,8 @@ def write_release(
         traps=layout.traps,
         wav=wav_truth,
         published=published,
-        strf=counts.strf[: layout.n_pop],
+        strf=None if counts.strf is None else counts.strf[: layout.n_pop],
         intercept=counts.base[: layout.n_pop],
+        rate=counts.rate,
+        truth=truth,
     )

@@ -59,8 +59,9 @@ class _Counts:
     est: np.ndarray  # uint8 counts, all units, no NaN
     val: np.ndarray  # uint8
     est_truth: np.ndarray  # float32, population cells, NaN where not recorded
-    strf: np.ndarray  # (units, 4, F) the filter each unit's rate is made from
+    strf: np.ndarray | None  # (units, 4, F) the filter each unit's rate is made from
     base: np.ndarray  # (units,) spontaneous rate
+    rate: np.ndarray | None = None  # (stims, population cells, T) with a planted truth
 
     @classmethod
     def draw(
@@ -70,6 +71,7 @@ class _Counts:
         n_est: int,
         rng: np.random.Generator,
         drive: float = 1.0,
+        truth: str | None = None,
     ) -> _Counts:
         n_stim, n_freq, n_time = spec.shape
         n_units = len(layout.keys)
@@ -82,6 +84,12 @@ class _Counts:
         # most cells follow the sound, the rest fire at their spontaneous rate
         gain = np.where(rng.random(n_units) < 0.7, rng.lognormal(np.log(0.05), 0.6, n_units), 0.0)
         gain = gain * drive
+        planted = None
+        if truth is not None:
+            from .truth import PlantedTruth
+
+            planted = PlantedTruth.draw(truth, spec, n_units, base, drive, rng)
+            true_rate = np.empty((n_stim, layout.n_pop, n_time))
         est = np.empty((n_est, n_units, n_time), dtype=np.uint8)
         val = np.empty((n_stim - n_est, n_units, N_REPEATS, n_time), dtype=np.uint8)
         step = 32
@@ -92,8 +100,12 @@ class _Counts:
             for k in np.unique(lag):
                 sel = lag == k
                 lagged[:, sel, k:] = drive[:, sel, :-k]
-            trial_gain = rng.lognormal(0.0, 0.2, size=(hi - lo, n_units, 1))
-            rate = base[None, :, None] + gain[None, :, None] * trial_gain * lagged
+            if planted is None:
+                trial_gain = rng.lognormal(0.0, 0.2, size=(hi - lo, n_units, 1))
+                rate = base[None, :, None] + gain[None, :, None] * trial_gain * lagged
+            else:  # the planted rate is the expected count of every bin
+                rate = planted.rate(spec[lo:hi])
+                true_rate[lo:hi] = rate[:, : layout.n_pop]
             for i in range(lo, hi):
                 r = rate[i - lo]
                 if i < n_est:
@@ -107,6 +119,8 @@ class _Counts:
             est_truth[np.ix_(missing, layout.unit_site[: layout.n_pop] == s)] = np.nan
         # the rate is base + gain * trial_gain * (tuning . spectrogram) at one lag; the trial
         # gain is lognormal(0, 0.2), of mean exp(0.02)
+        if planted is not None:
+            return cls(est=est, val=val, est_truth=est_truth, strf=None, base=base, rate=true_rate)
         strf = np.zeros((n_units, 4, n_freq))
         strf[np.arange(n_units), lag] = (gain * np.exp(0.02))[:, None] * tuning
         return cls(est=est, val=val, est_truth=est_truth, strf=strf, base=base)

@@ -17,6 +17,8 @@ Every public name is importable from here; the modules hold one job each:
 - ``nat4xr.torch.loader``: :func:`to_torch`.
 - ``nat4xr.torch.prediction``: :func:`predict`.
 - ``nat4xr.torch.losses``: :func:`masked_mse`, :func:`masked_poisson_nll`.
+- ``nat4xr.torch.training``: :func:`fit` (early stopping, restarts, stages).
+- ``nat4xr.torch.models``: the paper's model families and their layers.
 
 Examples
 --------
@@ -46,11 +48,13 @@ from .loader import to_torch
 from .losses import masked_mse, masked_poisson_nll
 from .prediction import predict
 from .sampling import StimBatchSampler
+from .training import fit
 
 __all__ = [
     "NAT4TorchDataset",
     "StimBatchSampler",
     "collate",
+    "fit",
     "masked_mse",
     "masked_poisson_nll",
     "predict",

@@ -1,0 +1,227 @@
+"""The paper's models on synthetic A1: teacher-student scores, and what an epoch costs.
+
+Usage::
+
+    # scores: a truth="cnn" release, pop-LN, 1Dx2-CNN and RidgeSTRF fitted, val r_test
+    python benchmarks/paper_models.py teacher --n-cells 849 --n-est 575 --n-val 18
+    # epoch cost on the full-scale A1 cache: fit vs in-memory tensors vs deepSTRF's Fitter
+    NAT4XR_DEEPSTRF_PATH=/work/bench/deepstrf \\
+        python benchmarks/paper_models.py epoch --release /work/bench/nat4-full
+
+``teacher`` writes a release with a planted nonlinear population
+(``write_release(truth="cnn", spectrogram="white")``, or ``--truth ln``) at
+the sizes given,
+fits each model with :func:`nat4xr.torch.fit` (est sounds only, early
+stopping on 10 % of them) and prints per model: parameters, seconds per
+epoch, epochs run and best epoch, median val ``r_test`` beside the true
+rate's own, and the paired Wilcoxon p of the CNN against each other model.
+
+``epoch`` opens A1 from its cache (built on first use) and times, per
+model, in one run and in alternation: one epoch of ``fit`` (train pass over
+the est sounds less the holdout, then the holdout pass), the same forward
+and backward passes over tensors already in memory, and one epoch of
+deepSTRF 0.1.0's ``Fitter`` with the same model, loss and batches. The data
+path's share of an epoch is one pass over both loaders alone, against the
+``fit`` epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _models(n_cells: int, small: bool):
+    from nat4xr.torch import models
+
+    if small:
+        return {
+            "PopLN": lambda: models.PopLN(n_cells, rank=12),
+            "CNN1Dx2": lambda: models.CNN1Dx2(n_cells, hidden=(16, 16, 20)),
+        }
+    return {"PopLN": lambda: models.PopLN(n_cells), "CNN1Dx2": lambda: models.CNN1Dx2(n_cells)}
+
+
+def teacher(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    import xarray as xr
+    from scipy.stats import wilcoxon
+
+    import nat4xr
+    from nat4xr.synthetic import write_release
+    from nat4xr.torch import fit, predict
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rel = write_release(
+            tmp, "A1", scale="small", n_cells=args.n_cells, n_sites=args.n_sites,
+            n_est=args.n_est, n_val=args.n_val, truth=args.truth, spectrogram="white",
+            traps=False, seed=args.seed,
+        )  # fmt: skip
+        ds = rel.expected_dataset().compute()
+        print(f"release: {dict(ds.sizes)}, written in {time.perf_counter() - t0:.0f} s")
+    val = ds.nat4.sel_stims(subset="val")
+    true = xr.DataArray(
+        rel.rate[args.n_est :].astype("float32"),
+        dims=("stim", "neuron", "time"),
+        coords={"stim": val.stim, "neuron": val.neuron, "time": val.time},
+    )
+    scores = {"true rate": val.nat4.evaluate(true).r_test}
+    rows = []
+    t0 = time.perf_counter()
+    strf = nat4xr.models.RidgeSTRF(n_lags=15).fit(ds.nat4.sel_stims(subset="est"))
+    scores["RidgeSTRF"] = val.nat4.evaluate(strf.predict(val)).r_test
+    rows.append(("RidgeSTRF", 15 * 18 * args.n_cells + args.n_cells, time.perf_counter() - t0,
+                 "-", "-"))  # fmt: skip
+    for name, make in _models(args.n_cells, args.small).items():
+        torch.manual_seed(args.seed)
+        net = make()
+        history = fit(
+            net, ds, max_epochs=args.max_epochs, patience=args.patience, lr=args.lr,
+            batch_size=args.batch_size, seed=args.seed, progress=args.progress,
+        )  # fmt: skip
+        scores[name] = val.nat4.evaluate(predict(net, val)).r_test
+        n_par = sum(p.numel() for p in net.parameters())
+        per_epoch = float(np.median(history.seconds))
+        rows.append((name, n_par, per_epoch, history.sizes["epoch"], history.attrs["best_epoch"]))
+    print(f"{'model':10s} {'params':>9s} {'s/epoch':>8s} {'epochs':>6s} {'best':>5s} "
+          f"{'median r_test':>13s}")  # fmt: skip
+    for name, n_par, sec, epochs, best in rows:
+        print(f"{name:10s} {n_par:9d} {sec:8.2f} {epochs!s:>6s} {best!s:>5s} "
+              f"{float(scores[name].median()):13.3f}")  # fmt: skip
+    best_possible = float(scores["true rate"].median())
+    print(f"{'true rate':10s} {'':9s} {'':8s} {'':6s} {'':5s} {best_possible:13.3f}")
+    for other in ("PopLN", "RidgeSTRF"):
+        diff = scores["CNN1Dx2"] - scores[other]
+        p = wilcoxon(scores["CNN1Dx2"].values, scores[other].values).pvalue
+        print(f"CNN1Dx2 - {other}: median {float(diff.median()):+.3f}, "
+              f"paired Wilcoxon p = {p:.2g} (two-sided)")  # fmt: skip
+    return 0
+
+
+def epoch(args: argparse.Namespace) -> int:
+    import torch
+    from _deepstrf import _import_from_deepstrf
+
+    import nat4xr
+    from nat4xr.torch import fit, masked_poisson_nll, to_torch
+
+    torch.set_num_threads(args.threads)
+    ds = nat4xr.open_nat4("A1", path=args.release)
+    est = ds.nat4.sel_stims(subset="est")
+    if args.max_stims:
+        est = est.isel(stim=slice(0, args.max_stims))
+    est = nat4xr.splits.assign_holdout(est, 0.1, seed=0)
+    train = est.isel(stim=~est.holdout.values)
+    held = est.isel(stim=est.holdout.values)
+    n_cells = est.sizes["neuron"]
+    print(f"A1 est sounds: {train.sizes['stim']} train + {held.sizes['stim']} holdout, "
+          f"{n_cells} cells, batch size {args.batch_size}, {args.threads} thread(s)")  # fmt: skip
+    loaded = _import_from_deepstrf(
+        lambda: (__import__("deepSTRF.training.fitter", fromlist=["Fitter"]).Fitter,
+                 __import__("deepSTRF.metrics", fromlist=["poisson_loss"]).poisson_loss)
+    )  # fmt: skip
+
+    def loaders():
+        return (to_torch(train, args.batch_size, shuffle=True, seed=0),
+                to_torch(held, args.batch_size))  # fmt: skip
+
+    results: dict[str, dict[str, list[float]]] = {}
+    for name, make in _models(n_cells, False).items():
+        torch.manual_seed(0)
+        net = make()
+        times = results.setdefault(
+            name, {"fit": [], "preload": [], "memory": [], "loaders": [], "deepSTRF": []}
+        )
+        tl, hl = loaders()
+        batches = [b for b in tl], [b for b in hl]  # already in memory (and the file warm)
+        for _ in range(args.rounds):
+            # 1. nat4xr.torch.fit, one epoch (train + holdout pass), reading every batch
+            h = fit(net, est, holdout="holdout", max_epochs=1, patience=1, lr=1e-3,
+                    batch_size=args.batch_size, progress=False)  # fmt: skip
+            times["fit"].append(float(h.seconds[0]))
+            # 1b. the same with the est responses read into memory once (preload=True)
+            h = fit(net, est, holdout="holdout", max_epochs=1, patience=1, lr=1e-3,
+                    batch_size=args.batch_size, progress=False,
+                    loader_kwargs={"preload": True})  # fmt: skip
+            times["preload"].append(float(h.seconds[0]))
+            # 2. the same passes over tensors in memory
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            t0 = time.perf_counter()
+            net.train()
+            for b in batches[0]:
+                loss = masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss.item()
+            net.eval()
+            with torch.no_grad():
+                for b in batches[1]:
+                    masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+            times["memory"].append(time.perf_counter() - t0)
+            # 2b. the data path alone: one pass over both loaders, nothing computed
+            tl, hl = loaders()
+            t0 = time.perf_counter()
+            sum(1 for _ in tl) + sum(1 for _ in hl)
+            times["loaders"].append(time.perf_counter() - t0)
+            # 3. deepSTRF's Fitter, same model, loss and batches (one epoch + its val pass)
+            if loaded is not None:
+                Fitter, poisson_loss = loaded
+                tl, hl = loaders()
+                fitter = Fitter(
+                    net, tl, hl, loss_fn=poisson_loss, max_epochs=1, patience=1,
+                    optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+                    track_train_metrics=False, log_fn=lambda d: None,
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                fitter.fit()
+                times["deepSTRF"].append(time.perf_counter() - t0)
+    print(f"{'model':8s} {'fit (s)':>8s} {'preload (s)':>11s} {'memory (s)':>10s} "
+          f"{'loaders (s)':>11s} {'loaders/fit':>11s} {'deepSTRF Fitter (s)':>19s}")  # fmt: skip
+    for name, t in results.items():
+        f, m = statistics.median(t["fit"]), statistics.median(t["memory"])
+        p, lo = statistics.median(t["preload"]), statistics.median(t["loaders"])
+        d = f"{statistics.median(t['deepSTRF']):19.1f}" if t["deepSTRF"] else f"{'n/a':>19s}"
+        print(f"{name:8s} {f:8.1f} {p:11.1f} {m:10.1f} {lo:11.2f} {lo / f:11.1%} {d}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("teacher")
+    t.add_argument("--truth", choices=("cnn", "ln"), default="cnn")
+    t.add_argument("--n-cells", type=int, default=849)
+    t.add_argument("--n-sites", type=int, default=22)
+    t.add_argument("--n-est", type=int, default=575)
+    t.add_argument("--n-val", type=int, default=18)
+    t.add_argument("--small", action="store_true", help="small hidden sizes (as the tests)")
+    t.add_argument("--max-epochs", type=int, default=200)
+    t.add_argument("--patience", type=int, default=10)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--progress", action="store_true")
+    e = sub.add_parser("epoch")
+    e.add_argument("--release", type=Path, default=Path("/work/bench/nat4-full"))
+    e.add_argument("--max-stims", type=int, default=0, help="first N est sounds (0: all)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--rounds", type=int, default=2)
+    e.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    return teacher(args) if args.what == "teacher" else epoch(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""nat4xr.torch.fit: est only, masked loss, early stopping, restored weights, seeds, stages, DDP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nat4xr  # noqa: E402
+from nat4xr.torch import fit, models, training  # noqa: E402
+from nat4xr.torch.training import EarlyStopping  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads on a busy 2-core machine are many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(seed=0, p_missing=0.2, n_est=12):
+    return nat4xr.synthetic.random_dataset(
+        n_est=n_est, n_val=3, n_neurons=4, n_time=20, p_missing=p_missing, seed=seed
+    )
+
+
+def _net(n=4, seed=0):
+    torch.manual_seed(seed)
+    return models.PopLN(n, n_freq=4, rank=2, n_taps=3)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+FAST = {"max_epochs": 3, "patience": 2, "progress": False, "batch_size": 4}
+
+
+def test_early_stopping_on_a_constructed_curve():
+    stop = EarlyStopping(patience=3, tolerance=0.01)
+    curve = [5.0, 4.0, 3.0, 3.5, 2.995, 3.1, 3.2, 1.0]
+    seen = []
+    for loss in curve:
+        seen.append(stop.step(loss))
+        if stop.stop:
+            break
+    # 2.995 is not 0.01 below 3.0: epochs 3, 4, 5 fail, stop after epoch 5
+    assert seen == [True, True, True, False, False, False]
+    assert stop.best_epoch == 2 and stop.best == 3.0
+
+
+def test_fit_stops_at_the_right_epoch_and_restores_that_epochs_weights(monkeypatch):
+    curve = iter([5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 1.0, 0.5])
+    snapshots = []
+
+    def evaluate(self):
+        snapshots.append(_state(self.model))
+        return next(curve), 0.0
+
+    monkeypatch.setattr(training._Loop, "evaluate", evaluate)
+    net = _net()
+    history = fit(net, _data(), max_epochs=8, patience=3, tolerance=0.0, progress=False, lr=0.05)
+    assert history.sizes["epoch"] == 6  # best at 2, then 3 epochs without improvement
+    assert history.attrs["best_epoch"] == 2
+    np.testing.assert_array_equal(history.holdout_loss, [5.0, 4.0, 3.0, 3.5, 3.2, 3.1])
+    assert _same(_state(net), snapshots[2])
+    assert not _same(_state(net), snapshots[-1])
+
+
+def test_nan_targets_never_reach_the_loss(monkeypatch):
+    ds = _data(p_missing=0.4)
+    est = ds.nat4.sel_stims(subset="est")
+    assert bool(est.response.isnull().any()) and not bool(est.coverage.all())
+    seen = []
+
+    def checked(pred, target, mask):
+        assert not bool(torch.isnan(target[mask.expand_as(target)]).any())
+        seen.append(int((~mask).sum()))
+        value = training.masked_poisson_nll(pred, target, mask)
+        assert bool(torch.isfinite(value))
+        return value
+
+    monkeypatch.setitem(training.LOSSES, "poisson", checked)
+    history = fit(_net(), ds, **FAST)
+    assert sum(seen) > 0  # masked bins were there, and were masked
+    assert np.isfinite(history.train_loss).all() and np.isfinite(history.holdout_loss).all()
+    for p in _net().parameters():
+        assert bool(torch.isfinite(p).all())
+
+
+def test_val_sounds_are_never_read_or_held_out():
+    ds = _data()
+    is_val = ds.subset == "val"
+    # val spectrograms of NaN would make every loss NaN if a val sound were used
+    ds = ds.assign(spectrogram=ds.spectrogram.where(~is_val))
+    history = fit(_net(), ds, **FAST)
+    assert np.isfinite(history.holdout_loss).all()
+    held = set(__import__("json").loads(history.attrs["holdout_stims"]))
+    assert held and held <= set(ds.stim.values[~is_val.values].tolist())
+    assert history.attrs["n_train_stims"] + history.attrs["n_holdout_stims"] == 12
+
+
+def test_a_holdout_coordinate_is_used_on_est_sounds_whatever_val_carries():
+    ds = _data()
+    flags = np.zeros(ds.sizes["stim"], dtype=object)
+    flags[:] = False
+    est = np.flatnonzero(ds.subset.values == "est")
+    flags[est[[1, 4]]] = True
+    flags[ds.subset.values == "val"] = None  # val sounds: not part of the split
+    history = fit(_net(), ds.assign_coords(holdout=("stim", flags)), holdout="holdout", **FAST)
+    held = __import__("json").loads(history.attrs["holdout_stims"])
+    assert held == [str(s) for s in ds.stim.values[est[[1, 4]]]]
+    marked = nat4xr.splits.assign_holdout(ds, 0.25, seed=3)
+    history = fit(_net(), marked, holdout="holdout", **FAST)
+    expected = marked.stim.values[(marked.holdout.values == True) & (marked.subset.values == "est")]  # noqa: E712
+    assert __import__("json").loads(history.attrs["holdout_stims"]) == expected.tolist()
+
+
+def test_the_same_seed_gives_bitwise_the_same_fit_with_and_without_workers():
+    ds = _data()
+    runs = []
+    for workers in (0, 0, 2):
+        net = _net(seed=1)
+        h = fit(net, ds, seed=5, num_workers=workers, **FAST)
+        runs.append((_state(net), h.drop_vars("seconds")))
+    for state, history in runs[1:]:
+        assert _same(state, runs[0][0])
+        np.testing.assert_array_equal(history.train_loss, runs[0][1].train_loss)
+        np.testing.assert_array_equal(history.holdout_loss, runs[0][1].holdout_loss)
+    other = _net(seed=1)
+    fit(other, ds, seed=6, **FAST)
+    assert not _same(_state(other), runs[0][0])
+
+
+def test_params_trains_only_those_parameters():
+    net = _net()
+    core, readout = _state(net.core), _state(net.readout)
+    fit(net, _data(), params=net.readout.parameters(), **FAST)
+    assert _same(_state(net.core), core)
+    assert not _same(_state(net.readout), readout)
+    assert all(p.requires_grad for p in net.parameters())  # flags restored
+
+
+def test_restarts_keep_the_best_and_stages_continue_from_it():
+    net = _net()
+    history = fit(net, _data(), restarts=3, seed=2, **FAST)
+    losses = history.restart_loss.values
+    assert losses.shape == (3,) and history.attrs["best_restart"] == int(np.argmin(losses))
+    assert history.attrs["best_holdout_loss"] == pytest.approx(losses.min())
+    history = fit(
+        net, _data(), stages=[{"lr": 1e-2, "max_epochs": 2}, {"lr": 1e-3, "max_epochs": 2}],
+        patience=2, progress=False, batch_size=4,
+    )  # fmt: skip
+    assert history.stage.values.tolist() == [0, 0, 1, 1]
+    assert '"lr": 0.01' in history.attrs["stages"]
+    # the model holds the weights of best_epoch: its holdout loss is that epoch's
+    loop_loss = _holdout_loss(net, history)
+    assert loop_loss <= history.holdout_loss.values[:2].min() + 1e-6
+
+
+def _holdout_loss(net, history):
+    import json
+
+    ds = _data()
+    held = ds.sel(stim=json.loads(history.attrs["holdout_stims"]))
+    loader = nat4xr.torch.to_torch(held, batch_size=100)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        return float(training.masked_poisson_nll(net(batch["stims"]), batch["responses"],
+                                                 batch["valid_mask"]))  # fmt: skip
+
+
+def test_history_is_a_dataset_with_the_settings():
+    history = fit(_net(), _data(), device=torch.device("cpu"), **FAST)
+    assert set(history.data_vars) >= {"train_loss", "holdout_loss", "holdout_cc", "seconds"}
+    assert history.train_loss.dims == ("epoch",)
+    for key in ("best_epoch", "lr", "patience", "batch_size", "seed", "loss", "device"):
+        assert key in history.attrs
+    assert history.attrs["device"] == "cpu" and history.attrs["model"] == "PopLN"
+    assert -1 <= history.attrs["best_epoch"] < history.sizes["epoch"]
+
+
+class _Wrong(torch.nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.out = out
+
+    def forward(self, x):
+        return self.out(x) * self.w
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "match"),
+    [
+        (lambda: _Wrong(lambda x: torch.ones(x.shape[0], 3, 1, x.shape[-1])), {}, "shape"),
+        (lambda: _Wrong(lambda x: -torch.ones(x.shape[0], 4, 1, x.shape[-1])), {}, "negative"),
+        (_net, {"patience": 0}, "patience"),
+        (_net, {"params": [torch.nn.Parameter(torch.ones(2))]}, "not in the model"),
+        (_net, {"holdout": 0.0}, "between 0 and 1"),
+        (_net, {"stages": [{"momentum": 0.9}]}, "a stage may set"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error(make, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(make(), _data(), **{**FAST, **kwargs})
+
+
+def test_no_est_sounds_and_an_empty_holdout_are_refused():
+    ds = _data()
+    with pytest.raises(ValueError, match="no estimation sounds"):
+        fit(_net(), ds.nat4.sel_stims(subset="val"), **FAST)
+    empty = ds.assign_coords(holdout=("stim", np.zeros(ds.sizes["stim"], dtype=bool)))
+    with pytest.raises(ValueError, match="holdout is empty"):
+        fit(_net(), empty, holdout="holdout", **FAST)
+    odd = ds.assign_coords(holdout=("stim", np.array(["x"] * ds.sizes["stim"])))
+    with pytest.raises(ValueError, match="True/False"):
+        fit(_net(), odd, holdout="holdout", **FAST)
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_training import _data, _net, _state
+from nat4xr.torch import fit
+dist.init_process_group("gloo")  # torchrun's environment
+torch.set_num_threads(1)
+net = _net(seed=3)
+history = fit(net, _data(p_missing=0.0), batch_size=5, max_epochs=3, patience=3, holdout=0.17,
+              progress=True, lr=0.02)
+torch.save((_state(net), history.holdout_loss.values, history.train_loss.values),
+           f"{out}/rank{{dist.get_rank()}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_under_torchrun_agree_with_one(tmp_path):
+    """Full-batch epochs (10 train sounds: one batch of 10, or 5 per process) with
+    complete coverage: the averaged gradient is the same, up to float rounding."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT.format(root=str(here.parent), tests=str(here), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("| 0/3 [") == 1  # one bar: only rank 0 shows it
+    torch.set_num_threads(1)
+    try:
+        net = _net(seed=3)
+        one = fit(net, _data(p_missing=0.0), batch_size=10, max_epochs=3, patience=3, holdout=0.17,
+                  progress=False, lr=0.02)  # fmt: skip
+    finally:
+        torch.set_num_threads(2)
+    assert one.attrs["n_train_stims"] == 10  # the premise: one full batch per epoch
+    for rank in (0, 1):  # every process holds the same weights and losses as one process
+        state, hold, train = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        np.testing.assert_allclose(hold, one.holdout_loss.values, rtol=1e-5)
+        np.testing.assert_allclose(train, one.train_loss.values, rtol=1e-5)
+        for key, value in _state(net).items():
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_plot_history_draws_both_panels(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nat4xr.plot import plot_history
+
+    history = fit(_net(), _data(), stages=[{"max_epochs": 2}, {"max_epochs": 2, "lr": 1e-4}],
+                  patience=2, progress=False, batch_size=4)  # fmt: skip
+    axes = plot_history(history)
+    assert len(axes) == 2
+    np.testing.assert_array_equal(axes[0].get_lines()[1].get_ydata(), history.holdout_loss)
+    axes[0].figure.savefig(tmp_path / "history.png")
+    with pytest.raises(ValueError, match="not a fit history"):
+        plot_history(history.drop_vars("holdout_cc"))
+
+
+def test_a_params_generator_serves_every_stage():
+    net = _net()
+    core = _state(net.core)
+    history = fit(net, _data(), params=net.readout.parameters(), patience=2, progress=False,
+                  stages=[{"max_epochs": 1}, {"max_epochs": 1, "lr": 1e-4}])  # fmt: skip
+    assert history.attrs["n_trained_parameters"] == "[28, 28]"  # wc 2x4, lvl 4, dexp 4x4
+    assert _same(_state(net.core), core)
+
+
+def test_a_holdout_without_any_data_is_refused():
+    ds = _data()
+    est = np.flatnonzero(ds.subset.values == "est")
+    flags = np.zeros(ds.sizes["stim"], dtype=bool)
+    flags[est[0]] = True
+    response = ds.response.copy()
+    response[est[0]] = np.nan
+    bad = ds.assign(response=response).assign_coords(holdout=("stim", flags))
+    with pytest.raises(ValueError, match="held-out sounds hold no valid response"):
+        fit(_net(), bad, holdout="holdout", **FAST)
+
+
+@pytest.mark.filterwarnings("ignore::nat4xr.Nat4Warning")
+def test_fit_on_a_cache_backed_dataset_reads_batches_without_computing_dask(tmp_path, monkeypatch):
+    from nat4xr.synthetic import write_release
+    from nat4xr.testing import raise_if_dask_computes
+
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
+    write_release(tmp_path / "rel", scale="tiny", seed=0)
+    ds = nat4xr.open_nat4("A1", path=tmp_path / "rel")
+    assert hasattr(ds.response.data, "dask")
+    net = models.PopLN(ds.sizes["neuron"], rank=3, n_taps=4)
+    with raise_if_dask_computes():  # batches come from the file's chunks, never a full read
+        history = fit(net, ds, holdout=0.2, **FAST)
+    assert np.isfinite(history.holdout_loss).all()
