@@ -40,6 +40,10 @@ def _response(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
 def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     """Peri-stimulus time histogram: the mean over repeats, ignoring NaN.
 
+    Summed in float64 one stored block at a time (no full-size temporaries)
+    and returned in the response's dtype; lazy when the response is a dask
+    array, read block by block when it is lazily indexed (``chunks=None``).
+
     Parameters
     ----------
     obj : Dataset or DataArray
@@ -57,8 +61,24 @@ def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     >>> psth(ds).dims
     ('stim', 'neuron', 'time')
     """
+    from .reductions import over_blocks, psth_block
+
     resp = _response(obj)
-    out = resp.mean("repeat", skipna=True, keep_attrs=True)
+    if resp.dims != ("stim", "neuron", "repeat", "time"):
+        out = resp.mean("repeat", skipna=True, keep_attrs=True)
+    else:
+        dtype = resp.dtype if resp.dtype.kind == "f" else np.dtype(np.float64)
+
+        def kernel(block: np.ndarray) -> np.ndarray:
+            return psth_block(block).astype(dtype, copy=False)
+
+        data = over_blocks(resp, kernel, (resp.sizes["time"],), drop=1)
+        if resp.chunks is None:
+            data = data.astype(dtype, copy=False)
+        else:
+            data = data.astype(dtype)  # the kernel's values already are; this sets the meta
+        coords = {k: v.variable for k, v in resp.coords.items() if "repeat" not in v.dims}
+        out = xr.DataArray(data, dims=("stim", "neuron", "time"), coords=coords, attrs=resp.attrs)
     out.attrs["long_name"] = "mean response over repeats"
     return out.rename("psth")
 
@@ -81,34 +101,6 @@ def split_keys(n_splits: int, n_repeats: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n_splits, n_repeats))
 
 
-def _halves(resp: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-PSTHs ``(..., K, T)`` of ``resp (..., R, T)`` for every split in ``keys (K, R)``."""
-    finite = ~np.isnan(resp)
-    valid = finite.any(axis=-1)  # (..., R): a repeat with data
-    n = valid.sum(axis=-1)[..., None, None]
-    k = np.where(valid[..., None, :], keys, np.inf)  # (..., K, R): invalid repeats sort last
-    rank = np.argsort(np.argsort(k, axis=-1, kind="stable"), axis=-1, kind="stable")
-    in_a = rank < n // 2
-    in_b = valid[..., None, :] & ~in_a
-    x = np.where(finite, resp, 0.0).astype(np.float64)
-    f = finite.astype(np.float64)
-    out = []
-    for w in (in_a.astype(np.float64), in_b.astype(np.float64)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append((w @ x) / (w @ f))
-    return out[0], out[1]
-
-
-def _corr(a: xr.DataArray, b: xr.DataArray, dims: list[str]) -> xr.DataArray:
-    """Pearson correlation over ``dims`` on the bins where both are finite."""
-    both = a.notnull() & b.notnull()
-    a, b = a.where(both), b.where(both)
-    da, db = a - a.mean(dims), b - b.mean(dims)
-    cov = (da * db).mean(dims)
-    var = (da**2).mean(dims) * (db**2).mean(dims)
-    return cov / np.sqrt(var.where(var > 0))
-
-
 def _spearman_brown(r: xr.DataArray) -> xr.DataArray:
     return 2 * r / (1 + r)
 
@@ -117,29 +109,45 @@ def _ccmax(r_half: xr.DataArray) -> xr.DataArray:
     return np.sqrt(_spearman_brown(r_half.clip(min=0.0)))
 
 
+def _ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
+    """``num / den`` where ``den > 0``, NaN elsewhere."""
+    return num / den.where(den > 0)
+
+
 def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Dataset:
     """Noise ceiling of each cell from its repeats: CCmax and Sahani-Linden SNR.
 
     CCmax estimator: for each of ``n_splits`` fixed random splits of the
     valid repeats into two halves (see :func:`split_keys`), the PSTHs of the
     halves are correlated over time (per stim and cell) or over stim and time
-    (per cell, pooling every stim with at least 2 repeats); the correlations
-    are averaged over the splits to ``cc_half``, corrected with
-    Spearman-Brown to the full set of repeats, ``r = 2 cc / (1 + cc)``, and
-    ``ccmax = sqrt(r)`` (the expected correlation between the true response
-    and the recorded PSTH; Hsu, Borst & Theunissen 2004). A negative
-    ``cc_half`` gives ``ccmax = 0``.
+    (per cell, pooling every stim with at least 2 repeats), on the bins where
+    both halves have data; the correlations are averaged over the splits to
+    ``cc_half``, corrected with Spearman-Brown to the full set of repeats,
+    ``r = 2 cc / (1 + cc)``, and ``ccmax = sqrt(r)`` (the expected
+    correlation between the true response and the recorded PSTH; Hsu, Borst
+    & Theunissen 2004). A negative ``cc_half`` gives ``ccmax = 0``.
 
-    SNR (Sahani & Linden 2003): with ``N`` repeats, trial power ``P_tot``
-    (mean over repeats of the power of each trial) and power of the PSTH
-    ``P_avg``, signal power is ``(N P_avg - P_tot) / (N - 1)`` and noise power
-    ``P_tot - P_sig``. Per stim and cell, powers are variances over time;
-    per cell, they are taken about the cell's mean over all its stims and
-    summed over stims before the ratio. The SNR can be negative when the
-    noise dominates.
+    SNR as defined by Sahani & Linden (2003, "How linear are auditory
+    cortical responses?", NIPS 15): the power ``P(x)`` of a trace is its
+    variance over time, ``mean_t (x(t) - mean_t x)**2``. With ``N`` trials
+    ``r_n`` and their average (the PSTH) ``r_bar``, the signal power is
+    ``P_sig = (N P(r_bar) - mean_n P(r_n)) / (N - 1)`` and the noise power
+    ``P_noise = mean_n P(r_n) - P_sig``; ``snr = P_sig / P_noise``. Each trial
+    is taken about its own mean, so a trial-to-trial shift of the rate is
+    not counted as noise. Per stim and cell, the trials are that stim's
+    repeats with data (powers over their bins with data); per cell, the
+    signal and noise powers of its stims with at least 2 repeats are summed,
+    each weighted by its number of bins, before the ratio (each sound's
+    trials about their own means, as deepSTRF's length-weighted SNR). The
+    SNR can be negative when the noise dominates.
 
     Every value is NaN where fewer than 2 repeats have data (estimation
     sounds) or the response is constant.
+
+    Computed from the stored values block by block (see
+    :mod:`nat4xr.reductions`): lazy on a dask-backed Dataset, read block by
+    block from a ``chunks=None`` one, never a full-size temporary. Sums are
+    float64.
 
     Parameters
     ----------
@@ -164,61 +172,83 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     >>> bool(nc["ccmax"].isel(stim=slice(0, 2)).isnull().all())  # 1 repeat: undefined
     True
     """
-    resp = _response(ds).transpose(..., "repeat", "time")
-    if resp.chunks is not None:
-        resp = resp.chunk({"repeat": -1, "time": -1})
+    from .reductions import N_POWER, N_SPLIT, ceiling_stats, over_blocks
+
+    resp = _response(ds)
+    lead = [d for d in resp.dims if d not in ("neuron", "repeat", "time")]
+    if "neuron" not in resp.dims or len(lead) > 1:
+        raise ValueError(
+            f"noise_ceiling needs a response with dims (stim, neuron, repeat, time), got "
+            f"{resp.dims}; select or stack the other dimensions first"
+        )
+    squeeze = not lead
+    stim = lead[0] if lead else "stim"
+    if squeeze:
+        resp = resp.expand_dims(stim)
+    resp = resp.transpose(stim, "neuron", "repeat", "time")
     keys = split_keys(n_splits, resp.sizes["repeat"], seed)
-    ha, hb = xr.apply_ufunc(
-        _halves,
-        resp,
-        kwargs={"keys": keys},
-        input_core_dims=[["repeat", "time"]],
-        output_core_dims=[["split", "time"], ["split", "time"]],
-        dask="parallelized",
-        output_dtypes=[np.float64, np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"split": n_splits}},
+
+    def kernel(block: np.ndarray) -> np.ndarray:
+        return ceiling_stats(block, keys)
+
+    n_stat = N_POWER + N_SPLIT * n_splits
+    stats = over_blocks(resp, kernel, (n_stat,), drop=2)
+    pair = (stim, "neuron")
+    coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= set(pair)}
+    power = xr.DataArray(stats[..., :N_POWER], dims=(*pair, "stat"), coords=coords)
+    split = xr.DataArray(
+        stats[..., N_POWER:].reshape(*stats.shape[:2], n_splits, N_SPLIT),
+        dims=(*pair, "split", "stat"),
+        coords=coords,
     )
-    valid = resp.notnull().any("time")
-    n = valid.sum("repeat")
+    n, bins, p_avg, p_tot = (power.isel(stat=i, drop=True) for i in range(N_POWER))
+    count, mean_a, mean_b, ss_a, ss_b, ss_ab = (
+        split.isel(stat=i, drop=True) for i in range(N_SPLIT)
+    )
     enough = n >= 2
-    cc_half = _corr(ha, hb, ["time"]).mean("split", skipna=True).where(enough)
-    other = [d for d in ha.dims if d not in ("neuron", "split", "time")]
-    cc_cell = _corr(ha.where(enough), hb.where(enough), [*other, "time"]).mean("split", skipna=True)
+    has = enough.any(stim)
 
-    # Sahani-Linden powers; trials are taken about a reference mean mu
-    x = resp.where(valid).astype(np.float64)
-    avg = x.mean("repeat", skipna=True)
+    # split-half correlations per (stim, cell) and, pooled over stims, per cell
+    r_pair = _ratio(ss_ab, np.sqrt(ss_a * ss_b))
+    cc_half = r_pair.mean("split", skipna=True).where(enough)
+    weight = count.where(enough, 0.0)
+    used = weight > 0
+    total = weight.sum(stim)
+    total = total.where(total > 0)
+    # Chan et al.'s pairwise update: pooled centred sums from per-stim means and sums
+    d_a = (mean_a - (weight * mean_a.where(used, 0.0)).sum(stim) / total).where(used, 0.0)
+    d_b = (mean_b - (weight * mean_b.where(used, 0.0)).sum(stim) / total).where(used, 0.0)
+    pooled_a = (ss_a.where(used, 0.0) + weight * d_a * d_a).sum(stim)
+    pooled_b = (ss_b.where(used, 0.0) + weight * d_b * d_b).sum(stim)
+    pooled_ab = (ss_ab.where(used, 0.0) + weight * d_a * d_b).sum(stim)
+    cc_cell = _ratio(pooled_ab, np.sqrt(pooled_a * pooled_b)).mean("split", skipna=True)
 
-    def powers(mu: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-        p_tot = ((x - mu) ** 2).mean(["repeat", "time"], skipna=True)
-        p_avg = ((avg - mu) ** 2).mean("time", skipna=True)
-        p_sig = (n * p_avg - p_tot) / (n - 1).where(enough)
-        return p_sig, p_tot - p_sig
-
-    sig, noise = powers(avg.mean("time", skipna=True))
-    snr = sig / noise.where(noise > 0)
-    sig_c, noise_c = powers(avg.where(enough).mean([*other, "time"], skipna=True))
-    sig_c, noise_c = sig_c.where(enough).sum(other), noise_c.where(enough).sum(other)
-    has = enough.any(other)
-    snr_cell = (sig_c / noise_c.where(noise_c > 0)).where(has)
+    # Sahani & Linden's powers
+    p_sig = (n * p_avg - p_tot) / (n - 1).where(enough)
+    p_noise = p_tot - p_sig
+    w_bins = bins.where(enough, 0.0)
+    sig_cell = (w_bins * p_sig).where(enough, 0.0).sum(stim)
+    noise_cell = (w_bins * p_noise).where(enough, 0.0).sum(stim)
 
     out = xr.Dataset(
         {
             "ccmax": _ccmax(cc_half),
             "cc_half": cc_half,
-            "snr": snr,
+            "snr": _ratio(p_sig, p_noise),
             "n_valid": n.astype(np.int64),
             "ccmax_neuron": _ccmax(cc_cell).where(has),
-            "snr_neuron": snr_cell,
+            "snr_neuron": _ratio(sig_cell, noise_cell).where(has),
         }
     )
+    if squeeze:
+        out = out.squeeze(stim, drop=True)
     out.attrs.update(
         estimator=json.dumps(
             {
                 "ccmax": "split-half, Spearman-Brown",
                 "n_splits": n_splits,
                 "seed": seed,
-                "snr": "Sahani-Linden",
+                "snr": "Sahani-Linden 2003 (trials about their own means)",
             }
         )
     )

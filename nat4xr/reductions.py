@@ -1,0 +1,298 @@
+"""Reductions over the repeats of ``response``, one block of stims and cells at a time.
+
+:func:`nat4xr.metrics.psth` and :func:`nat4xr.metrics.noise_ceiling` reduce
+the ``repeat`` (and ``time``) axes of ``response``. Done with whole-array
+xarray operations, each step makes a full-size temporary (a NaN mask, a
+float64 copy, half-PSTHs for every split); here every statistic is computed
+from one block of the input while it is in memory, into small per-(stim, cell)
+results:
+
+- the PSTH of a block is summed in float64 straight from the stored float32
+  values, stim by stim;
+- the noise ceiling needs, per (stim, cell), six numbers per split-half
+  (bins, means and centred sums of squares and products of the two
+  half-PSTHs) and four for the powers of Sahani & Linden's SNR. When every
+  trial with data has data in the same time bins (the common case), all of
+  them follow from the cell's Gram matrix of centred trials (repeat x
+  repeat): one batched matrix product per 64 cells instead of one product per
+  split and the half-PSTHs. The other cells (trials with different missing
+  bins) go through :func:`_direct_stats`, the definition applied literally.
+  Sums are float64 throughout: the split-half correlation of nearly constant
+  responses is a difference of large sums, and float32 would change it in
+  the sixth digit.
+
+:func:`over_blocks` runs a kernel over a ``(stim, neuron, repeat, time)``
+array whatever its storage: dask (lazy, one task per chunk), numpy, or the
+``nat4`` engine's lazily indexed arrays (``chunks=None``: each block read
+when reduced, never the whole array).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["N_POWER", "N_SPLIT", "ceiling_stats", "over_blocks", "psth_block", "split_weights"]
+
+#: Per (stim, cell): valid repeats ``n``, PSTH bins, power of the PSTH, mean power of the trials.
+N_POWER = 4
+#: Per split: bins where both halves have data, their means, centred sums a², b², ab.
+N_SPLIT = 6
+#: Cells per Gram block: the float64 work buffers stay in the CPU cache.
+CELLS = 64
+#: Bytes of input per block when the input is not dask (numpy or lazily indexed).
+BLOCK_BYTES = 32 * 2**20
+
+
+# -- running a kernel over blocks ------------------------------------------------------------------
+
+
+def over_blocks(
+    resp: xr.DataArray,
+    kernel: Callable[[np.ndarray], np.ndarray],
+    tail: tuple[int, ...],
+    drop: int,
+) -> Any:
+    """``kernel`` over stim blocks of ``resp (stim, neuron, repeat, time)``.
+
+    ``kernel(block)`` maps an input block ``(s, c, repeat, time)`` to
+    ``(s, c, *tail)`` float64, for any ``s`` and ``c``. ``drop`` is how many
+    trailing input axes the kernel consumes (2: repeat and time; 1: repeat,
+    then ``tail`` is ``(time,)``).
+
+    Returns a dask array when ``resp`` is dask-backed (nothing computed), a
+    numpy array otherwise, filled block by block: in-memory input is reduced
+    in place (blocks are views), a lazily indexed one is read block by block.
+
+    Examples
+    --------
+    >>> import nat4xr
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=2, n_val=2, n_neurons=3)
+    >>> out = over_blocks(ds["response"], lambda x: np.nansum(x, axis=(2, 3))[..., None], (1,), 2)
+    >>> out.shape
+    (4, 3, 1)
+    """
+    n_stim, n_cell = resp.shape[:2]
+    if resp.chunks is not None:
+        import dask.array as da
+
+        data = resp.data.rechunk({2: -1, 3: -1})
+        return da.map_blocks(
+            kernel,
+            data,
+            dtype=np.float64,
+            drop_axis=[2, 3] if drop == 2 else [2],
+            new_axis=list(range(2, 2 + len(tail))) if drop == 2 else None,
+            chunks=(*data.chunks[:2], *((n,) for n in tail)),
+            meta=np.empty((0,) * (2 + len(tail)), dtype=np.float64),
+        )
+    out = np.empty((n_stim, n_cell, *tail), dtype=np.float64)
+    per_stim = max(1, resp.dtype.itemsize * int(np.prod(resp.shape[1:])))
+    step = max(1, BLOCK_BYTES // per_stim)
+    starts = range(0, n_stim, step)
+
+    def task(i: int) -> None:
+        block = resp.isel(stim=slice(i, i + step)).values  # a view when in memory
+        out[i : i + block.shape[0]] = kernel(block)
+
+    if len(starts) > 1 and (os.cpu_count() or 1) > 1:
+        with ThreadPoolExecutor(2) as pool:  # numpy releases the GIL in the heavy parts
+            list(pool.map(task, starts))
+    else:
+        for i in starts:
+            task(i)
+    return out
+
+
+# -- PSTH ------------------------------------------------------------------------------------------
+
+
+def psth_block(x: np.ndarray) -> np.ndarray:
+    """Mean over repeats ignoring NaN: ``(s, c, repeat, time) -> (s, c, time)`` float64.
+
+    Summed in float64 one stim at a time, so the only temporaries are one
+    stim's NaN mask and its sums.
+
+    Examples
+    --------
+    >>> x = np.array([[[[1.0, np.nan], [3.0, np.nan]]]], dtype=np.float32)
+    >>> psth_block(x).tolist()
+    [[[2.0, nan]]]
+    """
+    out = np.empty((*x.shape[:2], x.shape[3]), dtype=np.float64)
+    for s in range(x.shape[0]):
+        xs = x[s]
+        finite = ~np.isnan(xs)
+        total = np.sum(xs, axis=1, where=finite, dtype=np.float64)
+        count = np.count_nonzero(finite, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(total, count, out=out[s])
+    return out
+
+
+# -- noise ceiling ---------------------------------------------------------------------------------
+
+
+def split_weights(valid: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Members of each split's halves, ``(..., K, R)`` float64 0/1, for ``valid (..., R)``.
+
+    In split ``k`` the ``n // 2`` valid repeats with the smallest
+    ``keys[k]`` form half A, the other valid repeats half B (``n`` valid
+    repeats; invalid ones are in neither).
+
+    Examples
+    --------
+    >>> a, b = split_weights(np.array([True, True, False, True]), np.array([[0.3, 0.1, 0.0, 0.2]]))
+    >>> a.tolist(), b.tolist()
+    ([[0.0, 1.0, 0.0, 0.0]], [[1.0, 0.0, 0.0, 1.0]])
+    """
+    n = valid.sum(axis=-1)[..., None, None]
+    k = np.where(valid[..., None, :], keys, np.inf)  # invalid repeats sort last
+    rank = np.argsort(np.argsort(k, axis=-1, kind="stable"), axis=-1, kind="stable")
+    in_a = rank < n // 2
+    in_b = valid[..., None, :] & ~in_a
+    return in_a.astype(np.float64), in_b.astype(np.float64)
+
+
+def ceiling_stats(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per (stim, cell) statistics of the noise ceiling: ``(s, c, R, T) -> (s, c, 4 + 6 K)``.
+
+    Columns: ``n`` (repeats with data), ``bins`` (time bins where the PSTH
+    has data), ``p_avg`` (variance over time of the PSTH), ``p_tot`` (mean
+    over the ``n`` trials of each trial's variance over time, about its own
+    mean); then for each split ``k`` of ``keys (K, R)``: ``count`` (bins where
+    both half-PSTHs have data), ``mean_a``, ``mean_b`` (their means there),
+    ``ss_a``, ``ss_b``, ``ss_ab`` (centred sums of squares and products
+    there). All zero for a split with no bins.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.poisson(2.0, (1, 2, 4, 10)).astype(np.float32)
+    >>> st = ceiling_stats(x, rng.random((3, 4)))
+    >>> st.shape, st[0, 0, :2].tolist()
+    ((1, 2, 22), [4.0, 10.0])
+    """
+    s_n, c_n, r_n, t_n = x.shape
+    keys = np.asarray(keys, dtype=np.float64)
+    out = np.zeros((s_n, c_n, N_POWER + N_SPLIT * keys.shape[0]), dtype=np.float64)
+    work = np.empty((min(CELLS, c_n), r_n, t_n), dtype=np.float64)
+    gram = np.empty((min(CELLS, c_n), r_n, r_n), dtype=np.float64)
+    for s in range(s_n):
+        for c0 in range(0, c_n, CELLS):
+            block = x[s, c0 : c0 + CELLS]
+            m = block.shape[0]
+            _gram_stats(block, keys, out[s, c0 : c0 + m], work[:m], gram[:m])
+    return out
+
+
+def _gram_stats(
+    x: np.ndarray, keys: np.ndarray, out: np.ndarray, v: np.ndarray, gram: np.ndarray
+) -> None:
+    """:func:`ceiling_stats` of one block of cells ``x (B, R, T)`` into ``out (B, ...)``."""
+    np.copyto(v, x)
+    missing = np.isnan(v)
+    b_n, r_n, t_n = v.shape
+    if missing.any():
+        finite = ~missing
+        valid = finite.any(axis=2)
+        bins = finite.any(axis=1)  # (B, T): bins where some trial has data
+        # the Gram route needs every trial with data to have it in the same bins
+        regular = ((finite == bins[:, None, :]) | ~valid[:, :, None]).all(axis=(1, 2))
+        v[missing] = 0.0
+        n_bins = bins.sum(axis=1)
+    else:
+        valid = np.ones((b_n, r_n), dtype=bool)
+        bins = None
+        regular = np.ones(b_n, dtype=bool)
+        n_bins = np.full(b_n, t_n)
+    n = valid.sum(axis=1)
+    row_mean = v.sum(axis=2) / np.maximum(n_bins, 1)[:, None]  # 0 for trials without data
+    v -= row_mean[:, :, None]
+    if bins is not None:
+        v *= bins[:, None, :]  # back to 0 in the bins without data
+    np.matmul(v, v.transpose(0, 2, 1), out=gram)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 0] = n
+        out[:, 1] = n_bins
+        # centred trials: the PSTH about its mean is their mean (rows without data are 0)
+        out[:, 2] = gram.sum(axis=(1, 2)) / (n * n * n_bins)
+        out[:, 3] = np.einsum("brr->b", gram) / (n * n_bins)
+    split = out[:, N_POWER:].reshape(b_n, keys.shape[0], N_SPLIT)
+    use = regular & (n >= 2)
+    if use.any():
+        patterns, which = np.unique(valid[use], axis=0, return_inverse=True)
+        cells = np.flatnonzero(use)
+        for p, pattern in enumerate(patterns):
+            sel = cells[which.reshape(-1) == p]
+            w_a, w_b = split_weights(pattern, keys)  # (K, R)
+            n_a = float(pattern.sum() // 2)
+            n_b = float(pattern.sum()) - n_a
+            g = gram[sel]
+            g_a, g_b = g @ w_a.T, g @ w_b.T  # (P, R, K)
+            st = split[sel]
+            st[..., 0] = n_bins[sel, None]
+            st[..., 1] = row_mean[sel] @ w_a.T / n_a
+            st[..., 2] = row_mean[sel] @ w_b.T / n_b
+            st[..., 3] = np.einsum("kr,prk->pk", w_a, g_a) / (n_a * n_a)
+            st[..., 4] = np.einsum("kr,prk->pk", w_b, g_b) / (n_b * n_b)
+            st[..., 5] = np.einsum("kr,prk->pk", w_b, g_a) / (n_a * n_b)
+            split[sel] = st
+    odd = np.flatnonzero(~regular)
+    if odd.size:
+        out[odd] = _direct_stats(x[odd], keys)
+
+
+def _direct_stats(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """:func:`ceiling_stats` of cells ``x (P, R, T)`` from the half-PSTHs themselves.
+
+    The general path: any pattern of missing trials and bins.
+    """
+    p_n = x.shape[0]
+    out = np.zeros((p_n, N_POWER + N_SPLIT * keys.shape[0]), dtype=np.float64)
+    finite = ~np.isnan(x)
+    valid = finite.any(axis=2)
+    n = valid.sum(axis=1)
+    x0 = np.where(finite, x, 0.0).astype(np.float64)
+    f = finite.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # powers: each trial about its own mean over its bins, the PSTH about its own
+        t_bins = f.sum(axis=2)
+        t_mean = x0.sum(axis=2) / t_bins
+        t_var = (f * (x0 - t_mean[..., None]) ** 2).sum(axis=2) / t_bins
+        p_tot = np.where(valid, t_var, 0.0).sum(axis=1) / n
+        psth = x0.sum(axis=1) / f.sum(axis=1)
+        has = np.isfinite(psth)
+        bins = has.sum(axis=1)
+        p_mean = np.where(has, psth, 0.0).sum(axis=1) / bins
+        p_avg = np.where(has, (psth - p_mean[:, None]) ** 2, 0.0).sum(axis=1) / bins
+        out[:, 0], out[:, 1], out[:, 2], out[:, 3] = n, bins, p_avg, p_tot
+        w_a, w_b = split_weights(valid, keys)  # (P, K, R)
+        a = (w_a @ x0) / (w_a @ f)  # (P, K, T)
+        b = (w_b @ x0) / (w_b @ f)
+        both = np.isfinite(a) & np.isfinite(b)
+        count = both.sum(axis=2)
+        m_a = np.where(both, a, 0.0).sum(axis=2) / count
+        m_b = np.where(both, b, 0.0).sum(axis=2) / count
+        d_a = np.where(both, a - m_a[..., None], 0.0)
+        d_b = np.where(both, b - m_b[..., None], 0.0)
+        stats = np.stack(
+            [
+                count,
+                m_a,
+                m_b,
+                (d_a * d_a).sum(axis=2),
+                (d_b * d_b).sum(axis=2),
+                (d_a * d_b).sum(axis=2),
+            ],
+            axis=-1,
+        )
+    stats[count == 0] = 0.0
+    stats[n < 2] = 0.0
+    out[:, N_POWER:] = stats.reshape(p_n, -1)
+    return out
