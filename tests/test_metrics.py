@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from reference_ceiling import snr_loop
 
 from nat4xr import metrics
 from nat4xr.filters import hanning_window
 from nat4xr.schema import make_dataset
-
-from reference_ceiling import snr_loop
 
 N_STIM, N_CELL, N_REP, N_TIME = 6, 5, 7, 24
 
