@@ -29,9 +29,10 @@ def _hard_ds(seed: int, n_stim: int = 9, n_cell: int = 70, n_rep: int = 9, n_tim
     reps = rng.integers(1, n_rep + 1, n_stim)
     reps[:2] = 1
     reps[2] = n_rep
-    rate = rng.gamma(1.2, 1.0, (n_stim, n_cell, 1, n_time)) * rng.uniform(0.1, 3, n_cell)[
-        None, :, None, None
-    ]
+    rate = (
+        rng.gamma(1.2, 1.0, (n_stim, n_cell, 1, n_time))
+        * rng.uniform(0.1, 3, n_cell)[None, :, None, None]
+    )
     resp = rng.poisson(np.broadcast_to(rate, (n_stim, n_cell, n_rep, n_time))).astype("float32")
     pad = np.arange(n_rep)[None, :] >= reps[:, None]
     resp[np.broadcast_to(pad[:, None, :, None], resp.shape)] = np.nan
