@@ -101,19 +101,6 @@ def split_keys(n_splits: int, n_repeats: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n_splits, n_repeats))
 
 
-def _spearman_brown(r: xr.DataArray) -> xr.DataArray:
-    return 2 * r / (1 + r)
-
-
-def _ccmax(r_half: xr.DataArray) -> xr.DataArray:
-    return np.sqrt(_spearman_brown(r_half.clip(min=0.0)))
-
-
-def _ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
-    """``num / den`` where ``den > 0``, NaN elsewhere."""
-    return num / den.where(den > 0)
-
-
 def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Dataset:
     """Noise ceiling of each cell from its repeats: CCmax and Sahani-Linden SNR.
 
@@ -172,7 +159,7 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     >>> bool(nc["ccmax"].isel(stim=slice(0, 2)).isnull().all())  # 1 repeat: undefined
     True
     """
-    from .reductions import N_POWER, N_SPLIT, ceiling_stats, over_blocks
+    from .reductions import N_POWER, N_SPLIT, ceiling_from_stats, ceiling_stats, over_blocks
 
     resp = _response(ds)
     lead = [d for d in resp.dims if d not in ("neuron", "repeat", "time")]
@@ -191,53 +178,17 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     def kernel(block: np.ndarray) -> np.ndarray:
         return ceiling_stats(block, keys)
 
-    n_stat = N_POWER + N_SPLIT * n_splits
-    stats = over_blocks(resp, kernel, (n_stat,), drop=2)
-    pair = (stim, "neuron")
-    coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= set(pair)}
-    power = xr.DataArray(stats[..., :N_POWER], dims=(*pair, "stat"), coords=coords)
-    split = xr.DataArray(
-        stats[..., N_POWER:].reshape(*stats.shape[:2], n_splits, N_SPLIT),
-        dims=(*pair, "split", "stat"),
-        coords=coords,
-    )
-    n, bins, p_avg, p_tot = (power.isel(stat=i, drop=True) for i in range(N_POWER))
-    count, mean_a, mean_b, ss_a, ss_b, ss_ab = (
-        split.isel(stat=i, drop=True) for i in range(N_SPLIT)
-    )
-    enough = n >= 2
-    has = enough.any(stim)
-
-    # split-half correlations per (stim, cell) and, pooled over stims, per cell
-    r_pair = _ratio(ss_ab, np.sqrt(ss_a * ss_b))
-    cc_half = r_pair.mean("split", skipna=True).where(enough)
-    weight = count.where(enough, 0.0)
-    used = weight > 0
-    total = weight.sum(stim)
-    total = total.where(total > 0)
-    # Chan et al.'s pairwise update: pooled centred sums from per-stim means and sums
-    d_a = (mean_a - (weight * mean_a.where(used, 0.0)).sum(stim) / total).where(used, 0.0)
-    d_b = (mean_b - (weight * mean_b.where(used, 0.0)).sum(stim) / total).where(used, 0.0)
-    pooled_a = (ss_a.where(used, 0.0) + weight * d_a * d_a).sum(stim)
-    pooled_b = (ss_b.where(used, 0.0) + weight * d_b * d_b).sum(stim)
-    pooled_ab = (ss_ab.where(used, 0.0) + weight * d_a * d_b).sum(stim)
-    cc_cell = _ratio(pooled_ab, np.sqrt(pooled_a * pooled_b)).mean("split", skipna=True)
-
-    # Sahani & Linden's powers
-    p_sig = (n * p_avg - p_tot) / (n - 1).where(enough)
-    p_noise = p_tot - p_sig
-    w_bins = bins.where(enough, 0.0)
-    sig_cell = (w_bins * p_sig).where(enough, 0.0).sum(stim)
-    noise_cell = (w_bins * p_noise).where(enough, 0.0).sum(stim)
-
+    stats = over_blocks(resp, kernel, (N_POWER + N_SPLIT * n_splits,), drop=2)
+    # array arithmetic, then labels once: xarray would align coordinates at every step
+    values = ceiling_from_stats(stats, n_splits)
+    pair_coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= {stim, "neuron"}}
+    cell_coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= {"neuron"}}
     out = xr.Dataset(
         {
-            "ccmax": _ccmax(cc_half),
-            "cc_half": cc_half,
-            "snr": _ratio(p_sig, p_noise),
-            "n_valid": n.astype(np.int64),
-            "ccmax_neuron": _ccmax(cc_cell).where(has),
-            "snr_neuron": _ratio(sig_cell, noise_cell).where(has),
+            name: xr.DataArray(value, dims=(stim, "neuron"), coords=pair_coords)
+            if value.ndim == 2
+            else xr.DataArray(value, dims=("neuron",), coords=cell_coords)
+            for name, value in values.items()
         }
     )
     if squeeze:

@@ -14,7 +14,7 @@ results:
   half-PSTHs) and four for the powers of Sahani & Linden's SNR. When every
   trial with data has data in the same time bins (the common case), all of
   them follow from the cell's Gram matrix of centred trials (repeat x
-  repeat): one batched matrix product per 64 cells instead of one product per
+  repeat): one batched matrix product per 128 cells instead of one product per
   split and the half-PSTHs. The other cells (trials with different missing
   bins) go through :func:`_direct_stats`, the definition applied literally.
   Sums are float64 throughout: the split-half correlation of nearly constant
@@ -44,7 +44,7 @@ N_POWER = 4
 #: Per split: bins where both halves have data, their means, centred sums a², b², ab.
 N_SPLIT = 6
 #: Cells per Gram block: the float64 work buffers stay in the CPU cache.
-CELLS = 64
+CELLS = 128
 #: Bytes of input per block when the input is not dask (numpy or lazily indexed).
 BLOCK_BYTES = 32 * 2**20
 
@@ -127,9 +127,13 @@ def psth_block(x: np.ndarray) -> np.ndarray:
     out = np.empty((*x.shape[:2], x.shape[3]), dtype=np.float64)
     for s in range(x.shape[0]):
         xs = x[s]
-        finite = ~np.isnan(xs)
-        total = np.sum(xs, axis=1, where=finite, dtype=np.float64)
-        count = np.count_nonzero(finite, axis=1)
+        total = xs.sum(axis=1, dtype=np.float64)
+        if not np.isnan(total).any():  # NaN-free: every repeat counts
+            np.divide(total, xs.shape[1], out=out[s])
+            continue
+        missing = np.isnan(xs)
+        total = np.where(missing, 0.0, xs).sum(axis=1, dtype=np.float64)
+        count = xs.shape[1] - np.count_nonzero(missing, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(total, count, out=out[s])
     return out
@@ -183,22 +187,29 @@ def ceiling_stats(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
     out = np.zeros((s_n, c_n, N_POWER + N_SPLIT * keys.shape[0]), dtype=np.float64)
     work = np.empty((min(CELLS, c_n), r_n, t_n), dtype=np.float64)
     gram = np.empty((min(CELLS, c_n), r_n, r_n), dtype=np.float64)
+    weights: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # per pattern of valid repeats
     for s in range(s_n):
         for c0 in range(0, c_n, CELLS):
             block = x[s, c0 : c0 + CELLS]
             m = block.shape[0]
-            _gram_stats(block, keys, out[s, c0 : c0 + m], work[:m], gram[:m])
+            _gram_stats(block, keys, out[s, c0 : c0 + m], work[:m], gram[:m], weights)
     return out
 
 
 def _gram_stats(
-    x: np.ndarray, keys: np.ndarray, out: np.ndarray, v: np.ndarray, gram: np.ndarray
+    x: np.ndarray,
+    keys: np.ndarray,
+    out: np.ndarray,
+    v: np.ndarray,
+    gram: np.ndarray,
+    weights: dict[bytes, tuple[np.ndarray, np.ndarray]],
 ) -> None:
     """:func:`ceiling_stats` of one block of cells ``x (B, R, T)`` into ``out (B, ...)``."""
-    np.copyto(v, x)
-    missing = np.isnan(v)
     b_n, r_n, t_n = v.shape
-    if missing.any():
+    np.copyto(v, x)
+    # a sum is NaN if any value is: one read, no mask, in the usual case without gaps
+    if np.isnan(np.add.reduce(v, axis=None)):
+        missing = np.isnan(v)
         finite = ~missing
         valid = finite.any(axis=2)
         bins = finite.any(axis=1)  # (B, T): bins where some trial has data
@@ -212,7 +223,8 @@ def _gram_stats(
         regular = np.ones(b_n, dtype=bool)
         n_bins = np.full(b_n, t_n)
     n = valid.sum(axis=1)
-    row_mean = v.sum(axis=2) / np.maximum(n_bins, 1)[:, None]  # 0 for trials without data
+    row_mean = v.sum(axis=2)
+    row_mean /= np.maximum(n_bins, 1)[:, None]  # 0 for trials without data
     v -= row_mean[:, :, None]
     if bins is not None:
         v *= bins[:, None, :]  # back to 0 in the bins without data
@@ -224,28 +236,48 @@ def _gram_stats(
         out[:, 2] = gram.sum(axis=(1, 2)) / (n * n * n_bins)
         out[:, 3] = np.einsum("brr->b", gram) / (n * n_bins)
     split = out[:, N_POWER:].reshape(b_n, keys.shape[0], N_SPLIT)
-    use = regular & (n >= 2)
-    if use.any():
+    use = np.flatnonzero(regular & (n >= 2))
+    if use.size == 0:
+        pass
+    elif (valid[use] == valid[use[0]]).all():
+        _split_sums(split, use, valid[use[0]], keys, gram, row_mean, n_bins, weights)
+    else:
         patterns, which = np.unique(valid[use], axis=0, return_inverse=True)
-        cells = np.flatnonzero(use)
         for p, pattern in enumerate(patterns):
-            sel = cells[which.reshape(-1) == p]
-            w_a, w_b = split_weights(pattern, keys)  # (K, R)
-            n_a = float(pattern.sum() // 2)
-            n_b = float(pattern.sum()) - n_a
-            g = gram[sel]
-            g_a, g_b = g @ w_a.T, g @ w_b.T  # (P, R, K)
-            st = split[sel]
-            st[..., 0] = n_bins[sel, None]
-            st[..., 1] = row_mean[sel] @ w_a.T / n_a
-            st[..., 2] = row_mean[sel] @ w_b.T / n_b
-            st[..., 3] = np.einsum("kr,prk->pk", w_a, g_a) / (n_a * n_a)
-            st[..., 4] = np.einsum("kr,prk->pk", w_b, g_b) / (n_b * n_b)
-            st[..., 5] = np.einsum("kr,prk->pk", w_b, g_a) / (n_a * n_b)
-            split[sel] = st
+            sel = use[which.reshape(-1) == p]
+            _split_sums(split, sel, pattern, keys, gram, row_mean, n_bins, weights)
     odd = np.flatnonzero(~regular)
     if odd.size:
         out[odd] = _direct_stats(x[odd], keys)
+
+
+def _split_sums(
+    split: np.ndarray,
+    sel: np.ndarray,
+    pattern: np.ndarray,
+    keys: np.ndarray,
+    gram: np.ndarray,
+    row_mean: np.ndarray,
+    n_bins: np.ndarray,
+    weights: dict[bytes, tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Split-half statistics of the cells ``sel``, which share the valid repeats ``pattern``."""
+    key = pattern.tobytes()
+    if key not in weights:
+        weights[key] = split_weights(pattern, keys)  # (K, R) each
+    w_a, w_b = weights[key]
+    n_a = float(pattern.sum() // 2)
+    n_b = float(pattern.sum()) - n_a
+    g = gram[sel] if sel.size < gram.shape[0] else gram
+    g_a, g_b = g @ w_a.T, g @ w_b.T  # (P, R, K)
+    st = np.empty((sel.size, keys.shape[0], N_SPLIT))
+    st[..., 0] = n_bins[sel, None]
+    st[..., 1] = row_mean[sel] @ w_a.T / n_a
+    st[..., 2] = row_mean[sel] @ w_b.T / n_b
+    st[..., 3] = np.einsum("kr,prk->pk", w_a, g_a) / (n_a * n_a)
+    st[..., 4] = np.einsum("kr,prk->pk", w_b, g_b) / (n_b * n_b)
+    st[..., 5] = np.einsum("kr,prk->pk", w_b, g_a) / (n_a * n_b)
+    split[sel] = st
 
 
 def _direct_stats(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -296,3 +328,79 @@ def _direct_stats(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
     stats[n < 2] = 0.0
     out[:, N_POWER:] = stats.reshape(p_n, -1)
     return out
+
+
+def _nan_where_not_positive(den: Any) -> Any:
+    return np.where(den > 0, den, np.nan)
+
+
+def _mean_skipna(x: Any, axis: int) -> Any:
+    """Mean over ``axis`` of the values that are not NaN (NaN if none), without warnings."""
+    defined = ~np.isnan(x)
+    total = np.where(defined, x, 0.0).sum(axis=axis)
+    count = defined.sum(axis=axis)
+    return total / np.where(count > 0, count, np.nan)
+
+
+def _ccmax(cc: Any) -> Any:
+    """Spearman-Brown to the full set of repeats, then the square root (NaN stays NaN)."""
+    r = np.maximum(cc, 0.0)  # NaN propagates through np.maximum
+    return np.sqrt(2 * r / (1 + r))
+
+
+def ceiling_from_stats(stats: Any, n_splits: int) -> dict[str, Any]:
+    """The noise-ceiling variables from the statistics of :func:`ceiling_stats`.
+
+    ``stats (S, C, 4 + 6 K)`` (numpy, or dask: everything stays lazy) gives
+    ``ccmax``, ``cc_half``, ``snr``, ``n_valid`` ``(S, C)`` and
+    ``ccmax_neuron``, ``snr_neuron`` ``(C,)``; see
+    :func:`nat4xr.metrics.noise_ceiling` for the definitions. Per cell, the
+    split-half sums of the stims are pooled with Chan et al.'s pairwise
+    update (per-stim means and centred sums give the centred sums over every
+    stim's bins exactly).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> rate = rng.gamma(2.0, 1.0, (3, 2, 1, 40))
+    >>> x = rng.poisson(np.broadcast_to(rate, (3, 2, 8, 40))).astype(np.float32)
+    >>> out = ceiling_from_stats(ceiling_stats(x, rng.random((4, 8))), 4)
+    >>> out["ccmax"].shape, out["ccmax_neuron"].shape
+    ((3, 2), (2,))
+    >>> bool((out["ccmax_neuron"] > 0.5).all())
+    True
+    """
+    n, bins, p_avg, p_tot = (stats[..., i] for i in range(N_POWER))
+    shape = (*stats.shape[:2], n_splits, N_SPLIT)
+    split = stats[..., N_POWER:].reshape(shape)
+    count, mean_a, mean_b, ss_a, ss_b, ss_ab = (split[..., i] for i in range(N_SPLIT))
+    enough = n >= 2
+    has = enough.any(axis=0)
+
+    r_pair = ss_ab / np.sqrt(_nan_where_not_positive(ss_a * ss_b))
+    cc_half = np.where(enough, _mean_skipna(r_pair, axis=2), np.nan)
+    weight = np.where(enough[..., None], count, 0.0)
+    used = weight > 0
+    total = _nan_where_not_positive(weight.sum(axis=0))
+    d_a = np.where(used, mean_a - (weight * np.where(used, mean_a, 0.0)).sum(axis=0) / total, 0.0)
+    d_b = np.where(used, mean_b - (weight * np.where(used, mean_b, 0.0)).sum(axis=0) / total, 0.0)
+    pooled_a = (np.where(used, ss_a, 0.0) + weight * d_a * d_a).sum(axis=0)
+    pooled_b = (np.where(used, ss_b, 0.0) + weight * d_b * d_b).sum(axis=0)
+    pooled_ab = (np.where(used, ss_ab, 0.0) + weight * d_a * d_b).sum(axis=0)
+    r_cell = pooled_ab / np.sqrt(_nan_where_not_positive(pooled_a * pooled_b))
+    cc_cell = _mean_skipna(r_cell, axis=1)
+
+    # Sahani & Linden's signal and noise powers
+    p_sig = (n * p_avg - p_tot) / np.where(enough, n - 1, np.nan)
+    p_noise = p_tot - p_sig
+    w_bins = np.where(enough, bins, 0.0)
+    sig_cell = np.where(enough, w_bins * p_sig, 0.0).sum(axis=0)
+    noise_cell = np.where(enough, w_bins * p_noise, 0.0).sum(axis=0)
+    return {
+        "ccmax": _ccmax(cc_half),
+        "cc_half": cc_half,
+        "snr": p_sig / _nan_where_not_positive(p_noise),
+        "n_valid": n.astype(np.int64),
+        "ccmax_neuron": np.where(has, _ccmax(cc_cell), np.nan),
+        "snr_neuron": np.where(has, sig_cell / _nan_where_not_positive(noise_cell), np.nan),
+    }
