@@ -11,7 +11,6 @@ it, then hands the freed memory back to the operating system.
 from __future__ import annotations
 
 import ctypes
-import itertools
 from typing import Any
 
 import numpy as np
@@ -29,19 +28,22 @@ def return_freed_memory() -> None:
 
 
 def _filled(data: Any) -> np.ndarray:
-    """A dask array computed into one new numpy array, one block along its first axis at a time.
+    """A dask array computed into one new numpy array, one of its blocks at a time.
 
     Each block is computed with the active scheduler (threads, or a
     distributed client, whose results come back to this process) and copied
-    into place before the next one starts, so the peak is the result plus one
-    block's work.
+    into place before the next one starts, so the peak is the result plus
+    one block's work.
     """
     out = np.empty(data.shape, dtype=data.dtype)
     if out.size == 0:
         return out
-    bounds = np.cumsum((0, *data.chunks[0]))
-    for lo, hi in itertools.pairwise(bounds.tolist()):
-        out[lo:hi] = np.asarray(data[lo:hi].compute())
+    starts = [np.cumsum((0, *c))[:-1].tolist() for c in data.chunks]
+    for index in np.ndindex(*data.numblocks):
+        block = np.asarray(data.blocks[index].compute())
+        where = tuple(slice(s[i], s[i] + n) for s, i, n in zip(starts, index, block.shape))
+        out[where] = block
+        del block
     return out
 
 

@@ -324,6 +324,14 @@ def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, n
     return offset, np.where(ok, scale, 1.0)
 
 
+def _new_values(var: xr.DataArray, data: Any) -> xr.DataArray:
+    """``var`` with other values: no longer the cache file's, so without its source handle."""
+    out = var.copy(data=data)
+    # readers that go to the file (torch batches) would otherwise serve the stored values
+    out.encoding = {k: v for k, v in var.encoding.items() if k != "nat4xr_source"}
+    return out
+
+
 def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.Dataset:
     """Scale each neuron's responses with statistics from the chosen stims.
 
@@ -376,7 +384,7 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
     shape = [resp.sizes["neuron"] if d == "neuron" else 1 for d in resp.dims]
     off = offset.astype(resp.dtype).reshape(shape)
     sc = scale.astype(resp.dtype).reshape(shape)
-    new_resp = resp.copy(data=(resp.data - off) / sc)
+    new_resp = _new_values(resp, (resp.data - off) / sc)
     new_resp.attrs["units"] = f"normalized ({method})"
     record: dict[str, Any] = {
         "method": method,
@@ -397,7 +405,7 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
             spec.dtype
         ).reshape(fshape)
         scaled = np.where(scaled < 1e-6, 0.0, scaled).astype(spec.dtype)
-        out["spectrogram"] = spec.copy(data=scaled)
+        out["spectrogram"] = _new_values(spec, scaled)
         record["spectrogram"] = {
             "offset": s_off.tolist(),
             "scale": s_scale.tolist(),
