@@ -35,6 +35,8 @@ def _filled(data: Any) -> np.ndarray:
     into place before the next one starts, so the peak is the result plus
     one block's work.
     """
+    if any(np.isnan(n) for c in data.chunks for n in c):
+        return np.asarray(data.compute())  # unknown block sizes: no places to fill
     out = np.empty(data.shape, dtype=data.dtype)
     if out.size == 0:
         return out

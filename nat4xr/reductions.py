@@ -106,6 +106,9 @@ def over_blocks(
     else:
         for i in starts:
             task(i)
+    from .loading import return_freed_memory
+
+    return_freed_memory()  # the blocks read from a file are freed; glibc would keep them
     return out
 
 

@@ -181,3 +181,37 @@ def test_one_stim_without_a_stim_axis(hard):
     np.testing.assert_array_equal(one["ccmax"].values, full["ccmax"].values[0])
     with pytest.raises(ValueError, match="dims"):
         metrics.noise_ceiling(hard["response"].isel(neuron=0).to_dataset())
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+def test_each_stored_chunk_is_read_once(hard, tmp_path, monkeypatch):
+    from nat4xr.cachefile.chunks import ChunkFile
+
+    reads = []
+    decoded = ChunkFile.decoded
+
+    def counting(self, index, flat, where=""):
+        reads.append((index.name, flat))
+        return decoded(self, index, flat, where)
+
+    monkeypatch.setattr(ChunkFile, "decoded", counting)
+    path = write_cache(hard, tmp_path / "c.nc")
+    for chunks in ("auto", None):
+        with open_cache(path, chunks=chunks) as ds:
+            val = ds.nat4.sel_stims(subset="val")
+            for call in (lambda v: v.nat4.noise_ceiling(), lambda v: v.nat4.psth()):
+                reads.clear()
+                call(val).compute()
+                assert reads and len(reads) == len(set(reads))
+                if chunks is None:  # only the selection is read: a chunk per (stim, repeat)
+                    assert len(reads) <= val.sizes["stim"] * val.sizes["repeat"]
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+def test_empty_selections(hard):
+    for empty in (hard.isel(stim=[]), hard.isel(neuron=[]), hard.isel(stim=[]).chunk()):
+        nc = metrics.noise_ceiling(empty).compute()
+        assert nc["ccmax"].shape == (empty.sizes["stim"], empty.sizes["neuron"])
+        assert nc["ccmax_neuron"].shape == (empty.sizes["neuron"],)
+        assert metrics.psth(empty).shape == (empty.sizes["stim"], empty.sizes["neuron"], 21)
+    assert np.isnan(metrics.noise_ceiling(hard.isel(stim=[])).ccmax_neuron.values).all()
