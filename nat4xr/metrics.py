@@ -68,15 +68,7 @@ def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
         out = resp.mean("repeat", skipna=True, keep_attrs=True)
     else:
         dtype = resp.dtype if resp.dtype.kind == "f" else np.dtype(np.float64)
-
-        def kernel(block: np.ndarray) -> np.ndarray:
-            return psth_block(block).astype(dtype, copy=False)
-
-        data = over_blocks(resp, kernel, (resp.sizes["time"],), drop=1)
-        if resp.chunks is None:
-            data = data.astype(dtype, copy=False)
-        else:
-            data = data.astype(dtype)  # the kernel's values already are; this sets the meta
+        data = over_blocks(resp, psth_block, (resp.sizes["time"],), drop=1, dtype=dtype)
         coords = {k: v.variable for k, v in resp.coords.items() if "repeat" not in v.dims}
         out = xr.DataArray(data, dims=("stim", "neuron", "time"), coords=coords, attrs=resp.attrs)
     out.attrs["long_name"] = "mean response over repeats"

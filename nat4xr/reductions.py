@@ -57,13 +57,14 @@ def over_blocks(
     kernel: Callable[[np.ndarray], np.ndarray],
     tail: tuple[int, ...],
     drop: int,
+    dtype: Any = np.float64,
 ) -> Any:
     """``kernel`` over stim blocks of ``resp (stim, neuron, repeat, time)``.
 
     ``kernel(block)`` maps an input block ``(s, c, repeat, time)`` to
-    ``(s, c, *tail)`` float64, for any ``s`` and ``c``. ``drop`` is how many
-    trailing input axes the kernel consumes (2: repeat and time; 1: repeat,
-    then ``tail`` is ``(time,)``).
+    ``(s, c, *tail)``, for any ``s`` and ``c``; the result has ``dtype``.
+    ``drop`` is how many trailing input axes the kernel consumes (2: repeat
+    and time; 1: repeat, then ``tail`` is ``(time,)``).
 
     Returns a dask array when ``resp`` is dask-backed (nothing computed), a
     numpy array otherwise, filled block by block: in-memory input is reduced
@@ -83,15 +84,15 @@ def over_blocks(
 
         data = resp.data.rechunk({2: -1, 3: -1})
         return da.map_blocks(
-            kernel,
+            lambda block: kernel(block).astype(dtype, copy=False),
             data,
-            dtype=np.float64,
+            dtype=dtype,
             drop_axis=[2, 3] if drop == 2 else [2],
             new_axis=list(range(2, 2 + len(tail))) if drop == 2 else None,
             chunks=(*data.chunks[:2], *((n,) for n in tail)),
-            meta=np.empty((0,) * (2 + len(tail)), dtype=np.float64),
+            meta=np.empty((0,) * (2 + len(tail)), dtype=dtype),
         )
-    out = np.empty((n_stim, n_cell, *tail), dtype=np.float64)
+    out = np.empty((n_stim, n_cell, *tail), dtype=dtype)
     per_stim = max(1, resp.dtype.itemsize * int(np.prod(resp.shape[1:])))
     step = max(1, BLOCK_BYTES // per_stim)
     starts = range(0, n_stim, step)
