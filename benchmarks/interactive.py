@@ -47,8 +47,10 @@ ROWS = {
     "psth-loaded": "val.nat4.psth()  (val loaded)",
     "est-load": "est.load()  (dask)",
     "est-nat4-load": "est.nat4.load()  (dask)",
+    "est-none-nat4-load": "est.nat4.load()  (chunks=None)",
     "concat-load": "concat([A1, PEG]) -> val -> .load()",
     "concat-nat4-load": "concat([A1, PEG]) -> val -> .nat4.load()",
+    "concat-none-nat4-load": "concat([A1, PEG]) -> val -> .nat4.load()  (chunks=None)",
 }
 
 
@@ -78,10 +80,10 @@ def _setup(name: str, release: str):
     import nat4xr
 
     warnings.simplefilter("ignore")
-    chunks = None if name == "nc-none" else "auto"
+    chunks = None if "none" in name else "auto"
     a1 = nat4xr.open_nat4("A1", path=release, chunks=chunks, progress=False)
     if name.startswith("concat"):
-        peg = nat4xr.open_nat4("PEG", path=release, progress=False)
+        peg = nat4xr.open_nat4("PEG", path=release, chunks=chunks, progress=False)
         both = nat4xr.concat([a1, peg])
         val = both.nat4.sel_stims(subset="val")
         return (lambda: val.load()) if name == "concat-load" else (lambda: val.nat4.load())

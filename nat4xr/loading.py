@@ -27,24 +27,39 @@ def return_freed_memory() -> None:
         pass
 
 
-def _filled(data: Any) -> np.ndarray:
-    """A dask array computed into one new numpy array, one of its blocks at a time.
+def _local_threads(data: Any) -> bool:
+    """True when ``data`` would be computed by threads of this process (dask's default)."""
+    import dask
+    import dask.local
+    import dask.threaded
+    from dask.base import get_scheduler
 
-    Each block is computed with the active scheduler (threads, or a
-    distributed client, whose results come back to this process) and copied
-    into place before the next one starts, so the peak is the result plus
-    one block's work.
+    return get_scheduler(collections=[data]) in (None, dask.threaded.get, dask.local.get_sync)
+
+
+def _filled(data: Any) -> np.ndarray:
+    """A dask array computed into one new numpy array.
+
+    With the threads of this process (dask's default), ``dask.array.store``
+    writes each block into place as soon as it is computed; otherwise (a
+    distributed client, processes: their results come back to this process)
+    one block at a time is computed and copied. Either way nothing holds all
+    the blocks at once: the peak is the result plus the blocks in flight.
     """
+    import dask.array as da
+
     if any(np.isnan(n) for c in data.chunks for n in c):
         return np.asarray(data.compute())  # unknown block sizes: no places to fill
     out = np.empty(data.shape, dtype=data.dtype)
     if out.size == 0:
         return out
+    if _local_threads(data):
+        da.store(data, out, lock=False)
+        return out
     starts = [np.cumsum((0, *c))[:-1].tolist() for c in data.chunks]
     for index in np.ndindex(*data.numblocks):
         block = np.asarray(data.blocks[index].compute())
-        where = tuple(slice(s[i], s[i] + n) for s, i, n in zip(starts, index, block.shape))
-        out[where] = block
+        out[tuple(slice(s[i], s[i] + n) for s, i, n in zip(starts, index, block.shape))] = block
         del block
     return out
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
+import pytest
 import xarray as xr
 
 import nat4xr
 from nat4xr.cachefile import open_cache, write_cache
+from nat4xr import loading
 from nat4xr.loading import load
 
 
@@ -59,3 +62,26 @@ def test_normalized_values_do_not_claim_to_come_from_the_file(tmp_path):
             loaded = norm.nat4.load()
             assert float(loaded["response"].max()) == 1.0
         assert "nat4xr_source" in lazy["response"].encoding  # the input keeps its handle
+
+
+def test_load_on_a_distributed_client_and_under_a_custom_scheduler():
+    distributed = pytest.importorskip("distributed")
+    ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=5, seed=2)
+    lazy = ds.chunk({"stim": 2, "neuron": 3})
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster):
+        # the workers could not write into this process's array: blocks come back instead
+        assert not loading._local_threads(lazy["response"].data)
+        got = lazy.nat4.load()
+    assert loading._local_threads(lazy["response"].data)
+    xr.testing.assert_identical(got, ds)
+    calls = []
+
+    def counting(dsk, keys, **kwargs):
+        calls.append(len(keys))
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=counting):
+        xr.testing.assert_identical(lazy.nat4.load(), ds)
+    assert calls  # the user's scheduler ran the computation
