@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 
 import nat4xr
-from nat4xr.cachefile import open_cache, write_cache
 from nat4xr import loading
+from nat4xr.cachefile import open_cache, write_cache
 from nat4xr.loading import load
 
 
