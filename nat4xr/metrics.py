@@ -160,7 +160,7 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
             f"noise_ceiling needs a response with dims (stim, neuron, repeat, time), got "
             f"{resp.dims}; select or stack the other dimensions first"
         )
-    squeeze = not lead
+    squeeze, order = not lead, resp.dims
     stim = lead[0] if lead else "stim"
     if squeeze:
         resp = resp.expand_dims(stim)
@@ -185,6 +185,8 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     )
     if squeeze:
         out = out.squeeze(stim, drop=True)
+    else:  # the input's order of stim and neuron
+        out = out.transpose(*[d for d in order if d in out.dims])
     out.attrs.update(
         estimator=json.dumps(
             {

@@ -68,9 +68,12 @@ def test_load_on_a_distributed_client_and_under_a_custom_scheduler():
     distributed = pytest.importorskip("distributed")
     ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=5, seed=2)
     lazy = ds.chunk({"stim": 2, "neuron": 3})
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         # the workers could not write into this process's array: blocks come back instead
         assert not loading._local_threads(lazy["response"].data)
         got = lazy.nat4.load()

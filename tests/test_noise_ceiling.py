@@ -179,6 +179,10 @@ def test_one_stim_without_a_stim_axis(hard):
     full = metrics.noise_ceiling(hard.isel(stim=[2]))
     assert "stim" not in one.dims
     np.testing.assert_array_equal(one["ccmax"].values, full["ccmax"].values[0])
+    flipped = metrics.noise_ceiling(hard.transpose("neuron", "time", "stim", "repeat", ...))
+    assert flipped["ccmax"].dims == ("neuron", "stim")
+    want = metrics.noise_ceiling(hard)
+    xr.testing.assert_identical(flipped.transpose("stim", "neuron"), want)
     with pytest.raises(ValueError, match="dims"):
         metrics.noise_ceiling(hard["response"].isel(neuron=0).to_dataset())
 
