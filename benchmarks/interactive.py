@@ -45,6 +45,8 @@ ROWS = {
     "ccmax-deepstrf": "deepSTRF `_ccmax_per_neuron` (126 splits), {cells} cells  (val loaded)",
     "psth-dask": "val.nat4.psth().compute()  (dask)",
     "psth-loaded": "val.nat4.psth()  (val loaded)",
+    "zscore-dask": "val.nat4.normalize('zscore')  (dask: the statistics)",
+    "zscore-loaded": "val.nat4.normalize('zscore')  (val loaded: statistics and result)",
     "est-load": "est.load()  (dask)",
     "est-nat4-load": "est.nat4.load()  (dask)",
     "est-none-nat4-load": "est.nat4.load()  (chunks=None)",
@@ -95,6 +97,8 @@ def _setup(name: str, release: str):
         val = val.load()
     if name.startswith("psth"):
         return lambda: val.nat4.psth().compute()
+    if name.startswith("zscore"):
+        return lambda: val.nat4.normalize("zscore")
     if "deepstrf" in name:
         return _deepstrf_call(val, name, int(os.environ.get("DEEPSTRF_CELLS", "40")))
     return lambda: val.nat4.noise_ceiling().compute()

@@ -304,18 +304,39 @@ def stim_positions(
 
 def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
     """Offset and scale per remaining dim, computed (a reduction, never the full array)."""
-    x = x.astype(np.float64)  # float32 sums would depend on the chunking
-    if method == "zscore":
-        lo, hi = x.mean(dims, skipna=True), x.std(dims, skipna=True)
+    if x.dims == ("stim", "neuron", "repeat", "time") and set(dims) == {"stim", "repeat", "time"}:
+        lo, hi = _response_moments(x, method)
     else:
-        lo, hi = x.min(dims, skipna=True), x.max(dims, skipna=True)
-    lo, hi = xr.align(lo, hi)
-    lo, hi = (v.values for v in xr.Dataset({"lo": lo, "hi": hi}).compute().data_vars.values())
+        x = x.astype(np.float64)  # float32 sums would depend on the chunking
+        if method == "zscore":
+            lo, hi = x.mean(dims, skipna=True), x.std(dims, skipna=True)
+        else:
+            lo, hi = x.min(dims, skipna=True), x.max(dims, skipna=True)
+        lo, hi = xr.align(lo, hi)
+        lo, hi = (v.values for v in xr.Dataset({"lo": lo, "hi": hi}).compute().data_vars.values())
     scale = hi if method == "zscore" else hi - lo
     ok = np.isfinite(lo) & np.isfinite(scale) & (scale > 0)
     # cells without data in the chosen stims, or constant ones, keep their units
     offset = np.where(np.isfinite(lo), lo, 0.0)
     return offset, np.where(ok, scale, 1.0)
+
+
+def _response_moments(resp: xr.DataArray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron (mean, std) or (min, max) of a response, pooled from per-(stim, neuron) moments.
+
+    A reduction block by block in float64 (see :mod:`nat4xr.reductions`):
+    no float64 copy of the response, the same numbers on every storage.
+    """
+    from .reductions import N_MOMENTS, moments_block, over_blocks, pooled_moments
+
+    pooled = pooled_moments(over_blocks(resp, moments_block, (N_MOMENTS,), drop=2))
+    names = ("mean", "std") if method == "zscore" else ("min", "max")
+    lo, hi = pooled[names[0]], pooled[names[1]]
+    if hasattr(lo, "dask"):
+        import dask
+
+        lo, hi = dask.compute(lo, hi)
+    return np.asarray(lo), np.asarray(hi)
 
 
 def _new_values(var: xr.DataArray, data: Any) -> xr.DataArray:

@@ -37,7 +37,18 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["N_POWER", "N_SPLIT", "ceiling_stats", "over_blocks", "psth_block", "split_weights"]
+__all__ = [
+    "N_MOMENTS",
+    "N_POWER",
+    "N_SPLIT",
+    "ceiling_from_stats",
+    "ceiling_stats",
+    "moments_block",
+    "over_blocks",
+    "pooled_moments",
+    "psth_block",
+    "split_weights",
+]
 
 #: Per (stim, cell): valid repeats ``n``, PSTH bins, power of the PSTH, mean power of the trials.
 N_POWER = 4
@@ -141,6 +152,80 @@ def psth_block(x: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(total, count, out=out[s])
     return out
+
+
+# -- moments (normalization statistics) ---------------------------------------------------------
+
+#: Per (stim, cell): values with data, their mean, centred sum of squares, min and max.
+N_MOMENTS = 5
+
+
+def moments_block(x: np.ndarray) -> np.ndarray:
+    """Moments over repeats and time, ignoring NaN: ``(s, c, R, T) -> (s, c, 5)`` float64.
+
+    Columns ``count``, ``mean``, ``m2`` (sum of squares about the mean),
+    ``min``, ``max``; ``count`` 0 and the rest NaN where a pair has no data.
+    One stim at a time, so the only temporaries are one stim's float64
+    deviations and NaN mask.
+
+    Examples
+    --------
+    >>> x = np.array([[[[1.0, 3.0], [np.nan, 5.0]]]], dtype=np.float32)
+    >>> moments_block(x)[0, 0].tolist()
+    [3.0, 3.0, 8.0, 1.0, 5.0]
+    """
+    out = np.empty((*x.shape[:2], N_MOMENTS), dtype=np.float64)
+    for s in range(x.shape[0]):
+        xs = x[s].reshape(x.shape[1], -1)
+        total = xs.sum(axis=1, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if not np.isnan(total).any():
+                count = np.full(xs.shape[0], xs.shape[1])
+                mean = total / count
+                dev = xs - mean[:, None]
+                lo, hi = xs.min(axis=1, initial=np.inf), xs.max(axis=1, initial=-np.inf)
+            else:
+                missing = np.isnan(xs)
+                count = xs.shape[1] - np.count_nonzero(missing, axis=1)
+                mean = np.where(missing, 0.0, xs).sum(axis=1, dtype=np.float64) / count
+                dev = np.where(missing, 0.0, xs - mean[:, None])
+                lo = np.where(missing, np.inf, xs).min(axis=1)
+                hi = np.where(missing, -np.inf, xs).max(axis=1)
+            out[s, :, 0] = count
+            out[s, :, 1] = mean
+            out[s, :, 2] = np.einsum("ij,ij->i", dev, dev, dtype=np.float64)
+            out[s, :, 3] = np.where(count > 0, lo, np.nan)
+            out[s, :, 4] = np.where(count > 0, hi, np.nan)
+    return out
+
+
+def pooled_moments(stats: Any) -> dict[str, Any]:
+    """Per cell ``mean``, ``std`` (population), ``min``, ``max`` over the stims of ``stats``.
+
+    ``stats (S, C, 5)`` from :func:`moments_block` (numpy or dask); the
+    stims are pooled with Chan et al.'s update. NaN for a cell without data.
+
+    Examples
+    --------
+    >>> x = np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
+    >>> out = pooled_moments(moments_block(x))
+    >>> float(out["mean"][0]), float(out["std"][0]) == float(np.arange(8).std())
+    (3.5, True)
+    """
+    count, mean, m2, lo, hi = (stats[..., i] for i in range(N_MOMENTS))
+    has = count > 0
+    total = count.sum(axis=0)
+    total = np.where(total > 0, total, np.nan)
+    grand = np.where(has, count * np.where(has, mean, 0.0), 0.0).sum(axis=0) / total
+    dev = np.where(has, mean - grand, 0.0)
+    pooled = (np.where(has, m2, 0.0) + count * dev * dev).sum(axis=0)
+    defined = ~np.isnan(total)
+    return {
+        "mean": grand,
+        "std": np.sqrt(pooled / total),
+        "min": np.where(defined, np.where(has, lo, np.inf).min(axis=0), np.nan),
+        "max": np.where(defined, np.where(has, hi, -np.inf).max(axis=0), np.nan),
+    }
 
 
 # -- noise ceiling ---------------------------------------------------------------------------------

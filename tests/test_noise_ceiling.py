@@ -219,3 +219,28 @@ def test_empty_selections(hard):
         assert nc["ccmax_neuron"].shape == (empty.sizes["neuron"],)
         assert metrics.psth(empty).shape == (empty.sizes["stim"], empty.sizes["neuron"], 21)
     assert np.isnan(metrics.noise_ceiling(hard.isel(stim=[])).ccmax_neuron.values).all()
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax"])
+def test_normalization_statistics_from_block_moments(hard, cached, method):
+    resp = hard["response"].values.astype(np.float64)
+    want_off, want_scale = [], []
+    for j in range(resp.shape[1]):
+        vals = resp[:, j][np.isfinite(resp[:, j])]
+        lo, hi = (vals.mean(), vals.std()) if method == "zscore" else (vals.min(), vals.max())
+        scale = hi if method == "zscore" else hi - lo
+        want_off.append(lo)
+        want_scale.append(scale if scale > 0 else 1.0)  # silent and constant cells
+    dims = ["stim", "repeat", "time"]
+    for ds in (hard, hard.chunk({"stim": 4, "neuron": 30}), cached):
+        off, scale = metrics._stats(ds["response"], dims, method)
+        np.testing.assert_allclose(off, want_off, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(scale, want_scale, rtol=1e-12)
+    # a cell without data keeps its units; xarray's route (other layouts) agrees
+    empty = hard["response"].copy()
+    empty[:, 0] = np.nan
+    off, scale = metrics._stats(empty, dims, method)
+    assert off[0] == 0.0 and scale[0] == 1.0
+    other = metrics._stats(empty.transpose("neuron", ...), dims, method)
+    np.testing.assert_allclose(other[0], off, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(other[1], scale, rtol=1e-12)
