@@ -339,6 +339,13 @@ def _response_moments(resp: xr.DataArray, method: str) -> tuple[np.ndarray, np.n
     return np.asarray(lo), np.asarray(hi)
 
 
+def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
+    """Consecutive positions as a slice (a view of in-memory data, not a copy)."""
+    if positions.size and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
+
+
 def _new_values(var: xr.DataArray, data: Any) -> xr.DataArray:
     """``var`` with other values: no longer the cache file's, so without its source handle."""
     out = var.copy(data=data)
@@ -394,12 +401,17 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = None) -> xr.D
         )
     resp = _response(ds)
     chosen = stim_positions(ds, stims)
-    ref = resp.isel(stim=chosen)
+    ref = resp.isel(stim=_as_slice(chosen))
     offset, scale = _stats(ref, [d for d in resp.dims if d != "neuron"], method)
     shape = [resp.sizes["neuron"] if d == "neuron" else 1 for d in resp.dims]
     off = offset.astype(resp.dtype).reshape(shape)
     sc = scale.astype(resp.dtype).reshape(shape)
-    new_resp = _new_values(resp, (resp.data - off) / sc)
+    data = resp.data - off
+    if isinstance(data, np.ndarray):
+        data /= sc  # in place: one array the size of the result, not two
+    else:
+        data = data / sc
+    new_resp = _new_values(resp, data)
     new_resp.attrs["units"] = f"normalized ({method})"
     record: dict[str, Any] = {
         "method": method,
