@@ -116,9 +116,9 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     not counted as noise. Per stim and cell, the trials are that stim's
     repeats with data (powers over their bins with data); per cell, the
     signal and noise powers of its stims with at least 2 repeats are summed,
-    each weighted by its number of bins, before the ratio (each sound's
-    trials about their own means, as deepSTRF's length-weighted SNR). The
-    SNR can be negative when the noise dominates.
+    each weighted by its number of bins (the length weighting of deepSTRF's
+    ``snr``), before the ratio. The SNR can be negative when the noise
+    dominates.
 
     Every value is NaN where fewer than 2 repeats have data (estimation
     sounds) or the response is constant.
