@@ -246,6 +246,26 @@ class Nat4Accessor:
         """
         return selection.prune(self._ds, recompute=recompute)
 
+    def load(self) -> xr.Dataset:
+        """The Dataset in memory, each variable read into one preallocated array.
+
+        Unlike ``Dataset.load()``, which keeps every computed dask chunk until
+        it concatenates them (twice the result at its peak), this fills the
+        result block by block, or lets a ``chunks=None`` cache read straight
+        into it, and hands freed memory back to the OS after. Returns a new
+        Dataset; the input stays lazy. See :func:`nat4xr.loading.load`.
+
+        Examples
+        --------
+        >>> import nat4xr
+        >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=2).chunk({"stim": 2})
+        >>> ds.nat4.load()["response"].chunks is None
+        True
+        """
+        from .loading import load
+
+        return load(self._ds)
+
     # metrics and plots -----------------------------------------------------------------------
 
     def psth(self) -> xr.DataArray:

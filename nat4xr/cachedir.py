@@ -210,6 +210,7 @@ def cache_clear(area: str | None = None) -> list[Path]:
     >>> isinstance(cache_clear(area="PEG"), list)  # doctest: +SKIP
     True
     """
+    import gc
     import glob
 
     import filelock
@@ -222,6 +223,9 @@ def cache_clear(area: str | None = None) -> list[Path]:
     folder = cache_dir()
     if not folder.is_dir():
         return removed
+    # Datasets nothing refers to any more may still sit in reference cycles
+    # (xarray's and dask's objects make some); collected, they release their files.
+    gc.collect()
 
     def leftovers(target: Path) -> list[Path]:
         found = sorted(folder.glob(f".{glob.escape(target.name)}.*.tmp"))

@@ -42,6 +42,10 @@ def _response(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
 def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     """Peri-stimulus time histogram: the mean over repeats, ignoring NaN.
 
+    Summed in float64 one stored block at a time (no full-size temporaries)
+    and returned in the response's dtype; lazy when the response is a dask
+    array, read block by block when it is lazily indexed (``chunks=None``).
+
     Parameters
     ----------
     obj : Dataset or DataArray
@@ -59,8 +63,16 @@ def psth(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     >>> psth(ds).dims
     ('stim', 'neuron', 'time')
     """
+    from .reductions import over_blocks, psth_block
+
     resp = _response(obj)
-    out = resp.mean("repeat", skipna=True, keep_attrs=True)
+    if resp.dims != ("stim", "neuron", "repeat", "time"):
+        out = resp.mean("repeat", skipna=True, keep_attrs=True)
+    else:
+        dtype = resp.dtype if resp.dtype.kind == "f" else np.dtype(np.float64)
+        data = over_blocks(resp, psth_block, (resp.sizes["time"],), drop=1, dtype=dtype)
+        coords = {k: v.variable for k, v in resp.coords.items() if "repeat" not in v.dims}
+        out = xr.DataArray(data, dims=("stim", "neuron", "time"), coords=coords, attrs=resp.attrs)
     out.attrs["long_name"] = "mean response over repeats"
     return out.rename("psth")
 
@@ -83,65 +95,40 @@ def split_keys(n_splits: int, n_repeats: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n_splits, n_repeats))
 
 
-def _halves(resp: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-PSTHs ``(..., K, T)`` of ``resp (..., R, T)`` for every split in ``keys (K, R)``."""
-    finite = ~np.isnan(resp)
-    valid = finite.any(axis=-1)  # (..., R): a repeat with data
-    n = valid.sum(axis=-1)[..., None, None]
-    k = np.where(valid[..., None, :], keys, np.inf)  # (..., K, R): invalid repeats sort last
-    rank = np.argsort(np.argsort(k, axis=-1, kind="stable"), axis=-1, kind="stable")
-    in_a = rank < n // 2
-    in_b = valid[..., None, :] & ~in_a
-    x = np.where(finite, resp, 0.0).astype(np.float64)
-    f = finite.astype(np.float64)
-    out = []
-    for w in (in_a.astype(np.float64), in_b.astype(np.float64)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append((w @ x) / (w @ f))
-    return out[0], out[1]
-
-
-def _corr(a: xr.DataArray, b: xr.DataArray, dims: list[str]) -> xr.DataArray:
-    """Pearson correlation over ``dims`` on the bins where both are finite."""
-    both = a.notnull() & b.notnull()
-    a, b = a.where(both), b.where(both)
-    da, db = a - a.mean(dims), b - b.mean(dims)
-    cov = (da * db).mean(dims)
-    var = (da**2).mean(dims) * (db**2).mean(dims)
-    return cov / np.sqrt(var.where(var > 0))
-
-
-def _spearman_brown(r: xr.DataArray) -> xr.DataArray:
-    return 2 * r / (1 + r)
-
-
-def _ccmax(r_half: xr.DataArray) -> xr.DataArray:
-    return np.sqrt(_spearman_brown(r_half.clip(min=0.0)))
-
-
 def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Dataset:
     """Noise ceiling of each cell from its repeats: CCmax and Sahani-Linden SNR.
 
     CCmax estimator: for each of ``n_splits`` fixed random splits of the
     valid repeats into two halves (see :func:`split_keys`), the PSTHs of the
     halves are correlated over time (per stim and cell) or over stim and time
-    (per cell, pooling every stim with at least 2 repeats); the correlations
-    are averaged over the splits to ``cc_half``, corrected with
-    Spearman-Brown to the full set of repeats, ``r = 2 cc / (1 + cc)``, and
-    ``ccmax = sqrt(r)`` (the expected correlation between the true response
-    and the recorded PSTH; Hsu, Borst & Theunissen 2004). A negative
-    ``cc_half`` gives ``ccmax = 0``.
+    (per cell, pooling every stim with at least 2 repeats), on the bins where
+    both halves have data; the correlations are averaged over the splits to
+    ``cc_half``, corrected with Spearman-Brown to the full set of repeats,
+    ``r = 2 cc / (1 + cc)``, and ``ccmax = sqrt(r)`` (the expected
+    correlation between the true response and the recorded PSTH; Hsu, Borst
+    & Theunissen 2004). A negative ``cc_half`` gives ``ccmax = 0``.
 
-    SNR (Sahani & Linden 2003): with ``N`` repeats, trial power ``P_tot``
-    (mean over repeats of the power of each trial) and power of the PSTH
-    ``P_avg``, signal power is ``(N P_avg - P_tot) / (N - 1)`` and noise power
-    ``P_tot - P_sig``. Per stim and cell, powers are variances over time;
-    per cell, they are taken about the cell's mean over all its stims and
-    summed over stims before the ratio. The SNR can be negative when the
-    noise dominates.
+    SNR as defined by Sahani & Linden (2003, "How linear are auditory
+    cortical responses?", NIPS 15): the power ``P(x)`` of a trace is its
+    variance over time, ``mean_t (x(t) - mean_t x)**2``. With ``N`` trials
+    ``r_n`` and their average (the PSTH) ``r_bar``, the signal power is
+    ``P_sig = (N P(r_bar) - mean_n P(r_n)) / (N - 1)`` and the noise power
+    ``P_noise = mean_n P(r_n) - P_sig``; ``snr = P_sig / P_noise``. Each trial
+    is taken about its own mean, so a trial-to-trial shift of the rate is
+    not counted as noise. Per stim and cell, the trials are that stim's
+    repeats with data (powers over their bins with data); per cell, the
+    signal and noise powers of its stims with at least 2 repeats are summed,
+    each weighted by its number of bins (the length weighting of deepSTRF's
+    ``snr``), before the ratio. The SNR can be negative when the noise
+    dominates.
 
     Every value is NaN where fewer than 2 repeats have data (estimation
     sounds) or the response is constant.
+
+    Computed from the stored values block by block (see
+    :mod:`nat4xr.reductions`): lazy on a dask-backed Dataset, read block by
+    block from a ``chunks=None`` one, never a full-size temporary. Sums are
+    float64.
 
     Parameters
     ----------
@@ -166,61 +153,49 @@ def noise_ceiling(ds: xr.Dataset, n_splits: int = 16, seed: int = 0) -> xr.Datas
     >>> bool(nc["ccmax"].isel(stim=slice(0, 2)).isnull().all())  # 1 repeat: undefined
     True
     """
-    resp = _response(ds).transpose(..., "repeat", "time")
-    if resp.chunks is not None:
-        resp = resp.chunk({"repeat": -1, "time": -1})
+    from .reductions import N_POWER, N_SPLIT, ceiling_from_stats, ceiling_stats, over_blocks
+
+    resp = _response(ds)
+    lead = [d for d in resp.dims if d not in ("neuron", "repeat", "time")]
+    if "neuron" not in resp.dims or len(lead) > 1:
+        raise ValueError(
+            f"noise_ceiling needs a response with dims (stim, neuron, repeat, time), got "
+            f"{resp.dims}; select or stack the other dimensions first"
+        )
+    squeeze, order = not lead, resp.dims
+    stim = lead[0] if lead else "stim"
+    if squeeze:
+        resp = resp.expand_dims(stim)
+    resp = resp.transpose(stim, "neuron", "repeat", "time")
     keys = split_keys(n_splits, resp.sizes["repeat"], seed)
-    ha, hb = xr.apply_ufunc(
-        _halves,
-        resp,
-        kwargs={"keys": keys},
-        input_core_dims=[["repeat", "time"]],
-        output_core_dims=[["split", "time"], ["split", "time"]],
-        dask="parallelized",
-        output_dtypes=[np.float64, np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"split": n_splits}},
-    )
-    valid = resp.notnull().any("time")
-    n = valid.sum("repeat")
-    enough = n >= 2
-    cc_half = _corr(ha, hb, ["time"]).mean("split", skipna=True).where(enough)
-    other = [d for d in ha.dims if d not in ("neuron", "split", "time")]
-    cc_cell = _corr(ha.where(enough), hb.where(enough), [*other, "time"]).mean("split", skipna=True)
 
-    # Sahani-Linden powers; trials are taken about a reference mean mu
-    x = resp.where(valid).astype(np.float64)
-    avg = x.mean("repeat", skipna=True)
+    def kernel(block: np.ndarray) -> np.ndarray:
+        return ceiling_stats(block, keys)
 
-    def powers(mu: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-        p_tot = ((x - mu) ** 2).mean(["repeat", "time"], skipna=True)
-        p_avg = ((avg - mu) ** 2).mean("time", skipna=True)
-        p_sig = (n * p_avg - p_tot) / (n - 1).where(enough)
-        return p_sig, p_tot - p_sig
-
-    sig, noise = powers(avg.mean("time", skipna=True))
-    snr = sig / noise.where(noise > 0)
-    sig_c, noise_c = powers(avg.where(enough).mean([*other, "time"], skipna=True))
-    sig_c, noise_c = sig_c.where(enough).sum(other), noise_c.where(enough).sum(other)
-    has = enough.any(other)
-    snr_cell = (sig_c / noise_c.where(noise_c > 0)).where(has)
-
+    stats = over_blocks(resp, kernel, (N_POWER + N_SPLIT * n_splits,), drop=2)
+    # array arithmetic, then labels once: xarray would align coordinates at every step
+    values = ceiling_from_stats(stats, n_splits)
+    pair_coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= {stim, "neuron"}}
+    cell_coords = {k: v.variable for k, v in resp.coords.items() if set(v.dims) <= {"neuron"}}
     out = xr.Dataset(
         {
-            "ccmax": _ccmax(cc_half),
-            "cc_half": cc_half,
-            "snr": snr,
-            "n_valid": n.astype(np.int64),
-            "ccmax_neuron": _ccmax(cc_cell).where(has),
-            "snr_neuron": snr_cell,
+            name: xr.DataArray(value, dims=(stim, "neuron"), coords=pair_coords)
+            if value.ndim == 2
+            else xr.DataArray(value, dims=("neuron",), coords=cell_coords)
+            for name, value in values.items()
         }
     )
+    if squeeze:
+        out = out.squeeze(stim, drop=True)
+    else:  # the input's order of stim and neuron
+        out = out.transpose(*[d for d in order if d in out.dims])
     out.attrs.update(
         estimator=json.dumps(
             {
                 "ccmax": "split-half, Spearman-Brown",
                 "n_splits": n_splits,
                 "seed": seed,
-                "snr": "Sahani-Linden",
+                "snr": "Sahani-Linden 2003 (trials about their own means)",
             }
         )
     )
@@ -337,18 +312,54 @@ def stim_positions(
 
 def _stats(x: xr.DataArray, dims: list[str], method: str) -> tuple[np.ndarray, np.ndarray]:
     """Offset and scale per remaining dim, computed (a reduction, never the full array)."""
-    x = x.astype(np.float64)  # float32 sums would depend on the chunking
-    if method == "zscore":
-        lo, hi = x.mean(dims, skipna=True), x.std(dims, skipna=True)
+    if x.dims == ("stim", "neuron", "repeat", "time") and set(dims) == {"stim", "repeat", "time"}:
+        lo, hi = _response_moments(x, method)
     else:
-        lo, hi = x.min(dims, skipna=True), x.max(dims, skipna=True)
-    lo, hi = xr.align(lo, hi)
-    lo, hi = (v.values for v in xr.Dataset({"lo": lo, "hi": hi}).compute().data_vars.values())
+        x = x.astype(np.float64)  # float32 sums would depend on the chunking
+        if method == "zscore":
+            lo, hi = x.mean(dims, skipna=True), x.std(dims, skipna=True)
+        else:
+            lo, hi = x.min(dims, skipna=True), x.max(dims, skipna=True)
+        lo, hi = xr.align(lo, hi)
+        lo, hi = (v.values for v in xr.Dataset({"lo": lo, "hi": hi}).compute().data_vars.values())
     scale = hi if method == "zscore" else hi - lo
     ok = np.isfinite(lo) & np.isfinite(scale) & (scale > 0)
     # cells without data in the chosen stims, or constant ones, keep their units
     offset = np.where(np.isfinite(lo), lo, 0.0)
     return offset, np.where(ok, scale, 1.0)
+
+
+def _response_moments(resp: xr.DataArray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron (mean, std) or (min, max) of a response, pooled from per-(stim, neuron) moments.
+
+    A reduction block by block in float64 (see :mod:`nat4xr.reductions`):
+    no float64 copy of the response, the same numbers on every storage.
+    """
+    from .reductions import N_MOMENTS, moments_block, over_blocks, pooled_moments
+
+    pooled = pooled_moments(over_blocks(resp, moments_block, (N_MOMENTS,), drop=2))
+    names = ("mean", "std") if method == "zscore" else ("min", "max")
+    lo, hi = pooled[names[0]], pooled[names[1]]
+    if hasattr(lo, "dask"):
+        import dask
+
+        lo, hi = dask.compute(lo, hi)
+    return np.asarray(lo), np.asarray(hi)
+
+
+def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
+    """Consecutive positions as a slice (a view of in-memory data, not a copy)."""
+    if positions.size and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
+
+
+def _new_values(var: xr.DataArray, data: Any) -> xr.DataArray:
+    """``var`` with other values: no longer the cache file's, so without its source handle."""
+    out = var.copy(data=data)
+    # readers that go to the file (torch batches) would otherwise serve the stored values
+    out.encoding = {k: v for k, v in var.encoding.items() if k != "nat4xr_source"}
+    return out
 
 
 def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = "est") -> xr.Dataset:
@@ -411,12 +422,17 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = "est") -> xr.
                 "'val', or None for every stim) and report the choice"
             )
     chosen = stim_positions(ds, stims)
-    ref = resp.isel(stim=chosen)
+    ref = resp.isel(stim=_as_slice(chosen))
     offset, scale = _stats(ref, [d for d in resp.dims if d != "neuron"], method)
     shape = [resp.sizes["neuron"] if d == "neuron" else 1 for d in resp.dims]
     off = offset.astype(resp.dtype).reshape(shape)
     sc = scale.astype(resp.dtype).reshape(shape)
-    new_resp = resp.copy(data=(resp.data - off) / sc)
+    data = resp.data - off
+    if isinstance(data, np.ndarray):
+        data /= sc  # in place: one array the size of the result, not two
+    else:
+        data = data / sc
+    new_resp = _new_values(resp, data)
     new_resp.attrs["units"] = f"normalized ({method})"
     record: dict[str, Any] = {
         "method": method,
@@ -438,7 +454,7 @@ def normalize(ds: xr.Dataset, method: str = "minmax", stims: Any = "est") -> xr.
             spec.dtype
         ).reshape(fshape)
         scaled = np.where(scaled < 1e-6, 0.0, scaled).astype(spec.dtype)
-        out["spectrogram"] = spec.copy(data=scaled)
+        out["spectrogram"] = _new_values(spec, scaled)
         record["spectrogram"] = {
             "offset": s_off.tolist(),
             "scale": s_scale.tolist(),

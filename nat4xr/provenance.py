@@ -66,8 +66,6 @@ class Placement:
     chunks : tuple
         The array's dask chunks (to rebuild selections from it).
     dtype : numpy.dtype
-    graph : HighLevelGraph or None
-        The array's graph, kept for arrays as opened (see :func:`record`).
     """
 
     _source: Callable[[], Any]
@@ -77,7 +75,6 @@ class Placement:
     positions: dict[str, np.ndarray]
     chunks: tuple[tuple[int, ...], ...]
     dtype: np.dtype
-    graph: Any = None
     _name: str = ""
 
     @property
@@ -87,13 +84,8 @@ class Placement:
 
     @property
     def array(self) -> Any:
-        """The dask array: the one recorded while it lives, else rebuilt from a kept graph."""
-        array = self._array()
-        if array is None and self.graph is not None:
-            import dask.array as da
-
-            array = da.Array(self.graph, self.name, self.chunks, dtype=self.dtype)
-        return array
+        """The dask array recorded, or None once nothing refers to it any more."""
+        return self._array()
 
     @property
     def name(self) -> str:
@@ -123,15 +115,14 @@ def record(
     source: Any,
     variable: str,
     positions: Mapping[Hashable, np.ndarray],
-    keep: bool = False,
 ) -> None:
     """Record that the dask-backed ``var`` holds ``source``'s ``variable`` at ``positions``.
 
     Only the code that makes such an array (reading or selecting) may call
-    this. Does nothing for an array without dask. ``keep`` holds on to the
-    array's graph (small, for an array as opened), so that selections of it
-    are recognised after the array itself is gone; other entries are
-    forgotten with their array.
+    this. Does nothing for an array without dask. A record holds only weak
+    references (to the handle and the array), so it never keeps a file open,
+    or locked against ``cache clear``, once no Dataset refers to it; a plain
+    selection of an array is recognised while that array lives.
     """
     name = _name(var)
     if name is None:
@@ -144,7 +135,6 @@ def record(
         {str(d): np.asarray(positions[d], dtype=np.int64) for d in var.dims},
         tuple(map(tuple, var.chunks)),
         np.dtype(var.dtype),
-        var.data.dask if keep else None,
         name,
     )
     with _LOCK:

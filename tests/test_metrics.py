@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from reference_ceiling import snr_loop
 
 from nat4xr import metrics
 from nat4xr.filters import hanning_window
@@ -107,9 +108,7 @@ def _ccmax(r):
 def _ref_noise_ceiling(resp, keys):
     n_stim, n_cell = resp.shape[:2]
     ccmax = np.full((n_stim, n_cell), np.nan)
-    snr = np.full((n_stim, n_cell), np.nan)
     ccmax_cell = np.full(n_cell, np.nan)
-    snr_cell = np.full(n_cell, np.nan)
     for j in range(n_cell):
         pooled = {k: ([], []) for k in range(keys.shape[0])}
         used = []
@@ -124,31 +123,12 @@ def _ref_noise_ceiling(resp, keys):
             for k, (a, b) in enumerate(halves):
                 pooled[k][0].append(a)
                 pooled[k][1].append(b)
-            trials = [t for t in resp[i, j] if np.isfinite(t).any()]
-            psth = np.nanmean(trials, axis=0)
-            mu = np.nanmean(psth)
-            p_tot = np.nanmean([np.nanmean((t - mu) ** 2) for t in trials])
-            p_sig = (n * np.nanmean((psth - mu) ** 2) - p_tot) / (n - 1)
-            if p_tot - p_sig > 0:
-                snr[i, j] = p_sig / (p_tot - p_sig)
         if not used:
             continue
         rs = [_pearson(np.concatenate(a), np.concatenate(b)) for a, b in pooled.values()]
         if not all(np.isnan(rs)):
             ccmax_cell[j] = _ccmax(np.nanmean(rs))
-        psths = {
-            i: np.nanmean([t for t in resp[i, j] if np.isfinite(t).any()], axis=0) for i in used
-        }
-        mu = np.nanmean(np.concatenate(list(psths.values())))
-        sig = noise = 0.0
-        for i in used:
-            trials = [t for t in resp[i, j] if np.isfinite(t).any()]
-            n = len(trials)
-            p_tot = np.nanmean([np.nanmean((t - mu) ** 2) for t in trials])
-            p_sig = (n * np.nanmean((psths[i] - mu) ** 2) - p_tot) / (n - 1)
-            sig, noise = sig + p_sig, noise + p_tot - p_sig
-        if noise > 0:
-            snr_cell[j] = sig / noise
+    snr, snr_cell = snr_loop(resp)
     return ccmax, snr, ccmax_cell, snr_cell
 
 

@@ -255,7 +255,7 @@ def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
         out[name] = var.chunk(dims, from_array_kwargs={"name": f"nat4xr-{name}-{token}"})
         # the one place that knows these values are the whole file's, in its order
         whole = {d: np.arange(n) for d, n in var.sizes.items()}
-        provenance.record(out.variables[name], handle, str(name), whole, keep=True)
+        provenance.record(out.variables[name], handle, str(name), whole)
     out.set_close(ds.close)
     return out
 
