@@ -2,7 +2,7 @@
 
 Usage, from the repository's root (after changing a notebook's code)::
 
-    python docs/execute_notebooks.py              # every docs/*.ipynb
+    python docs/execute_notebooks.py              # every notebook of PUBLISHED
     python docs/execute_notebooks.py docs/tutorial.ipynb
 
 Each notebook runs top to bottom in a fresh kernel of this Python, with the
@@ -234,11 +234,17 @@ def store(path: Path) -> Path:
     return path
 
 
+#: Notebooks stored with their outputs. ``models.ipynb`` is stored without: its
+#: numbers come from training runs whose floating-point sums depend on the
+#: machine's threads, so the tests run it and check what it shows instead.
+PUBLISHED = ("tutorial.ipynb",)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every docs/*.ipynb")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: PUBLISHED")
     args = parser.parse_args(argv)
-    for path in args.notebooks or sorted(DOCS.glob("*.ipynb")):
+    for path in args.notebooks or [DOCS / name for name in PUBLISHED]:
         print(f"running {path} ...", flush=True)
         store(path)
         print(f"stored the outputs of {path}", flush=True)

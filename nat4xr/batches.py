@@ -17,9 +17,9 @@ Examples
 >>> import nat4xr
 >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=4, n_time=5)
 >>> dims = {"response": ("stim", "neuron", "repeat", "time")}
->>> arrays = MemorySource(ds, dims).read(np.array([0, 3]), 2, Buffers())
->>> arrays["response"].shape
-(2, 4, 2, 5)
+>>> arrays = MemorySource(ds, dims).read(np.array([0, 3]), int(ds.n_repeats[3]), Buffers())
+>>> arrays["response"].shape == (2, 4, int(ds.n_repeats[3]), 5)
+True
 """
 
 from __future__ import annotations
@@ -150,16 +150,22 @@ class MemorySource:
     ) -> dict[str, np.ndarray]:
         """``{name: values}`` of stims ``positions`` and the first ``n_rep`` repeats."""
         arrays: dict[str, Any] = {}
+        n_read = n_rep
         if "response" in self.dims:
             response = self.ds["response"].transpose(*self.dims["response"])
+            # Where the Dataset holds more repeats than the batch's stims recorded,
+            # read them all: a transform may have moved values past a stim's
+            # n_repeats (reordered or rolled repeats, stims rolled without their
+            # coordinates, NaN filled), and a batch must not drop them.
+            n_read = max(n_rep, int(response.sizes.get("repeat", n_rep)))
             if _in_memory(response):
                 # In memory: copy each stim's rows straight into a (recycled) batch array.
-                values = response.values[:, :, :n_rep]
+                values = response.values[:, :, :n_read]
                 out = buffers.empty((len(positions), *values.shape[1:]), np.float32)
                 buffers.run(lambda i: np.copyto(out[i], values[positions[i]]), len(positions))
                 arrays["response"] = out
         rest = [name for name in self.dims if name not in arrays]
-        sub = self.ds[rest].isel(stim=positions, repeat=slice(0, n_rep), missing_dims="ignore")
+        sub = self.ds[rest].isel(stim=positions, repeat=slice(0, n_read), missing_dims="ignore")
         lazy = {}
         for name in rest:
             var = sub[name].transpose(*self.dims[name])
@@ -171,7 +177,22 @@ class MemorySource:
             import dask
 
             arrays.update(zip(lazy, dask.compute(*lazy.values(), scheduler=scheduler)))
+        if n_read > n_rep:
+            arrays["response"] = _trim_repeats(np.asarray(arrays["response"]), n_rep)
         return {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def _trim_repeats(response: np.ndarray, n_rep: int) -> np.ndarray:
+    """The first ``n_rep`` repeats, and any later one up to the last that holds a value.
+
+    A stim's trials are its first ``n_repeats`` with NaN after, so nothing past
+    the batch's largest ``n_repeats`` holds a value and the batch keeps
+    ``n_rep`` repeats; values a transform moved past them are kept too.
+    """
+    tail = response[:, :, n_rep:]
+    held = np.flatnonzero(~np.isnan(tail).all(axis=(0, 1, 3))) if tail.size else []
+    keep = n_rep + (int(held[-1]) + 1 if len(held) else 0)
+    return response[:, :, :keep]
 
 
 def _in_memory(var: xr.DataArray) -> bool:

@@ -76,6 +76,7 @@ class Placement:
     chunks: tuple[tuple[int, ...], ...]
     dtype: np.dtype
     _name: str = ""
+    _again: Callable[[], Any] | None = None
 
     @property
     def source(self) -> Any:
@@ -84,8 +85,18 @@ class Placement:
 
     @property
     def array(self) -> Any:
-        """The dask array recorded, or None once nothing refers to it any more."""
-        return self._array()
+        """The dask array recorded, or None once it is gone or no longer holds those values.
+
+        Assigning into a dask array (``var[...] = x``, ``da.data[...] = x``)
+        changes that very object, and its name with it: an object whose name
+        is no longer the recorded one holds other values.
+        """
+        array = self._array()
+        if (array is None or getattr(array, "name", None) != self._name) and self._again:
+            array = self._again()  # an array as opened, made again (see ``record``)
+        if array is None or getattr(array, "name", None) != self._name:
+            return None
+        return array
 
     @property
     def name(self) -> str:
@@ -115,6 +126,7 @@ def record(
     source: Any,
     variable: str,
     positions: Mapping[Hashable, np.ndarray],
+    again: Callable[[], Any] | None = None,
 ) -> None:
     """Record that the dask-backed ``var`` holds ``source``'s ``variable`` at ``positions``.
 
@@ -122,7 +134,8 @@ def record(
     this. Does nothing for an array without dask. A record holds only weak
     references (to the handle and the array), so it never keeps a file open,
     or locked against ``cache clear``, once no Dataset refers to it; a plain
-    selection of an array is recognised while that array lives.
+    selection of an array is recognised while that array lives, or while
+    ``again`` (for arrays as opened) can make it anew from a live handle.
     """
     name = _name(var)
     if name is None:
@@ -136,6 +149,7 @@ def record(
         tuple(map(tuple, var.chunks)),
         np.dtype(var.dtype),
         name,
+        again,
     )
     with _LOCK:
         _RECORDS[name] = entry

@@ -233,3 +233,42 @@ def test_predict_reads_a_stim_mask_by_label(ds) -> None:
     assert got.stim.values.tolist() == val.stim.values[[0, 2]].tolist()
     one = nat4xr.torch.predict(model, val, stims=np.array([False, True, False]))
     assert one.stim.values.tolist() == [val.stim.values[1]]
+
+
+# -- values that moved or changed in place ------------------------------------------------------
+
+
+def test_batches_follow_an_edit_in_place_of_dask_backed_data(tmp_path) -> None:
+    """Assigning into a dask array changes that very object (and its name): never the file's."""
+    from nat4xr.cachefile import open_cache, write_cache
+
+    raw = nat4xr.synthetic.random_dataset(n_est=4, n_val=2, n_neurons=3, n_repeats=3, seed=5)
+    path = write_cache(raw, tmp_path / "c.nc")
+    with open_cache(path) as ds:
+        val = ds.nat4.sel_stims(subset="val")
+        assert nat4xr.torch.NAT4TorchDataset(val).file_backed
+        val.response[{"stim": 0, "neuron": 0}] = np.nan
+        val.spectrogram[{"stim": 1}] = 0.0
+        data = nat4xr.torch.NAT4TorchDataset(val)
+        assert not data.file_backed
+        batch = data.read_batch([0, 1])
+        assert not batch["valid_mask"][0, 0].any()
+        expected = val.response.values[:, :, : batch["responses"].shape[2]]
+        np.testing.assert_array_equal(batch["responses"].numpy(), expected)
+        assert float(batch["stims"][1].abs().max()) == 0.0
+
+
+def test_a_batch_never_drops_values_moved_past_a_stims_repeats() -> None:
+    ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, n_repeats=4, seed=0)
+    moved = ds.isel(repeat=[1, 0, 2, 3])  # stim 0's only trial now sits in repeat 1
+    filled = ds.fillna(0.0)  # every stim now holds 4 repeats of values
+    for variant, n_rep in ((moved, 2), (moved.chunk({"stim": 2}), 2), (filled, 4)):
+        batch = next(iter(variant.nat4.to_torch(batch_size=1)))
+        want = variant.response.values[0]
+        assert batch["responses"].shape[2] == n_rep
+        assert int(batch["valid_mask"].sum()) == int(np.isfinite(want).sum())
+        np.testing.assert_array_equal(batch["responses"][0].numpy(), want[:, :n_rep])
+    # the contract kept (NaN past n_repeats): batches as before, of mixed repeat counts
+    batch = nat4xr.torch.NAT4TorchDataset(ds).read_batch([0, 3])
+    np.testing.assert_array_equal(batch["responses"].numpy(), ds.response.values[[0, 3]])
+    assert nat4xr.torch.NAT4TorchDataset(ds).read_batch([0])["responses"].shape[2] == 1

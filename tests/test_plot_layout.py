@@ -42,7 +42,22 @@ DRAW = {
     "plot_trial": lambda: plot.plot_trial(_ds(), 8, 0),
     "plot_scores": lambda: plot.plot_scores(*_scores(), labels=("linear model", "CNN")),
     "plot_strf": lambda: plot.plot_strf(_strf(), "ARM029b-06-1"),
+    "plot_history": lambda: plot.plot_history(_history()),
 }
+
+
+def _history() -> xr.Dataset:
+    epochs = np.arange(1, 9)
+    return xr.Dataset(
+        {
+            "train_loss": ("epoch", 1.0 / epochs),
+            "holdout_loss": ("epoch", 1.2 / epochs + 0.01 * epochs),
+            "holdout_cc": ("epoch", 0.5 - 0.4 / epochs),
+            "seconds": ("epoch", np.full(8, 0.5)),
+        },
+        coords={"epoch": epochs},
+        attrs={"best_epoch": 5},
+    )
 
 
 def test_every_plot_function_is_checked():

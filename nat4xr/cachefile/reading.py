@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -255,9 +256,35 @@ def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
         out[name] = var.chunk(dims, from_array_kwargs={"name": f"nat4xr-{name}-{token}"})
         # the one place that knows these values are the whole file's, in its order
         whole = {d: np.arange(n) for d, n in var.sizes.items()}
-        provenance.record(out.variables[name], handle, str(name), whole)
+        rebuild = _opened_again(handle, str(name), var.dims, dims, f"nat4xr-{name}-{token}")
+        provenance.record(out.variables[name], handle, str(name), whole, rebuild)
     out.set_close(ds.close)
     return out
+
+
+def _opened_again(
+    handle: CacheSource, name: str, var_dims: tuple, dims: Mapping[str, int], dask_name: str
+) -> Callable[[], Any]:
+    """A way to make the array :func:`chunked` made again, of the same dask name.
+
+    Plain selections of an opened array (``open_cache(p).isel(...)``, the
+    opened Dataset dropped at once) are recognised by rebuilding them from the
+    opened array (:mod:`nat4xr.provenance`). Keeping that array alive would
+    keep its file open, and locked against ``cache clear``, for good; this
+    holds the file's handle weakly instead (every array read from the file
+    holds it, so it lives exactly as long as some Dataset of the file does).
+    """
+    ref = weakref.ref(handle)
+
+    def again() -> Any:
+        source = ref()
+        if source is None or name not in source.file.index:
+            return None
+        lazy = indexing.LazilyIndexedArray(CacheArray(source, source.file.index[name]))
+        var = xr.Variable(var_dims, lazy)
+        return var.chunk(dict(dims), from_array_kwargs={"name": dask_name}).data
+
+    return again
 
 
 def chunk_spec(ds: xr.Dataset, chunks: Any) -> dict[str, int]:

@@ -25,6 +25,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from ..selection import select
 from .loader import to_torch
 from .losses import masked_mse, masked_poisson_nll
 
@@ -219,7 +220,8 @@ def fit(
         if key in kwargs:
             raise TypeError(f"fit sets {key} itself; pass it to fit, not in loader_kwargs")
     kwargs.setdefault("pin_memory", pin)
-    train_ds, hold_ds = est.isel(stim=np.flatnonzero(~held)), est.isel(stim=np.flatnonzero(held))
+    train_ds = select(est, stim=np.flatnonzero(~held))
+    hold_ds = select(est, stim=np.flatnonzero(held))
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -361,7 +363,7 @@ def _split(ds: xr.Dataset, holdout: float | str, seed: int) -> tuple[xr.Dataset,
             f"the Dataset has no estimation sounds (subset 'est') to train on; its subsets are "
             f"{sorted(set(subset.tolist()))}"
         )
-    est = ds.isel(stim=est_pos)
+    est = select(ds, stim=est_pos)  # nat4xr's selection: batches still read the file's chunks
     if isinstance(holdout, str):
         if holdout not in est.coords or est[holdout].dims != ("stim",):
             raise ValueError(
