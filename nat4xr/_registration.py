@@ -39,19 +39,30 @@ def register_accessor() -> None:
 
 
 class _AfterXarray(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: lets the other finders load xarray, then registers the accessor."""
+    """Finds nothing itself: lets the other finders find xarray, then registers after it loads.
+
+    It stays in :data:`sys.meta_path` until xarray has really been executed: a
+    spec asked for and thrown away (``importlib.util.find_spec("xarray")``,
+    the usual check for an optional dependency) changes nothing.
+    """
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "xarray":
+        if fullname != "xarray" or "xarray" in sys.modules:
             return None
-        sys.meta_path.remove(self)  # once only; also lets the real finders answer below
-        spec = importlib.util.find_spec(fullname)
+        sys.meta_path.remove(self)  # let the real finders answer, without asking us again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return spec
         load = spec.loader.exec_module
+        finder = self
 
         def exec_module(module: Any) -> None:
             load(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)  # xarray is loaded: once only
             importlib.import_module(_ACCESSOR)
 
         spec.loader.exec_module = exec_module  # this spec's own loader, made for this import

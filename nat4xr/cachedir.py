@@ -269,9 +269,15 @@ def cache_clear(area: str | None = None) -> list[Path]:
         except (filelock.Timeout, OSError):
             continue
     if kept:
+        in_use = any(k.endswith("(in use)") for k in kept)
+        advice = (
+            "close the Datasets reading them (ds.close(), or end those processes) and clear "
+            "again"
+            if in_use
+            else "the reason is beside each file"
+        )
         warnings.warn(
-            f"kept {len(kept)} cache file(s): {', '.join(kept)}; close the Datasets "
-            "reading them (ds.close(), or end those processes) and clear again",
+            f"kept {len(kept)} cache file(s): {', '.join(kept)}; {advice}",
             Nat4Warning,
             stacklevel=2,
         )

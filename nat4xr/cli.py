@@ -150,15 +150,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .cachedir import data_dir
     from .opening import open_demo
 
+    out = None
+    if not args.no_png:
+        out = _figure_path(args.out, data_dir())
     ds = open_demo()
     print(summary(ds))
-    if not args.no_png:
-        out = Path(args.out) if args.out else data_dir() / "nat4xr_demo_coverage.png"
-        png = _coverage_png(ds, out.expanduser().absolute())
+    if out is not None:
+        png = _coverage_png(ds, out)
         if png is not None:
             print(f"{'figure':<10} {png}")
     ds.close()
     return 0
+
+
+_FIGURE_NAME = "nat4xr_demo_coverage.png"
+_FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _figure_path(out: str | None, folder: Path) -> Path:
+    """Where ``demo`` writes its figure: ``--out`` (a file or a folder), else the data folder."""
+    if not out:
+        return (folder / _FIGURE_NAME).absolute()
+    path = Path(out).expanduser().absolute()
+    if path.is_dir():
+        return path / _FIGURE_NAME
+    if not path.suffix:
+        return path.with_suffix(".png")
+    if path.suffix.lower() not in _FIGURE_SUFFIXES:
+        raise Nat4Error(
+            f"--out {out}: a figure is written as {', '.join(_FIGURE_SUFFIXES)}; "
+            "name a file with one of these endings, or a folder"
+        )
+    return path
 
 
 def _coverage_png(ds, path: Path) -> Path | None:
@@ -291,6 +314,7 @@ def _for_shell(message: str, args: argparse.Namespace) -> str:
         (r"download=True", f"`nat4xr fetch {area}`"),
         (r"\bpath=(?:\.\.\.)?", "--path"),
         (r",? or pass cache=False", ""),
+        (r"\bsmooth_ms\b", "--smooth-ms"),
     )  # fmt: skip
     for pattern, replacement in rules:
         message = re.sub(

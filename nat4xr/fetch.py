@@ -563,7 +563,9 @@ class _AtomicUnzip:
     def __call__(self, fname: str, action: str, pup: pooch.Pooch) -> str:
         archive = Path(fname)
         dest = archive.parent / self.folder
-        if action == "fetch" and dest.is_dir():
+        if dest.is_dir():
+            # Also after a new download of the zip: members are put back one by
+            # one, and what else the folder holds (the user's files) stays.
             _restore_members(archive, dest)
             return str(dest)
         remove_stale(dest)  # a killed unzip's; we hold the lock

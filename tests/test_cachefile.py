@@ -290,3 +290,35 @@ def test_xarray_still_opens_a_cache_file_as_netcdf(written):
     with xr.open_dataset(path) as plain:  # HDF5 ignores the trailer after its last byte
         np.testing.assert_array_equal(plain.response.values, ds.response.values)
         assert plain.attrs["nat4xr_cache_format"] == CACHE_FORMAT
+
+
+def test_a_cache_rewritten_or_cut_in_place_under_a_reader_is_refused(written, tmp_path):
+    """Another program writing into an open cache: an error, never its bytes unchecked."""
+    import os
+
+    ds, path = written
+    other = write_cache(
+        nat4xr.synthetic.random_dataset(n_est=6, n_val=3, n_neurons=7, n_time=9, seed=4),
+        tmp_path / "other.nc",
+    )
+    for damage in ("rewrite", "truncate"):
+        copy = _copy(path, tmp_path, f"{damage}.nc")
+        opened = open_cache(copy, chunks=None)
+        np.testing.assert_array_equal(opened.response.values, ds.response.values)  # all checked
+        st = os.stat(copy)
+        if damage == "rewrite":  # same inode, other bytes (as `cp other copy` does)
+            with open(copy, "r+b") as fh:
+                fh.write(other.read_bytes())
+                fh.truncate()
+        else:
+            os.truncate(copy, 1000)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        with pytest.raises(CacheError, match="changed in place after it was opened"):
+            opened.response.values  # noqa: B018
+        opened.close()
+    # deleting the file under a reader changes nothing it reads
+    copy = _copy(path, tmp_path, "deleted.nc")
+    opened = open_cache(copy, chunks=None)
+    copy.unlink()
+    np.testing.assert_array_equal(opened.response.values, ds.response.values)
+    opened.close()

@@ -169,6 +169,18 @@ def test_fetch_restores_missing_and_changed_site_files(server, release_dir):
     xr.testing.assert_identical(ds.load(), reference.load())
 
 
+def test_a_zip_fetched_again_never_deletes_the_users_files_beside_its_members(server):
+    root = fetch_mod.fetch("A1", progress=False)
+    sites = root / "A1_single_sites"
+    (sites / "my_notes.txt").write_text("mine")
+    (root / "A1_single_sites.zip").unlink()  # downloaded again, then unpacked over the folder
+    fetch_mod.fetch("A1", progress=False)
+    assert (sites / "my_notes.txt").read_text() == "mine"
+    expected = _members(server.root / "A1_single_sites.zip")
+    for name, content in expected.items():
+        assert (sites / name).read_bytes() == content, name
+
+
 def test_fetch_names_what_it_cannot_restore(server):
     root = fetch_mod.fetch("A1", progress=False)
     sites = root / "A1_single_sites"
@@ -390,6 +402,17 @@ def test_demo_figure_goes_where_named_and_a_file_as_data_folder_is_named(
     assert main(["demo", "--out", str(out)]) == 0
     assert f"figure     {out}" in capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a folder gets the figure inside; a name without ending gets .png; the path printed is
+    # the one written; an ending no figure has is an error naming --out
+    for given, written in (
+        (tmp_path / "figs", tmp_path / "figs" / "nat4xr_demo_coverage.png"),
+        (tmp_path / "bare", tmp_path / "bare.png"),
+    ):
+        assert main(["demo", "--out", str(given)]) == 0
+        assert f"figure     {written}\n" in capsys.readouterr().out
+        assert written.is_file()
+    assert main(["demo", "--out", str(tmp_path / "c.txt")]) == 1
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "c.txt").exists()
 
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -421,8 +444,9 @@ def test_help_and_usage_errors_import_nothing_heavy():
 
 def test_the_accessor_is_there_whichever_is_imported_first():
     code = (
-        "import nat4xr, sys\n"
+        "import nat4xr, sys, importlib.util\n"
         "before = 'xarray' in sys.modules\n"
+        "importlib.util.find_spec('xarray')  # checking for it is not importing it\n"
         "import xarray as xr\n"
         "import nat4xr.concat\n"
         "print(before, hasattr(xr.Dataset(), 'nat4'), callable(nat4xr.concat))\n"

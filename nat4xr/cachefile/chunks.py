@@ -34,6 +34,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class ChunkFile:
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
+        self._fd: int | None = None  # the mapped file, to see it changed in place
+        self._stat: tuple[int, int] | None = None
         self._checked = _shared_flags(index)
         self._decoded: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._decoded_bytes = 0
@@ -172,7 +175,30 @@ class ChunkFile:
                 if self._bytes is None:
                     self._open()
                 view = self._bytes
+        self._unchanged()
         return view
+
+    def _unchanged(self) -> None:
+        """Refuse a file another program rewrote or cut in place since it was mapped.
+
+        A map shows such writes at once: chunks whose CRC was checked on their
+        first read would be served changed, and bytes cut off would end the
+        process (SIGBUS). Renaming, replacing or deleting the file changes
+        nothing the map shows, and passes.
+        """
+        fd, expected = self._fd, self._stat
+        if fd is None or expected is None:
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:  # closed meanwhile by close()
+            return
+        if (st.st_size, st.st_mtime_ns) != expected:
+            raise CacheError(
+                f"{self.path} was changed in place after it was opened (another program wrote "
+                "to it or cut it), so what it serves can no longer be trusted; open it again "
+                "(open_nat4 rebuilds a damaged cache)"
+            )
 
     def _open(self) -> None:
         try:
@@ -190,6 +216,9 @@ class ChunkFile:
                 self._map = (
                     mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else None
                 )
+                self._fd = os.dup(fh.fileno())
+                self._fd_closer = weakref.finalize(self, os.close, self._fd)
+                self._stat = (st.st_size, st.st_mtime_ns)
         except OSError as exc:
             raise CacheError(
                 f"cannot read the cache file {self.path} ({exc}); open_nat4(..., rebuild=True) "
@@ -205,6 +234,9 @@ class ChunkFile:
         """Unmap the file and release its handle (and so its shared lock) now."""
         with self._lock:
             self._bytes = None
+            if self._fd is not None:
+                self._fd_closer()  # closes it once, here or when this object is collected
+                self._fd = self._stat = None
             if self._map is not None:
                 try:
                     self._map.close()

@@ -356,7 +356,7 @@ def identify(path: str | os.PathLike) -> dict[str, Any] | None:
     if is_cache_file(path):
         try:
             return {**read_checked_stamp(path), "damaged": False}
-        except (CacheError, OSError):
+        except (CacheError, OSError, ValueError, RecursionError):  # any damage: still ours
             return {"format": CACHE_FORMAT, "key": "", "options": {}, "damaged": True}
     return _legacy_stamp(path)
 

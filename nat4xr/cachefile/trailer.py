@@ -78,8 +78,10 @@ FOOT = struct.Struct("<IIQQII16s")
 ENTRY_BYTES = 8 + 8 + 4 + 1
 #: Flags of a chunk table entry.
 STORED, DEFLATED = 1, 2
-#: A trailer larger than this is refused before it is read (a damaged size field).
-MAX_TRAILER = 1 << 30
+#: A trailer larger than this is refused before it is read (a damaged size field):
+#: full-scale A1's is about 0.3 MB, so this leaves room for data 200 times larger
+#: while a damaged field never makes a listing read (or allocate) much.
+MAX_TRAILER = 64 << 20
 #: First bytes of every HDF5 file (whose superblock is at 0).
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _REBUILD = "the cache file is damaged; open_nat4(..., rebuild=True) builds it again"
