@@ -271,8 +271,7 @@ def cache_clear(area: str | None = None) -> list[Path]:
     if kept:
         in_use = any(k.endswith("(in use)") for k in kept)
         advice = (
-            "close the Datasets reading them (ds.close(), or end those processes) and clear "
-            "again"
+            "close the Datasets reading them (ds.close(), or end those processes) and clear again"
             if in_use
             else "the reason is beside each file"
         )
