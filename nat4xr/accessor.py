@@ -23,7 +23,6 @@ Examples
 from __future__ import annotations
 
 import html
-import re
 from typing import Any
 
 import numpy as np
@@ -224,15 +223,17 @@ class Nat4Accessor:
         """
         return selection.select_matching(self._ds, "neuron", *predicate, **filters)
 
-    def prune(self, recompute: bool = False) -> xr.Dataset:
+    def prune(self, recompute: bool | None = None) -> xr.Dataset:
         """Drop stims and neurons that have no data at all.
 
         The ``repeat`` axis is cut to the largest ``n_repeats`` among the
         stims left, as in :meth:`sel_stims`; useful after plain xarray
         indexing, which keeps every repeat. The decision reads the
-        ``coverage`` coordinate; after editing values with plain xarray
-        (``where``, ``fillna``) pass ``recompute=True`` to derive it from
-        the data again (one streamed pass).
+        ``coverage`` coordinate where it provably describes the values (a
+        cache file's, not read for this), else derives it from the data
+        again (one streamed pass), so values edited with plain xarray
+        (``where``, ``fillna``) are judged by what they hold; see
+        :func:`nat4xr.selection.prune`.
 
         Examples
         --------
@@ -666,28 +667,8 @@ class Nat4Accessor:
 
 
 def _storage(var: xr.Variable) -> str:
-    """Where the values of ``var`` are: a dask graph, a file read on access, or memory.
-
-    xarray prints the values of data held in memory, and only ``[N values
-    with dtype=...]`` for data its lazy indexing has not read yet (a file
-    opened with ``chunks=None`` or ``engine="nat4"``). The repr of a
-    one-element corner tells the two apart without reading the file or
-    formatting a large array.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> _storage(xr.Variable(("x",), np.zeros(3)))
-    'loaded (in memory)'
-    >>> _storage(xr.Variable(("x",), np.zeros(3)).chunk())
-    'lazy (dask, 1 chunks)'
-    """
-    if var.chunks is not None:
-        return f"lazy (dask, {int(np.prod([len(c) for c in var.chunks]))} chunks)"
-    corner = var.isel({d: slice(0, 1) for d in var.dims})
-    if re.search(r"^\[\d+ values with dtype=", repr(corner), re.M):
-        return "lazy (file-backed, read on access)"
-    return "loaded (in memory)"
+    """Where the values of ``var`` are (see :func:`nat4xr.selection.storage_kind`)."""
+    return selection.storage_kind(var)
 
 
 _UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))

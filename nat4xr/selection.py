@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -662,16 +663,60 @@ def _warn_empty(dim: str, n_kept: int, predicates: Sequence[Any], filters: dict[
     )
 
 
-def prune(ds: xr.Dataset, recompute: bool = False) -> xr.Dataset:
+def coverage_current(ds: xr.Dataset) -> bool:
+    """True when the stored ``coverage`` provably describes ``response``'s values.
+
+    ``coverage`` is derived from the data when a Dataset is built and travels
+    with every selection, but a plain xarray edit of the values (``where``,
+    ``fillna``, ``roll`` without its coordinates, ``copy(data=...)``) keeps
+    the coordinate as it was. It is current for values that are still a cache
+    file's: a dask array nat4xr read or selected from a file (its dask name,
+    :mod:`nat4xr.provenance`), or a file's values not read yet (lazy
+    indexing). Values in memory or computed are not known to match it.
+    """
+    if "response" not in ds.data_vars or "coverage" not in ds.coords:
+        return "response" not in ds.data_vars
+    var = ds["response"].variable
+    if var.chunks is not None:
+        return provenance.placement(var) is not None
+    return storage_kind(var).startswith("lazy (file-backed")
+
+
+def storage_kind(var: xr.Variable) -> str:
+    """Where the values of ``var`` are: a dask graph, a file read on access, or memory.
+
+    xarray prints the values of data held in memory, and only ``[N values
+    with dtype=...]`` for data its lazy indexing has not read yet (a file
+    opened with ``chunks=None`` or ``engine="nat4"``). The repr of a
+    one-element corner tells the two apart without reading the file or
+    formatting a large array.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> storage_kind(xr.Variable(("x",), np.zeros(3)))
+    'loaded (in memory)'
+    >>> storage_kind(xr.Variable(("x",), np.zeros(3)).chunk())
+    'lazy (dask, 1 chunks)'
+    """
+    if var.chunks is not None:
+        return f"lazy (dask, {int(np.prod([len(c) for c in var.chunks]))} chunks)"
+    corner = var.isel({d: slice(0, 1) for d in var.dims})
+    if re.search(r"^\[\d+ values with dtype=", repr(corner), re.M):
+        return "lazy (file-backed, read on access)"
+    return "loaded (in memory)"
+
+
+def prune(ds: xr.Dataset, recompute: bool | None = None) -> xr.Dataset:
     """Drop stims and neurons that have no data at all.
 
-    The ``repeat`` axis is cut as in :func:`select_matching`. By default the
-    decision reads the ``coverage`` coordinate, never ``response``: it is
-    derived from the data when the Dataset is built and travels with every
-    selection, but a plain xarray edit of the values (``ds.where(...)``,
-    ``fillna``) does not update it. ``recompute=True`` derives it again
-    from ``response`` first (one streamed pass over the data), so the
-    decision and the returned ``coverage`` agree with the values.
+    The ``repeat`` axis is cut as in :func:`select_matching`. The decision
+    reads the ``coverage`` coordinate where it provably describes the values
+    (:func:`coverage_current`: a cache file's values, never read for this),
+    and otherwise derives it again from ``response`` first (one streamed
+    pass; ``recompute=None``, the default), so the decision and the returned
+    ``coverage`` always agree with the values. ``recompute=True`` always
+    derives it; ``False`` always trusts the stored one.
 
     Examples
     --------
@@ -681,9 +726,11 @@ def prune(ds: xr.Dataset, recompute: bool = False) -> xr.Dataset:
     0
     >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=1, n_neurons=3, p_missing=0.0)
     >>> gone = ds.assign(response=ds.response.where(ds.neuron != ds.neuron[0]))
-    >>> prune(gone).sizes["neuron"], prune(gone, recompute=True).sizes["neuron"]
-    (3, 2)
+    >>> prune(gone).sizes["neuron"], prune(gone, recompute=False).sizes["neuron"]
+    (2, 3)
     """
+    if recompute is None:
+        recompute = not coverage_current(ds)
     if recompute:
         ds = with_data_coverage(ds)
     cov = coverage_array(ds)

@@ -117,7 +117,8 @@ def test_leaderboard_and_compare_read_an_unlabelled_cells_mask_by_position() -> 
 def test_prune_recompute_follows_the_data_and_fit_advice_works(ds) -> None:
     full = nat4xr.synthetic.random_dataset(n_est=8, n_val=3, n_neurons=5, p_missing=0.0, seed=2)
     gone = full.assign(response=full.response.where(full.neuron != full.neuron[1]))
-    assert gone.nat4.prune().sizes["neuron"] == 5  # coverage as stored
+    assert gone.nat4.prune(recompute=False).sizes["neuron"] == 5  # coverage as stored
+    assert gone.nat4.prune().sizes["neuron"] == 4  # values in memory: judged by what they hold
     pruned = gone.nat4.prune(recompute=True)
     assert str(full.neuron.values[1]) not in pruned.neuron.values
     np.testing.assert_array_equal(
@@ -272,3 +273,17 @@ def test_a_batch_never_drops_values_moved_past_a_stims_repeats() -> None:
     batch = nat4xr.torch.NAT4TorchDataset(ds).read_batch([0, 3])
     np.testing.assert_array_equal(batch["responses"].numpy(), ds.response.values[[0, 3]])
     assert nat4xr.torch.NAT4TorchDataset(ds).read_batch([0])["responses"].shape[2] == 1
+
+
+def test_prune_trusts_stored_coverage_only_for_a_files_values(tmp_path) -> None:
+    from nat4xr.cachefile import open_cache, write_cache
+    from nat4xr.testing import raise_if_dask_computes
+
+    full = nat4xr.synthetic.random_dataset(n_est=6, n_val=2, n_neurons=4, p_missing=0.0, seed=6)
+    with open_cache(write_cache(full, tmp_path / "c.nc")) as ds:
+        with raise_if_dask_computes():  # a file's values: the stored coverage is theirs
+            kept = ds.nat4.prune()
+            ds.nat4.sel_stims(subset="val").nat4.prune()
+        assert list(kept.neuron.values) == list(ds.neuron.values)
+        gone = ds.where(ds.neuron != ds.neuron[2])  # lazy, no longer the file's values
+        assert str(ds.neuron.values[2]) not in gone.nat4.prune().neuron.values
