@@ -232,6 +232,19 @@ class FileSource:
         self.neuron_pos = np.asarray(neuron_pos, dtype=np.int64)
         self._reader: ResponseReader | None = None
 
+    def stored_repeats(self) -> np.ndarray:
+        """Per stim of the selection, the repeats the file stores (last stored + 1)."""
+        index = self.source.file.index["response"]
+        stored = np.asarray(index.stored).reshape(index.grid)
+        order = [index.dims.index(d) for d in ("stim", "repeat")]
+        other = tuple(a for a in range(stored.ndim) if a not in order)
+        # (stim, repeat) of the file: any chunk stored; repeats are one chunk wide
+        per_stim = stored.any(axis=other)  # the two axes left, in the file's order
+        per_stim = (per_stim if order[0] < order[1] else per_stim.T)[self.stim_pos]
+        n = per_stim.shape[1]
+        last = np.where(per_stim.any(axis=1), n - np.argmax(per_stim[:, ::-1], axis=1), 0)
+        return last.astype(np.int64)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_reader"] = None
@@ -299,6 +312,7 @@ class ResponseReader:
         self.offsets = index.offset.reshape(n_stim, n_rep)
         self.compressed = index.compressed.reshape(n_stim, n_rep)
         self._rows: dict[int, np.ndarray] = {}
+        self._generation = -1  # the file's check generation the row states belong to
 
     def read_into(
         self,
@@ -340,6 +354,10 @@ class ResponseReader:
             raise IndexError(f"neuron positions out of range for {n_neuron} neurons")
         if mask is not None and (mask.dtype != bool or mask.shape != out.shape):
             raise ValueError(f"mask must be bool {out.shape}, got {mask.dtype} {mask.shape}")
+        _ = self.file.bytes  # sees a file changed since it was mapped (ChunkFile._unchanged)
+        if self._generation != self.file.generation:
+            self._rows = {}  # states learned (and chunks checked) before no longer count
+            self._generation = self.file.generation
         n_rep = out.shape[2]
         index = self.index
         offsets = self.offsets[stims, :n_rep]

@@ -287,3 +287,39 @@ def test_prune_trusts_stored_coverage_only_for_a_files_values(tmp_path) -> None:
         assert list(kept.neuron.values) == list(ds.neuron.values)
         gone = ds.where(ds.neuron != ds.neuron[2])  # lazy, no longer the file's values
         assert str(ds.neuron.values[2]) not in gone.nat4.prune().neuron.values
+
+
+def test_batches_follow_an_edit_made_after_the_loader_was_built(tmp_path) -> None:
+    from nat4xr.cachefile import open_cache, write_cache
+
+    raw = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=4, n_repeats=4, seed=4)
+    with open_cache(write_cache(raw, tmp_path / "c.nc")) as ds:
+        loader = ds.nat4.to_torch(batch_size=7)
+        first = next(iter(loader))
+        assert loader.dataset.file_backed
+        ds.response[{"stim": 0, "repeat": 0}] = 99.0  # in place, after the loader was made
+        ds.spectrogram[{"stim": 1}] = 7.0
+        batch = next(iter(loader))
+        assert not loader.dataset.file_backed
+        r = batch["responses"].shape[2]
+        np.testing.assert_array_equal(batch["responses"].numpy(), ds.response.values[:, :, :r])
+        assert float(batch["stims"][1].min()) == 7.0
+        assert not np.array_equal(first["responses"].numpy(), batch["responses"].numpy())
+
+
+def test_items_and_the_file_path_keep_every_repeat_that_holds_values(tmp_path) -> None:
+    from nat4xr.cachefile import open_cache, write_cache
+    from nat4xr.torch import NAT4TorchDataset, collate
+
+    ds = nat4xr.synthetic.random_dataset(n_est=5, n_val=2, n_neurons=4, n_repeats=5, seed=3)
+    moved = NAT4TorchDataset(ds.isel(repeat=[4, 3, 2, 1, 0]))  # stim 0's trial now in repeat 4
+    want = int(np.isfinite(ds.response.values[0]).sum())
+    assert int(moved[0]["valid_mask"].sum()) == want
+    assert int(collate([moved[0], moved[1]])["valid_mask"][0].sum()) == want
+    with open_cache(write_cache(ds, tmp_path / "c.nc")) as lazy:
+        fewer = lazy.assign_coords(n_repeats=np.minimum(lazy.n_repeats, 1))  # a coordinate edit
+        data = NAT4TorchDataset(fewer)
+        assert data.file_backed
+        batch = data.read_batch(list(range(fewer.sizes["stim"])))
+        held = int(np.isfinite(ds.response.values).sum())
+        assert int(batch["valid_mask"].sum()) == held  # the file's stored repeats, all of them

@@ -254,7 +254,8 @@ def test_two_gloo_processes_under_torchrun_agree_with_one(tmp_path):
     script.write_text(DDP_SCRIPT.format(root=str(here.parent), tests=str(here), out=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # tqdm refreshes a slow bar on a timer: one bar must print "0/3" once, however slow
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "1000"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("| 0/3 [") == 1  # one bar: only rank 0 shows it

@@ -155,6 +155,9 @@ class ChunkFile:
         self._map: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
         self._fd: int | None = None  # the mapped file, to see it changed in place
+        #: Counts the times the file was seen written to or touched since it was
+        #: mapped: what readers learned from its bytes before then no longer holds.
+        self.generation = 0
         self._stat: tuple[int, int] | None = None
         self._checked = _shared_flags(index)
         self._decoded: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -193,12 +196,23 @@ class ChunkFile:
             st = os.fstat(fd)
         except OSError:  # closed meanwhile by close()
             return
-        if (st.st_size, st.st_mtime_ns) != expected:
+        if st.st_size != expected[0]:
             raise CacheError(
                 f"{self.path} was changed in place after it was opened (another program wrote "
                 "to it or cut it), so what it serves can no longer be trusted; open it again "
                 "(open_nat4 rebuilds a damaged cache)"
             )
+        if st.st_mtime_ns != expected[1]:
+            # Written to, or only touched (as scratch-space purges ask for): nothing
+            # checked before counts any more, so every chunk is checked again on its
+            # next read, against the index read at open (other bytes fail it).
+            with self._lock:
+                for flags in self._checked.values():
+                    flags[:] = False
+                self._decoded.clear()
+                self._decoded_bytes = 0
+                self._stat = (st.st_size, st.st_mtime_ns)
+                self.generation += 1
 
     def _open(self) -> None:
         try:

@@ -145,13 +145,41 @@ class NAT4TorchDataset(_TorchDataset):
         self._sources: list[FileSource | MemorySource] = [file_src] if file_src else []
         if rest:
             self._sources.append(MemorySource(ds, rest))
+        # The arrays the file serves, by the dask names they had: an assignment
+        # into one (``ds.response[...] = x``) renames that very object, and from
+        # then on the Dataset itself is read instead (see _follow_edits).
+        self._file_arrays = (
+            [(ds[name].data, ds[name].data.name) for name in file_src.dims] if file_src else []
+        )
+        self._general = (ds, dims) if file_src else None
+        if file_src is not None:
+            # A stim's repeats as the file stores them, if the coordinate says fewer.
+            stored = file_src.stored_repeats()
+            self._n_repeats = np.clip(np.maximum(self._n_repeats, stored), 1, n_rep)
         self.storage_groups = storage_groups(ds)
         self._buffers = _buffers()
 
     @property
     def file_backed(self) -> bool:
         """True when responses are read from the netCDF file (reopened per process)."""
+        self._follow_edits()
         return isinstance(self._sources[0], FileSource)
+
+    def _follow_edits(self) -> None:
+        """Read the Dataset itself from now on if an array the file serves was assigned into."""
+        if self._file_arrays and any(a.name != name for a, name in self._file_arrays):
+            ds, dims = self._general
+            for source in self._sources:
+                if isinstance(source, FileSource):
+                    source.close()
+            self._sources = [MemorySource(ds, dims)]
+            self._file_arrays, self._general = [], None
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._follow_edits()  # decided here, in this process, before workers get a copy
+        state = self.__dict__.copy()
+        state["_file_arrays"], state["_general"] = [], None  # the file's handle is what travels
+        return state
 
     def __len__(self) -> int:
         return len(self.stims)
@@ -169,8 +197,10 @@ class NAT4TorchDataset(_TorchDataset):
         """Read the stims ``indices`` with one indexing call; see :func:`collate`."""
         batch, positions = self._read(indices)
         items = _Batch()
+        held = batch["valid_mask"].any(dim=1).any(dim=-1)  # (B, R): repeats holding values
         for i, pos in enumerate(positions):
-            reps = int(self._n_repeats[pos])
+            last = torch.nonzero(held[i]).flatten()
+            reps = max(int(self._n_repeats[pos]), int(last[-1]) + 1 if len(last) else 0)
             items.append(
                 {
                     "stims": batch["stims"][i],
@@ -209,6 +239,7 @@ class NAT4TorchDataset(_TorchDataset):
         return self._read(indices)[0]
 
     def _read(self, indices: Sequence[int]) -> tuple[dict[str, Any], np.ndarray]:
+        self._follow_edits()
         n = len(self.stims)
         idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)
         if idx.size == 0:
