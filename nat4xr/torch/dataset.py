@@ -197,10 +197,14 @@ class NAT4TorchDataset(_TorchDataset):
         """Read the stims ``indices`` with one indexing call; see :func:`collate`."""
         batch, positions = self._read(indices)
         items = _Batch()
-        held = batch["valid_mask"].any(dim=1).any(dim=-1)  # (B, R): repeats holding values
+        n_rep = batch["responses"].shape[2]
         for i, pos in enumerate(positions):
-            last = torch.nonzero(held[i]).flatten()
-            reps = max(int(self._n_repeats[pos]), int(last[-1]) + 1 if len(last) else 0)
+            reps = int(self._n_repeats[pos])
+            if reps < n_rep:  # keep any later repeat that holds values (moved there)
+                tail = batch["valid_mask"][i, :, reps:]
+                if bool(tail.any()):
+                    held = torch.nonzero(tail.any(dim=0).any(dim=-1)).flatten()
+                    reps += int(held[-1]) + 1
             items.append(
                 {
                     "stims": batch["stims"][i],
