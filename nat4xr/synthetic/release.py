@@ -14,6 +14,7 @@ from ..schema import PUBLISHED_PREFIX, make_dataset
 from .constants import _FULL_AREAS, _SCALES, N_REPEATS, PRE_STIM_SILENCE
 from .layout import _Layout
 from .responses import _Counts, _spectrograms, _stim_names
+from .truth import PlantedTruth
 from .writers import _write_population, _write_pred_csv, _write_sites, _write_wav
 
 __all__ = ["SyntheticRelease", "write_release"]
@@ -68,6 +69,14 @@ class SyntheticRelease:
         All zero for the cells that only fire at their spontaneous rate.
     intercept : ndarray, float64, shape (n_cells,), optional
         Each population cell's spontaneous rate (spikes per bin).
+    rate : ndarray, float64, shape (n_est + n_val, n_cells, T), optional
+        With a planted ``truth``: every population cell's true rate.
+    truth : str, optional
+        The planted truth's kind (``'ln'``, ``'cnn'``) or None.
+    planted : PlantedTruth, optional
+        The planted rate model itself (every unit of the recording, the
+        population cells first): its ``kernels``, ``bands`` and ``scale``
+        are the shared core, ``weights`` the per-cell readout.
     """
 
     root: Path
@@ -88,6 +97,7 @@ class SyntheticRelease:
     intercept: np.ndarray | None = None
     rate: np.ndarray | None = None
     truth: str | None = None
+    planted: PlantedTruth | None = None
 
     def expected_dataset(self, subset: str = "all") -> xr.Dataset:
         """The Dataset a correct build of this release returns.
@@ -172,6 +182,7 @@ def write_release(
     compresslevel: int = 1,
     progress: bool = False,
     truth: str | None = None,
+    truth_seed: int | None = None,
 ) -> SyntheticRelease:
     """Write a synthetic NAT4 release in the published layout and return its truth.
 
@@ -232,6 +243,15 @@ def write_release(
         per cell. Every cell is driven, with a gain scaled by ``drive``; the
         counts are Poisson draws of the rate, kept as
         :attr:`SyntheticRelease.rate` (see :mod:`nat4xr.synthetic.truth`).
+    truth_seed : int, optional
+        With ``truth='cnn'``: draw the planted core (its channels' temporal
+        kernels and normalization, the latter on 64 reference sounds of the
+        same ``spectrogram`` kind) from this seed alone, so that releases
+        written with the same ``truth_seed`` and ``n_freq`` (e.g. an A1 and a
+        PEG release with different ``seed``) share one core exactly while
+        every cell's gain and readout still come from ``seed``: a core
+        fitted on one must serve the other, as in cross-area transfer. None
+        (default): the core is drawn from ``seed`` as before.
 
     Returns
     -------
@@ -272,6 +292,11 @@ def write_release(
         raise ValueError(f"spectrogram must be 'smooth' or 'white', got {spectrogram!r}")
     if truth is not None and truth not in ("ln", "cnn"):
         raise ValueError(f"truth must be None, 'ln' or 'cnn', got {truth!r}")
+    if truth_seed is not None and truth != "cnn":
+        raise ValueError(
+            f"truth_seed={truth_seed!r} seeds a planted shared core, which only truth='cnn' has "
+            f"(got truth={truth!r}): pass truth='cnn' or drop truth_seed"
+        )
     if sizes["n_est"] < 1 or sizes["n_val"] < 1:
         raise ValueError(f"need at least one est and one val sound, got {sizes}")
     published = _FULL_AREAS.get(area) if scale == "full" else None
@@ -286,7 +311,12 @@ def write_release(
     layout = _Layout.make(area, sizes, published, traps, rng)
     est_stims, val_stims = _stim_names(sizes["n_est"], sizes["n_val"], rng)
     spec = _spectrograms(sizes["n_est"] + sizes["n_val"], n_freq, rng, spectrogram)
-    counts = _Counts.draw(spec, layout, sizes["n_est"], rng, drive, truth)
+    core = None
+    if truth_seed is not None:
+        # the core's own generator and sounds: nothing of it depends on seed or area
+        core_rng = np.random.default_rng(truth_seed)
+        core = (core_rng, _spectrograms(64, n_freq, core_rng, spectrogram))
+    counts = _Counts.draw(spec, layout, sizes["n_est"], rng, drive, truth, core)
 
     files = {
         "population": root / f"{area}_NAT4_ozgf.fs100.ch18.tgz",
@@ -328,4 +358,5 @@ def write_release(
         intercept=counts.base[: layout.n_pop],
         rate=counts.rate,
         truth=truth,
+        planted=counts.planted,
     )

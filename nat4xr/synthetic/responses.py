@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class _Counts:
     strf: np.ndarray | None  # (units, 4, F) the filter each unit's rate is made from
     base: np.ndarray  # (units,) spontaneous rate
     rate: np.ndarray | None = None  # (stims, population cells, T) with a planted truth
+    planted: Any = None  # the PlantedTruth the rate comes from (all units)
 
     @classmethod
     def draw(
@@ -72,6 +74,7 @@ class _Counts:
         rng: np.random.Generator,
         drive: float = 1.0,
         truth: str | None = None,
+        core: tuple[np.random.Generator, np.ndarray] | None = None,
     ) -> _Counts:
         n_stim, n_freq, n_time = spec.shape
         n_units = len(layout.keys)
@@ -88,7 +91,7 @@ class _Counts:
         if truth is not None:
             from .truth import PlantedTruth
 
-            planted = PlantedTruth.draw(truth, spec, n_units, base, drive, rng)
+            planted = PlantedTruth.draw(truth, spec, n_units, base, drive, rng, core)
             true_rate = np.empty((n_stim, layout.n_pop, n_time))
         est = np.empty((n_est, n_units, n_time), dtype=np.uint8)
         val = np.empty((n_stim - n_est, n_units, N_REPEATS, n_time), dtype=np.uint8)
@@ -120,7 +123,8 @@ class _Counts:
         # the rate is base + gain * trial_gain * (tuning . spectrogram) at one lag; the trial
         # gain is lognormal(0, 0.2), of mean exp(0.02)
         if planted is not None:
-            return cls(est=est, val=val, est_truth=est_truth, strf=None, base=base, rate=true_rate)
+            kept = {"est": est, "val": val, "est_truth": est_truth, "base": base}
+            return cls(**kept, strf=None, rate=true_rate, planted=planted)
         strf = np.zeros((n_units, 4, n_freq))
         strf[np.arange(n_units), lag] = (gain * np.exp(0.02))[:, None] * tuning
         return cls(est=est, val=val, est_truth=est_truth, strf=strf, base=base)

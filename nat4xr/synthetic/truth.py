@@ -72,15 +72,23 @@ class PlantedTruth:
     @classmethod
     def draw(
         cls, kind: str, spec: np.ndarray, n_units: int, base: np.ndarray, drive: float,
-        rng: np.random.Generator,
+        rng: np.random.Generator, core: tuple[np.random.Generator, np.ndarray] | None = None,
     ) -> PlantedTruth:  # fmt: skip
-        """Draw a truth of ``kind`` for ``n_units`` units, normalized on the sounds ``spec``."""
+        """Draw a truth of ``kind`` for ``n_units`` units, normalized on the sounds ``spec``.
+
+        ``core``, for ``'cnn'`` only: a generator and reference sounds of their own
+        from which the shared core (channel kernels, normalization) is drawn
+        instead, so that releases given the same pair share one core while
+        ``rng`` still draws every unit's gain and readout.
+        """
         n_freq = spec.shape[1]
+        core_rng, reference = (rng, spec) if core is None else core
         gain = rng.lognormal(np.log(0.5 if kind == "cnn" else 0.25), 0.3, size=n_units) * drive
         if kind == "cnn":
             centres = (np.arange(_N_CHANNELS) + 0.5) * n_freq / _N_CHANNELS
             bands = _bands(centres, np.full(_N_CHANNELS, 1.5), n_freq)
-            kernels = np.stack([_biphasic(_N_TAPS, d) for d in rng.integers(0, 3, _N_CHANNELS)])
+            delays = core_rng.integers(0, 3, _N_CHANNELS)
+            kernels = np.stack([_biphasic(_N_TAPS, d) for d in delays])
             # each unit: the magnitude of two channels' drive (both halves, equal weights)
             weights = np.zeros((n_units, 2 * _N_CHANNELS))
             for u in range(n_units):
@@ -93,7 +101,7 @@ class PlantedTruth:
             kernels = np.stack([_biphasic(_N_TAPS, d) for d in rng.integers(0, 3, n_units)])
             weights = np.zeros((n_units, 0))
         truth = cls(kind, base, gain, bands, kernels, weights, np.ones(len(bands)))
-        truth.scale = truth._drive(spec).std(axis=(0, 2)) + 1e-12
+        truth.scale = truth._drive(reference).std(axis=(0, 2)) + 1e-12
         return truth
 
     def _drive(self, spec: np.ndarray) -> np.ndarray:
