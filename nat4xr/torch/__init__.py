@@ -18,6 +18,8 @@ Every public name is importable from here; the modules hold one job each:
 - ``nat4xr.torch.prediction``: :func:`predict`.
 - ``nat4xr.torch.losses``: :func:`masked_mse`, :func:`masked_poisson_nll`.
 - ``nat4xr.torch.training``: :func:`fit` (early stopping, restarts, stages).
+- ``nat4xr.torch.transfer``: :func:`refit_readout` (a trained core, a new
+  readout for other cells or another area).
 - ``nat4xr.torch.models``: the paper's model families and their layers.
 
 Examples
@@ -49,6 +51,7 @@ from .losses import masked_mse, masked_poisson_nll
 from .prediction import predict
 from .sampling import StimBatchSampler
 from .training import fit
+from .transfer import refit_readout
 
 __all__ = [
     "NAT4TorchDataset",
@@ -58,5 +61,6 @@ __all__ = [
     "masked_mse",
     "masked_poisson_nll",
     "predict",
+    "refit_readout",
     "to_torch",
 ]
