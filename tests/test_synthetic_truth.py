@@ -92,3 +92,42 @@ def test_the_cnn_truth_responds_to_both_signs_of_a_channel():
 def test_an_unknown_truth_is_refused(tmp_path):
     with pytest.raises(ValueError, match="truth must be"):
         write_release(tmp_path, scale="tiny", truth="rnn")
+
+
+def test_releases_with_one_truth_seed_share_the_planted_core(tmp_path):
+    from nat4xr.synthetic.responses import _spectrograms
+
+    kw = {"truth": "cnn", "truth_seed": 4, "spectrogram": "white", "traps": False}
+    a1 = write_release(tmp_path / "a1", "A1", n_cells=8, n_sites=2, n_est=6, n_val=2, seed=1, **kw)
+    peg = write_release(
+        tmp_path / "peg", "PEG", n_cells=12, n_sites=3, n_est=5, n_val=3, seed=2, **kw
+    )
+    core = ("bands", "kernels", "scale")
+    for name in core:
+        np.testing.assert_array_equal(getattr(a1.planted, name), getattr(peg.planted, name))
+    # the core comes from truth_seed alone: the kernels' delays, then the normalization on
+    # 64 reference sounds of the same kind drawn before them
+    rng = np.random.default_rng(4)
+    reference = _spectrograms(64, 18, rng, "white")
+    delays = [int(np.flatnonzero(k)[0]) for k in a1.planted.kernels]
+    assert delays == list(rng.integers(0, 3, len(delays)))
+    np.testing.assert_allclose(
+        a1.planted.scale, a1.planted._drive(reference).std(axis=(0, 2)) + 1e-12, rtol=1e-12
+    )
+    # each cell's readout and gain still come from seed: the areas' cells differ
+    assert not np.array_equal(a1.planted.weights[:8], peg.planted.weights[:8])
+    assert not np.array_equal(a1.planted.gain[:8], peg.planted.gain[:8])
+    # the kept rate is the planted model's
+    for rel in (a1, peg):
+        n = len(rel.cells)
+        np.testing.assert_allclose(rel.rate, rel.planted.rate(rel.spectrogram)[:, :n], rtol=1e-12)
+    # without truth_seed each release draws its own core from seed
+    own = write_release(tmp_path / "own", "PEG", scale="tiny", seed=2, truth="cnn")
+    other = write_release(tmp_path / "other", "A1", scale="tiny", seed=1, truth="cnn")
+    assert not np.array_equal(own.planted.scale, other.planted.scale)
+
+
+@pytest.mark.parametrize("truth", [None, "ln"])
+def test_a_truth_seed_without_a_shared_core_is_refused(tmp_path, truth):
+    with pytest.raises(ValueError, match="only truth='cnn' has"):
+        write_release(tmp_path, scale="tiny", truth=truth, truth_seed=1)
