@@ -192,7 +192,16 @@ def test_a_model_without_the_protocol_is_refused_by_name():
 
     with pytest.raises(TypeError, match="must return a model whose `core` is the original"):
         refit_readout(Copies(3), ds)
+
+    class ReturnsNothing(_UserModel):
+        def with_readout(self, n):
+            return None
+
+    with pytest.raises(TypeError, match=r"with_readout\(2\) must return a torch.nn.Module"):
+        refit_readout(ReturnsNothing(3), ds)
     net = models.PopLN(3, n_freq=4, rank=2, n_taps=3)
+    with pytest.raises(ValueError, match="no neurons"):
+        refit_readout(net, ds.isel(neuron=[]))
     with pytest.raises(TypeError, match="sets `params` itself"):
         refit_readout(net, ds, params=net.parameters())
     with pytest.raises(TypeError, match="a stage may not set `params`"):

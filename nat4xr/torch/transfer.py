@@ -129,8 +129,13 @@ def refit_readout(
     if "neuron" not in ds.sizes or ds.sizes["neuron"] == 0:
         raise ValueError("the Dataset has no neurons: nothing to fit a readout for")
     new = model.with_readout(int(ds.sizes["neuron"]))
+    if not isinstance(new, nn.Module) or not all(hasattr(new, n) for n in ("core", "readout")):
+        raise TypeError(
+            f"{type(model).__name__}.with_readout({int(ds.sizes['neuron'])}) must return a "
+            f"torch.nn.Module with `core` and `readout`, got {type(new).__name__}"
+        )
     core_ids = {id(p) for p in model.core.parameters()}
-    new_core_ids = {id(p) for p in getattr(new, "core", nn.Module()).parameters()}
+    new_core_ids = {id(p) for p in new.core.parameters()}
     if new_core_ids != core_ids:
         raise TypeError(
             f"{type(model).__name__}.with_readout must return a model whose `core` is the "
