@@ -5,8 +5,8 @@ Usage::
     # scores: a truth="cnn" release, pop-LN, 1Dx2-CNN and RidgeSTRF fitted, val r_test
     python benchmarks/paper_models.py teacher --n-cells 849 --n-est 575 --n-val 18
     # epoch cost on the full-scale A1 cache: fit vs in-memory tensors vs deepSTRF's Fitter
-    NAT4XR_DEEPSTRF_PATH=/work/bench/deepstrf \\
-        python benchmarks/paper_models.py epoch --release /work/bench/nat4-full
+    NAT4XR_DEEPSTRF_PATH=/tmp/deepstrf \\
+        python benchmarks/paper_models.py epoch --release /tmp/nat4-full
 
 ``teacher`` writes a release with a planted nonlinear population
 (``write_release(truth="cnn", spectrogram="white")``, or ``--truth ln``) at
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--progress", action="store_true")
     e = sub.add_parser("epoch")
-    e.add_argument("--release", type=Path, default=Path("/work/bench/nat4-full"))
+    e.add_argument("--release", type=Path, default=Path("/tmp/nat4-full"))
     e.add_argument("--max-stims", type=int, default=0, help="first N est sounds (0: all)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--rounds", type=int, default=2)
