@@ -605,7 +605,7 @@ class Nat4Accessor:
         if resp is None:
             out["storage"] = "no response"
             return out
-        out["storage"] = _storage(resp)
+        out["storage"] = selection.storage_kind(resp)
         nbytes = self.response_nbytes()
         unit = _unit(nbytes["dense"])
         out["dense"] = _in_unit(nbytes["dense"], unit)
@@ -664,11 +664,6 @@ class Nat4Accessor:
             for k, v in c.items()
         )
         return f"<table><caption>nat4 {html.escape(c['area'])}</caption>{rows}</table>"
-
-
-def _storage(var: xr.Variable) -> str:
-    """Where the values of ``var`` are (see :func:`nat4xr.selection.storage_kind`)."""
-    return selection.storage_kind(var)
 
 
 _UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))

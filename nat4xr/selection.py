@@ -679,17 +679,27 @@ def coverage_current(ds: xr.Dataset) -> bool:
     var = ds["response"].variable
     if var.chunks is not None:
         return provenance.placement(var) is not None
-    return storage_kind(var).startswith("lazy (file-backed")
+    return not_read_yet(var)
 
 
-def storage_kind(var: xr.Variable) -> str:
-    """Where the values of ``var`` are: a dask graph, a file read on access, or memory.
+def not_read_yet(var: xr.Variable) -> bool:
+    """True for values xarray's lazy indexing has not read from their file yet.
 
     xarray prints the values of data held in memory, and only ``[N values
     with dtype=...]`` for data its lazy indexing has not read yet (a file
     opened with ``chunks=None`` or ``engine="nat4"``). The repr of a
     one-element corner tells the two apart without reading the file or
     formatting a large array.
+    """
+    if var.chunks is not None:
+        return False
+    corner = var.isel({d: slice(0, 1) for d in var.dims})
+    return re.search(r"^\[\d+ values with dtype=", repr(corner), re.M) is not None
+
+
+def storage_kind(var: xr.Variable) -> str:
+    """Where the values of ``var`` are: a dask graph, a file read on access (see
+    :func:`not_read_yet`), or memory.
 
     Examples
     --------
@@ -701,8 +711,7 @@ def storage_kind(var: xr.Variable) -> str:
     """
     if var.chunks is not None:
         return f"lazy (dask, {int(np.prod([len(c) for c in var.chunks]))} chunks)"
-    corner = var.isel({d: slice(0, 1) for d in var.dims})
-    if re.search(r"^\[\d+ values with dtype=", repr(corner), re.M):
+    if not_read_yet(var):
         return "lazy (file-backed, read on access)"
     return "loaded (in memory)"
 
