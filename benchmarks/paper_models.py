@@ -7,6 +7,8 @@ Usage::
     # epoch cost on the full-scale A1 cache: fit vs in-memory tensors vs deepSTRF's Fitter
     NAT4XR_DEEPSTRF_PATH=/tmp/deepstrf \\
         python benchmarks/paper_models.py epoch --release /tmp/nat4-full
+    # held-out sites and cross-area transfer: refit readouts on a planted shared core
+    python benchmarks/paper_models.py heldout --n-cells 200 --n-sites 10 --n-est 200 --threads 1
 
 ``teacher`` writes a release with a planted nonlinear population
 (``write_release(truth="cnn", spectrogram="white")``, or ``--truth ln``) at
@@ -15,6 +17,21 @@ fits each model with :func:`nat4xr.torch.fit` (est sounds only, early
 stopping on 10 % of them) and prints per model: parameters, seconds per
 epoch, epochs run and best epoch, median val ``r_test`` beside the true
 rate's own, and the paired Wilcoxon p of the CNN against each other model.
+
+``heldout`` writes a ``truth="cnn"`` A1 release and, for every site (or
+the first ``--sites``), pre-trains the small 1Dx2-CNN without the site
+(``assign_heldout_site(site)``) and on the matched control
+(``matched=True``), refits both readouts on the site's cells
+(:func:`nat4xr.torch.refit_readout`), and refits one on an untrained core
+(the control: what a readout alone can do). It prints per site the median
+val ``r_test`` of the site's cells in each condition and the seconds taken,
+then over all held-out cells the medians, the paired difference, the
+fraction of cells better held out and the two-sided Wilcoxon p. Then
+cross-area transfer: a core fitted on all A1 cells, refit on the cells of a
+PEG release with the same ``truth_seed`` (one planted core) and of one with
+another ``truth_seed`` (another core, its difference measured by
+:func:`nat4xr.synthetic.truth.feature_match`), each beside a model trained
+on that PEG release.
 
 ``epoch`` opens A1 from its cache (built on first use) and times, per
 model, in one run and in alternation: one epoch of ``fit`` (train pass over
@@ -105,6 +122,100 @@ def teacher(args: argparse.Namespace) -> int:
         p = wilcoxon(scores["CNN1Dx2"].values, scores[other].values).pvalue
         print(f"CNN1Dx2 - {other}: median {float(diff.median()):+.3f}, "
               f"paired Wilcoxon p = {p:.2g} (two-sided)")  # fmt: skip
+    return 0
+
+
+def heldout(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    import xarray as xr
+    from scipy.stats import wilcoxon
+
+    import nat4xr
+    from nat4xr.synthetic import write_release
+    from nat4xr.synthetic.truth import feature_match
+    from nat4xr.torch import fit, models, predict, refit_readout
+
+    torch.set_num_threads(args.threads)
+    kw = dict(
+        n_cells=args.n_cells, n_sites=args.n_sites, n_est=args.n_est, n_val=args.n_val,
+        truth="cnn", spectrogram="white", traps=False, drive=args.drive,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        a1_rel = write_release(Path(tmp, "a1"), "A1", seed=args.seed, truth_seed=args.truth_seed,
+                               **kw)  # fmt: skip
+        peg_rels = {
+            ts: write_release(Path(tmp, f"peg{ts}"), "PEG", seed=args.seed + 1, truth_seed=ts, **kw)
+            for ts in (args.truth_seed, args.other_truth_seed)
+        }
+        a1 = a1_rel.expected_dataset().compute()
+        pegs = {ts: rel.expected_dataset().compute() for ts, rel in peg_rels.items()}
+    print(f"A1: {dict(a1.sizes)}, truth_seed {args.truth_seed}; written in "
+          f"{time.perf_counter() - t0:.0f} s; {args.threads} thread(s)")  # fmt: skip
+    hidden = tuple(args.hidden)
+    opts = dict(max_epochs=args.max_epochs, patience=args.patience, lr=args.lr,
+                batch_size=args.batch_size, seed=args.seed, progress=args.progress)  # fmt: skip
+
+    def cnn(n: int, seed: int = 0) -> torch.nn.Module:
+        net = models.CNN1Dx2(n, hidden=hidden)
+        torch.manual_seed(seed)
+        net.reset_parameters()
+        return net
+
+    def r_test(net: torch.nn.Module, ds: xr.Dataset) -> xr.DataArray:
+        val = ds.nat4.sel_stims(subset="val")
+        return nat4xr.evaluate(val, predict(net, val)).r_test
+
+    conditions = ("held-out", "matched", "untrained")
+    per_cell: dict[str, list[xr.DataArray]] = {c: [] for c in conditions}
+    sites = sorted(set(a1.site.values.tolist()))[: args.sites or None]
+    print(f"{'site':9s} {'cells':>5s} {'pre-train':>9s} {'held-out':>8s} {'matched':>8s} "
+          f"{'untrained':>9s} {'seconds':>7s}")  # fmt: skip
+    t_all = time.perf_counter()
+    for site in sites:
+        t0 = time.perf_counter()
+        cells = a1.nat4.sel_neurons(site=site)
+        for condition in conditions[:2]:
+            split = a1.nat4.assign_heldout_site(site, matched=condition == "matched", seed=0)
+            core = cnn(int(split.pretrain.sum()))
+            fit(core, split.nat4.sel_neurons(pretrain=True), **opts)
+            net, _ = refit_readout(core, cells, **opts)
+            per_cell[condition].append(r_test(net, cells))
+        net, _ = refit_readout(cnn(int(split.pretrain.sum()), seed=1), cells, **opts)
+        per_cell["untrained"].append(r_test(net, cells))
+        med = [float(per_cell[c][-1].median()) for c in conditions]
+        print(f"{site:9s} {cells.sizes['neuron']:5d} {int(split.pretrain.sum()):9d} "
+              f"{med[0]:8.3f} {med[1]:8.3f} {med[2]:9.3f} {time.perf_counter() - t0:7.0f}",
+              flush=True)  # fmt: skip
+    r = {c: xr.concat(per_cell[c], dim="neuron") for c in conditions}
+    diff = (r["held-out"] - r["matched"]).values
+    print(
+        f"all {diff.size} held-out cells of {len(sites)} sites: median r_test held-out "
+        f"{float(r['held-out'].median()):.3f}, matched {float(r['matched'].median()):.3f}, "
+        f"untrained core {float(r['untrained'].median()):.3f}; held-out - matched: median "
+        f"{np.median(diff):+.3f}, better held out {np.mean(diff > 0):.0%}, paired Wilcoxon "
+        f"p = {wilcoxon(diff).pvalue:.2g} (two-sided); {time.perf_counter() - t_all:.0f} s"
+    )
+
+    # cross-area transfer: one planted core (same truth_seed) against another core
+    t0 = time.perf_counter()
+    full = cnn(a1.sizes["neuron"])
+    fit(full, a1, **opts)
+    spec = peg_rels[args.truth_seed].spectrogram
+    for ts, peg in pegs.items():
+        match = feature_match(a1_rel.planted, peg_rels[ts].planted, spec)
+        own = cnn(peg.sizes["neuron"])
+        fit(own, peg, **opts)
+        transferred, _ = refit_readout(full, peg, **opts)
+        r_own, r_tr = r_test(own, peg), r_test(transferred, peg)
+        p = wilcoxon((r_tr - r_own).values).pvalue
+        print(
+            f"PEG truth_seed {ts} (planted features shared with A1's core: median best "
+            f"correlation {np.median(match):.2f}): trained on PEG {float(r_own.median()):.3f}, "
+            f"A1 core refit on PEG {float(r_tr.median()):.3f} (paired p = {p:.2g})"
+        )
+    print(f"transfer: {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -213,6 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--progress", action="store_true")
+    h = sub.add_parser("heldout")
+    h.add_argument("--n-cells", type=int, default=200)
+    h.add_argument("--n-sites", type=int, default=10)
+    h.add_argument("--n-est", type=int, default=200)
+    h.add_argument("--n-val", type=int, default=10)
+    h.add_argument("--sites", type=int, default=0, help="first N sites held out (0: all)")
+    h.add_argument("--hidden", type=int, nargs=3, default=(16, 16, 20))
+    h.add_argument("--drive", type=float, default=1.0)
+    h.add_argument("--max-epochs", type=int, default=100)
+    h.add_argument("--patience", type=int, default=10)
+    h.add_argument("--lr", type=float, default=1e-2)
+    h.add_argument("--batch-size", type=int, default=8)
+    h.add_argument("--seed", type=int, default=1)
+    h.add_argument("--truth-seed", type=int, default=1)
+    h.add_argument("--other-truth-seed", type=int, default=3)
+    h.add_argument("--threads", type=int, default=1)
+    h.add_argument("--progress", action="store_true")
     e = sub.add_parser("epoch")
     e.add_argument("--release", type=Path, default=Path("/tmp/nat4-full"))
     e.add_argument("--max-stims", type=int, default=0, help="first N est sounds (0: all)")
@@ -220,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--rounds", type=int, default=2)
     e.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    return teacher(args) if args.what == "teacher" else epoch(args)
+    return {"teacher": teacher, "heldout": heldout, "epoch": epoch}[args.what](args)
 
 
 if __name__ == "__main__":

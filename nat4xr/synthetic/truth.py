@@ -112,15 +112,61 @@ class PlantedTruth:
             out[:, c] = _causal_filter(banded[:, c], kernel)
         return out
 
+    def features(self, spec: np.ndarray) -> np.ndarray:
+        """The planted core's output for the sounds ``spec`` (stims, F, T): (stims, 2 * K, T).
+
+        ``'cnn'`` only: each channel's normalized drive thresholded at one
+        standard deviation both ways, ordered ``(+c0, -c0, +c1, ...)``; every
+        cell's rate is ``base + gain * weights @ features``. Two cores are the
+        same core when their features are, which is what decides whether a
+        core fitted on one release can serve another's cells.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> spec = rng.random((3, 18, 40))
+        >>> truth = PlantedTruth.draw("cnn", spec, 4, np.zeros(4), 1.0, rng)
+        >>> truth.features(spec).shape
+        (3, 12, 40)
+        """
+        if self.kind != "cnn":
+            raise ValueError(f"only a 'cnn' truth has a shared core, this one is {self.kind!r}")
+        s = self._drive(spec) / self.scale[None, :, None]
+        # thresholded at one standard deviation: sparse events of either sign
+        features = np.stack([np.maximum(s - 1.0, 0.0), np.maximum(-s - 1.0, 0.0)], axis=2)
+        return features.reshape(s.shape[0], -1, s.shape[2])  # (+c0, -c0, +c1, ...)
+
     def rate(self, spec: np.ndarray) -> np.ndarray:
         """The rate of every unit for the sounds ``spec`` (stims, F, T): (stims, units, T)."""
-        s = self._drive(spec) / self.scale[None, :, None]
         if self.kind == "cnn":
-            # thresholded at one standard deviation: sparse events of either sign
-            features = np.stack([np.maximum(s - 1.0, 0.0), np.maximum(-s - 1.0, 0.0)], axis=2)
-            features = features.reshape(s.shape[0], -1, s.shape[2])  # (+c0, -c0, +c1, ...)
-            out = np.einsum("uk,skt->sut", self.weights, features)
+            out = np.einsum("uk,skt->sut", self.weights, self.features(spec))
         else:
+            s = self._drive(spec) / self.scale[None, :, None]
             # the double exponential of NEMS's dexp, shift 1, kappa log(1.5)
             out = np.exp(-np.exp(-1.5 * (s - 1.0))) * 2.0
         return self.base[None, :, None] + self.gain[None, :, None] * out
+
+
+def feature_match(a: PlantedTruth, b: PlantedTruth, spec: np.ndarray) -> np.ndarray:
+    """How well ``b``'s planted core reproduces each of ``a``'s features, on the sounds ``spec``.
+
+    For each feature of ``a`` (:meth:`PlantedTruth.features`), the largest
+    correlation over (stims, time) with any one feature of ``b``: 1 for a
+    feature both cores compute, near 0 for one that ``b`` lacks. Two
+    releases with the same ``truth_seed`` give all ones; cores drawn from
+    other seeds share a channel only where their temporal kernels agree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> spec = rng.random((4, 18, 60))
+    >>> a = PlantedTruth.draw("cnn", spec, 3, np.zeros(3), 1.0, rng)
+    >>> bool(np.allclose(feature_match(a, a, spec), 1.0))
+    True
+    """
+    fa, fb = (t.features(spec).transpose(1, 0, 2).reshape(2 * len(t.kernels), -1) for t in (a, b))
+    fa = (fa - fa.mean(1, keepdims=True)) / (fa.std(1, keepdims=True) + 1e-12)
+    fb = (fb - fb.mean(1, keepdims=True)) / (fb.std(1, keepdims=True) + 1e-12)
+    return (fa @ fb.T / fa.shape[1]).max(axis=1)
