@@ -163,6 +163,16 @@ def heldout(args: argparse.Namespace) -> int:
         net.reset_parameters()
         return net
 
+    def guarded(step, net, ds):
+        """``step(net, ds)``; a loss gone NaN: again from the same start at a third of the lr."""
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        try:
+            return step(net, ds, **opts)
+        except FloatingPointError as err:
+            print(f"  ({err}; again at lr {opts['lr'] / 3:g})", flush=True)
+            net.load_state_dict(start)
+            return step(net, ds, **{**opts, "lr": opts["lr"] / 3})
+
     def r_test(net: torch.nn.Module, ds: xr.Dataset) -> xr.DataArray:
         val = ds.nat4.sel_stims(subset="val")
         return nat4xr.evaluate(val, predict(net, val)).r_test
@@ -179,10 +189,10 @@ def heldout(args: argparse.Namespace) -> int:
         for condition in conditions[:2]:
             split = a1.nat4.assign_heldout_site(site, matched=condition == "matched", seed=0)
             core = cnn(int(split.pretrain.sum()))
-            fit(core, split.nat4.sel_neurons(pretrain=True), **opts)
-            net, _ = refit_readout(core, cells, **opts)
+            guarded(fit, core, split.nat4.sel_neurons(pretrain=True))
+            net, _ = guarded(refit_readout, core, cells)
             per_cell[condition].append(r_test(net, cells))
-        net, _ = refit_readout(cnn(int(split.pretrain.sum()), seed=1), cells, **opts)
+        net, _ = guarded(refit_readout, cnn(int(split.pretrain.sum()), seed=1), cells)
         per_cell["untrained"].append(r_test(net, cells))
         med = [float(per_cell[c][-1].median()) for c in conditions]
         print(f"{site:9s} {cells.sizes['neuron']:5d} {int(split.pretrain.sum()):9d} "
@@ -201,13 +211,13 @@ def heldout(args: argparse.Namespace) -> int:
     # cross-area transfer: one planted core (same truth_seed) against another core
     t0 = time.perf_counter()
     full = cnn(a1.sizes["neuron"])
-    fit(full, a1, **opts)
+    guarded(fit, full, a1)
     spec = peg_rels[args.truth_seed].spectrogram
     for ts, peg in pegs.items():
         match = feature_match(a1_rel.planted, peg_rels[ts].planted, spec)
         own = cnn(peg.sizes["neuron"])
-        fit(own, peg, **opts)
-        transferred, _ = refit_readout(full, peg, **opts)
+        guarded(fit, own, peg)
+        transferred, _ = guarded(refit_readout, full, peg)
         r_own, r_tr = r_test(own, peg), r_test(transferred, peg)
         p = wilcoxon((r_tr - r_own).values).pvalue
         print(
