@@ -131,3 +131,47 @@ def test_releases_with_one_truth_seed_share_the_planted_core(tmp_path):
 def test_a_truth_seed_without_a_shared_core_is_refused(tmp_path, truth):
     with pytest.raises(ValueError, match="only truth='cnn' has"):
         write_release(tmp_path, scale="tiny", truth=truth, truth_seed=1)
+
+
+def test_the_planted_features_follow_their_definition():
+    rng = np.random.default_rng(3)
+    spec = rng.gamma(1.5, size=(2, 18, 30))
+    truth = PlantedTruth.draw("cnn", spec, 4, np.zeros(4), 1.0, rng)
+    expected = np.zeros((2, 2 * len(truth.kernels), 30))
+    for s in range(2):
+        for c, (band, kernel) in enumerate(zip(truth.bands, truth.kernels, strict=True)):
+            for t in range(30):
+                drive = sum(
+                    kernel[k] * sum(band[f] * spec[s, f, t - k] for f in range(18))
+                    for k in range(len(kernel))
+                    if t - k >= 0
+                )
+                drive /= truth.scale[c]
+                expected[s, 2 * c, t] = max(drive - 1.0, 0.0)
+                expected[s, 2 * c + 1, t] = max(-drive - 1.0, 0.0)
+    np.testing.assert_allclose(truth.features(spec), expected, rtol=1e-10, atol=1e-12)
+    # every cell's rate is its readout of these features
+    rate = truth.base[None, :, None] + truth.gain[None, :, None] * np.einsum(
+        "uk,skt->sut", truth.weights, expected
+    )
+    np.testing.assert_allclose(truth.rate(spec), rate, rtol=1e-10)
+    ln = PlantedTruth.draw("ln", spec, 2, np.zeros(2), 1.0, rng)
+    with pytest.raises(ValueError, match="only a 'cnn' truth has a shared core"):
+        ln.features(spec)
+
+
+def test_feature_match_tells_a_shared_core_from_another(tmp_path):
+    from nat4xr.synthetic.truth import feature_match
+
+    kw = {"truth": "cnn", "spectrogram": "white", "traps": False, "n_est": 20, "n_val": 2}
+    a = write_release(tmp_path / "a", "A1", scale="tiny", seed=1, truth_seed=1, **kw).planted
+    same = write_release(tmp_path / "s", "PEG", scale="tiny", seed=2, truth_seed=1, **kw)
+    other = write_release(tmp_path / "o", "PEG", scale="tiny", seed=2, truth_seed=3, **kw)
+    spec = same.spectrogram
+    np.testing.assert_allclose(feature_match(a, same.planted, spec), 1.0, atol=1e-9)
+    # another core shares a channel only where the delay of its kernel is the same
+    delay = [[int(np.flatnonzero(k)[0]) for k in t.kernels] for t in (a, other.planted)]
+    shared = np.repeat(np.equal(*delay), 2)  # (+c, -c) per channel
+    assert 0 < shared.sum() < shared.size  # truth_seed 1 and 3: one channel of six
+    match = feature_match(a, other.planted, spec)
+    assert (match[shared] > 0.95).all() and (match[~shared] < 0.6).all(), (match, shared)
