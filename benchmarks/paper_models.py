@@ -23,7 +23,9 @@ the first ``--sites``), pre-trains the small 1Dx2-CNN without the site
 (``assign_heldout_site(site)``) and on the matched control
 (``matched=True``), refits both readouts on the site's cells
 (:func:`nat4xr.torch.refit_readout`), and refits one on an untrained core
-(the control: what a readout alone can do). It prints per site the median
+(the control: what a readout alone can do; at a tenth of the learning rate,
+at which its loss stays finite). A fit whose loss diverges is repeated from
+the same start at a third, then a tenth of its rate, and says so. It prints per site the median
 val ``r_test`` of the site's cells in each condition and the seconds taken,
 then over all held-out cells the medians, the paired difference, the
 fraction of cells better held out and the two-sided Wilcoxon p. Then
