@@ -66,6 +66,10 @@ class Placement:
     chunks : tuple
         The array's dask chunks (to rebuild selections from it).
     dtype : numpy.dtype
+    auto : bool
+        True when nat4xr chose the chunks (``chunks="auto"``): selections of
+        the array may then be chunked anew by their own size; False when the
+        user chose them, and selections keep their boundaries.
     """
 
     _source: Callable[[], Any]
@@ -77,6 +81,7 @@ class Placement:
     dtype: np.dtype
     _name: str = ""
     _again: Callable[[], Any] | None = None
+    auto: bool = False
 
     @property
     def source(self) -> Any:
@@ -127,6 +132,7 @@ def record(
     variable: str,
     positions: Mapping[Hashable, np.ndarray],
     again: Callable[[], Any] | None = None,
+    auto: bool = False,
 ) -> None:
     """Record that the dask-backed ``var`` holds ``source``'s ``variable`` at ``positions``.
 
@@ -135,7 +141,8 @@ def record(
     references (to the handle and the array), so it never keeps a file open,
     or locked against ``cache clear``, once no Dataset refers to it; a plain
     selection of an array is recognised while that array lives, or while
-    ``again`` (for arrays as opened) can make it anew from a live handle.
+    ``again`` (for arrays as opened, or selected from the file) can make it
+    anew from a live handle. ``auto`` as in :class:`Placement`.
     """
     name = _name(var)
     if name is None:
@@ -150,6 +157,7 @@ def record(
         np.dtype(var.dtype),
         name,
         again,
+        auto,
     )
     with _LOCK:
         _RECORDS[name] = entry
@@ -204,7 +212,7 @@ def record_selection(
     for dim in entry.dims:
         key = indexers.get(dim)
         positions[dim] = entry.positions[dim] if key is None else entry.positions[dim][key]
-    record(child, entry.source, entry.variable, positions)
+    record(child, entry.source, entry.variable, positions, auto=entry.auto)
 
 
 def placement(var: xr.Variable | xr.DataArray, hint: Any = None) -> Placement | None:
@@ -260,7 +268,7 @@ def _rebuilt(var: xr.DataArray, hint: Any) -> Placement | None:
                 continue
             if rebuilt.data.name == target:
                 positions = {d: entry.positions[d][relative.get(d, slice(None))] for d in dims}
-                record(var.variable, source, entry.variable, positions)
+                record(var.variable, source, entry.variable, positions, auto=entry.auto)
                 return _lookup(target)
     return None
 

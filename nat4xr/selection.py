@@ -477,12 +477,19 @@ def _gather(var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]) -> x
     return xr.Variable(part.dims, data, part.attrs, part.encoding)
 
 
-def _isel(ds: xr.Dataset, indexers: dict[Hashable, slice | np.ndarray]) -> xr.Dataset:
-    """``ds.isel(indexers)`` (same result) with single-chunk dask gathers built in O(1)."""
+def _isel(
+    ds: xr.Dataset,
+    indexers: dict[Hashable, slice | np.ndarray],
+    ready: dict[Hashable, xr.Variable] | None = None,
+) -> xr.Dataset:
+    """``ds.isel(indexers)`` (same result) with single-chunk dask gathers built in O(1).
+
+    ``ready``: variables already selected (same values as their ``isel``).
+    """
     indexed = ds.xindexes
-    gathered = {}
+    gathered = dict(ready or {})
     for name, var in ds.variables.items():
-        if name not in indexed:
+        if name not in indexed and name not in gathered:
             new = _gather(var, indexers)
             if new is not None:
                 gathered[name] = new
@@ -600,13 +607,124 @@ def select(
         indexers["repeat"] = slice(0, max(0, int(repeat)))
     if not indexers:
         return ds.copy(deep=False)
-    out = _isel(ds, indexers)
+    placed = _placements(ds)
+    read, records = _from_file(ds, indexers, placed)
+    out = _isel(ds, indexers, read)
     for name, var in ds.data_vars.items():
-        if var.chunks is not None:
+        if name in records:
+            provenance.record(out.variables[name], *records[name])
+        elif name in placed:
             # values selected from a file's stay the file's: say where they lie
             hint = var.encoding.get("nat4xr_source")
             provenance.record_selection(var, out.variables[name], indexers, hint)
     return out
+
+
+def _placements(ds: xr.Dataset) -> dict[Hashable, provenance.Placement]:
+    """The dask data variables of ``ds`` that hold exactly a cache file's values, placed."""
+    out = {}
+    for name, var in ds.data_vars.items():
+        if var.chunks is None:
+            continue
+        entry = provenance.placement(var, var.encoding.get("nat4xr_source"))
+        if entry is not None:
+            out[name] = entry
+    return out
+
+
+def _from_file(
+    ds: xr.Dataset,
+    indexers: dict[Hashable, slice | np.ndarray],
+    placed: dict[Hashable, provenance.Placement],
+) -> tuple[dict[Hashable, xr.Variable], dict[Hashable, tuple]]:
+    """The placed variables selected as new dask arrays over the file (see :func:`select`).
+
+    A variable whose values are exactly a cache file's (:mod:`nat4xr.provenance`)
+    is the file's variable at known positions, so its selection is the file's
+    variable at the selected positions: read so, a task reads only its own
+    stims, cells and repeats (:func:`nat4xr.cachefile.reading.selected`),
+    where indexing the parent's dask array would compute whole parent chunks
+    (every cell and repeat) and copy the kept entries out of them. Chunked
+    along ``stim`` by the selection's own size when nat4xr chose the
+    parent's chunks, else at the parent's chunk boundaries.
+
+    Returns the variables and, per name, the arguments of
+    :func:`nat4xr.provenance.record` for them.
+    """
+    from .cachefile import CacheSource
+    from .cachefile import reading
+
+    files = {}
+    for name, entry in placed.items():
+        var = ds.variables[name]
+        source = entry.source
+        if (
+            not isinstance(source, CacheSource)
+            or entry.variable not in source.file.index
+            or tuple(source.file.index[entry.variable].dims) != entry.dims
+            or entry.dims != tuple(map(str, var.dims))
+            or np.dtype(source.file.index[entry.variable].dtype.newbyteorder("=")) != var.dtype
+        ):
+            continue
+        files[name] = (entry, source)
+    if not files:
+        return {}, {}
+    auto = all(entry.auto for entry, _ in files.values())
+    per_stim = None
+    if auto and "response" in files:
+        entry, _ = files["response"]
+        per_stim = _stims_per_chunk(ds.variables["response"], entry, indexers)
+    read, records = {}, {}
+    for name, (entry, source) in files.items():
+        var = ds.variables[name]
+        positions = {}
+        chunks = {}
+        for axis, dim in enumerate(entry.dims):
+            key = indexers.get(dim)
+            rel = np.arange(var.shape[axis]) if key is None else np.arange(var.shape[axis])[key]
+            positions[dim] = entry.positions[dim][rel]
+            if per_stim is not None:
+                n = len(rel)
+                chunks[dim] = _split(n, per_stim) if dim == "stim" else (n,)
+            else:
+                chunks[dim] = _mapped(var.chunks[axis], rel)
+        data = reading.selected(source, entry.variable, entry.dims, positions, chunks)
+        again = reading.selected_again(
+            source, entry.variable, entry.dims, positions, chunks, data.name
+        )
+        read[name] = xr.Variable(var.dims, data, var.attrs, var.encoding)
+        records[name] = (source, entry.variable, positions, again, per_stim is not None)
+    return read, records
+
+
+def _stims_per_chunk(
+    var: xr.Variable, entry: provenance.Placement, indexers: dict[Hashable, slice | np.ndarray]
+) -> int:
+    """Stims per dask chunk for a selection of ``var`` of about ``SELECTION_CHUNK_BYTES``."""
+    from .cachefile.reading import SELECTION_CHUNK_BYTES
+
+    per_stim = var.dtype.itemsize
+    for axis, dim in enumerate(entry.dims):
+        if dim != "stim":
+            key = indexers.get(dim)
+            per_stim *= var.shape[axis] if key is None else len(np.arange(var.shape[axis])[key])
+    return max(1, SELECTION_CHUNK_BYTES // max(1, per_stim))
+
+
+def _split(n: int, per: int) -> tuple[int, ...]:
+    """``n`` in chunks of ``per`` (the last one shorter); ``(0,)`` for none."""
+    if n == 0:
+        return (0,)
+    return (per,) * (n // per) + ((n % per,) if n % per else ())
+
+
+def _mapped(parent: tuple[int, ...], rel: np.ndarray) -> tuple[int, ...]:
+    """Chunks of ``parent[rel]`` (sorted positions): the parent's boundaries, empty chunks dropped."""
+    if len(rel) == 0:
+        return (0,)
+    bounds = np.cumsum(parent)
+    counts = np.bincount(np.searchsorted(bounds, rel, side="right"), minlength=len(parent))
+    return tuple(int(c) for c in counts if c)
 
 
 # -- the bidirectional rule ---------------------------------------------------------------------
