@@ -669,7 +669,10 @@ def _from_file(
         files[name] = (entry, source)
     if not files:
         return {}, {}
-    auto = all(entry.auto for entry, _ in files.values())
+    # chunked anew only when every dask variable along stim is: a Dataset's
+    # variables keep one chunking along a shared dimension (``ds.chunks``)
+    along_stim = [n for n, v in ds.data_vars.items() if v.chunks is not None and "stim" in v.dims]
+    auto = all(entry.auto for entry, _ in files.values()) and set(along_stim) <= set(files)
     per_stim = None
     if auto and "response" in files:
         entry, _ = files["response"]

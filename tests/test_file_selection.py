@@ -125,7 +125,9 @@ def test_selecting_computes_nothing_and_keeps_provenance(path, source):
     with open_cache(path) as lazy:
         with raise_if_dask_computes():
             sel = _val_cells(lazy).nat4.prune().isel(neuron=[3, 0, 1])
-            placed = provenance.placement(sel["response"], lazy["response"].encoding["nat4xr_source"])
+            placed = provenance.placement(
+                sel["response"], lazy["response"].encoding["nat4xr_source"]
+            )
             assert placed is not None
             assert coverage_current(sel)
             assert file_source(sel, DIMS) is not None
@@ -160,9 +162,9 @@ TRANSFORMS = {
     "reordered, then selected": lambda ds: ds.isel(
         stim=np.arange(ds.sizes["stim"])[::-1], neuron=[6, 1, 3, 0]
     ).nat4.sel_stims(subset="val"),
-    "selected twice, pruned": lambda ds: _val_cells(ds)
-    .nat4.sel_neurons(lambda t: np.arange(len(t)) > 0)
-    .nat4.prune(),
+    "selected twice, pruned": lambda ds: (
+        _val_cells(ds).nat4.sel_neurons(lambda t: np.arange(len(t)) > 0).nat4.prune()
+    ),
     "edited, then selected": lambda ds: ds.assign(response=ds.response * 2).nat4.sel_stims(
         subset="val"
     ),
@@ -186,9 +188,7 @@ def test_values_equal_an_in_memory_copys_after_transforms(path, source, storage)
                 got["response"].values, want["response"].values, err_msg=name
             )
             np.testing.assert_array_equal(got["stim"].values, want["stim"].values, err_msg=name)
-            np.testing.assert_array_equal(
-                got["neuron"].values, want["neuron"].values, err_msg=name
-            )
+            np.testing.assert_array_equal(got["neuron"].values, want["neuron"].values, err_msg=name)
             loaded = got.nat4.load()
             xr.testing.assert_identical(loaded.drop_encoding(), got.load().drop_encoding())
 
@@ -232,3 +232,17 @@ def test_selections_leave_no_file_open(tmp_path, monkeypatch, source):
     del lazy, sel
     gc.collect()
     assert cachedir.cache_clear() == [target]
+
+
+def test_one_chunking_when_a_variable_is_not_the_files(path, source, monkeypatch):
+    monkeypatch.setattr(reading, "SELECTION_CHUNK_BYTES", 1)  # a stim per chunk, if chunked anew
+    with open_cache(path) as lazy:
+        assert _val_cells(lazy)["response"].chunks[0] == (1, 1, 1, 1)
+        mixed = lazy.assign(spectrogram=lazy.spectrogram * 1)
+        sel = _val_cells(mixed)
+        assert provenance.placement(sel["response"]) is not None
+        assert sel["response"].chunks[0] == sel["spectrogram"].chunks[0]
+        assert sel.chunks["stim"] == sel["response"].chunks[0]
+        np.testing.assert_array_equal(
+            sel["spectrogram"].values, _val_cells(source)["spectrogram"].values
+        )
