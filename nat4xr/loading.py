@@ -94,8 +94,9 @@ def load(ds: xr.Dataset) -> xr.Dataset:
     Variables backed by dask are computed block by block into their result,
     except those whose values are exactly a cache file's (opened or selected
     by nat4xr, :mod:`nat4xr.provenance`): those, like the ones opened with
-    ``chunks=None``, are read by the engine straight into it. The input is unchanged (it stays lazy). Select first: the result
-    holds the whole ``response``, padding included.
+    ``chunks=None``, are read by the engine straight into it. The input is
+    unchanged (it stays lazy). Select first: the result holds the whole
+    ``response``, padding included.
 
     Parameters
     ----------

@@ -651,8 +651,7 @@ def _from_file(
     Returns the variables and, per name, the arguments of
     :func:`nat4xr.provenance.record` for them.
     """
-    from .cachefile import CacheSource
-    from .cachefile import reading
+    from .cachefile import CacheSource, reading
 
     files = {}
     for name, entry in placed.items():
@@ -722,7 +721,7 @@ def _split(n: int, per: int) -> tuple[int, ...]:
 
 
 def _mapped(parent: tuple[int, ...], rel: np.ndarray) -> tuple[int, ...]:
-    """Chunks of ``parent[rel]`` (sorted positions): the parent's boundaries, empty chunks dropped."""
+    """Chunks of ``parent[rel]`` (``rel`` sorted): the parent's boundaries, empty chunks dropped."""
     if len(rel) == 0:
         return (0,)
     bounds = np.cumsum(parent)

@@ -64,7 +64,7 @@ def _val_cells(ds):
 def test_each_task_reads_only_its_stims_and_the_kept_cells_and_repeats(path, source, reads):
     with open_cache(path) as lazy:
         sel = _val_cells(lazy)
-        n_stim, n_neuron, n_repeat, n_time = sel["response"].shape
+        _, n_neuron, n_repeat, n_time = sel["response"].shape
         assert n_neuron < lazy.sizes["neuron"] and n_repeat > 1
         reads.clear()
         got = sel["response"].values
@@ -78,7 +78,7 @@ def test_each_task_reads_only_its_stims_and_the_kept_cells_and_repeats(path, sou
         est = lazy.nat4.sel_stims(subset="est")
         assert est.sizes["repeat"] == 1
         reads.clear()
-        est["response"].values
+        est["response"].compute()
         assert {r[0][2] for r in reads} == {1}  # est sounds: the one repeat they have
     expected = _val_cells(source)["response"].values
     np.testing.assert_array_equal(got, expected)

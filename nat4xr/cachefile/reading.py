@@ -301,7 +301,8 @@ def selected(
     ...         handle = lazy["response"].encoding["nat4xr_source"]
     ...         pos = {"stim": np.array([4, 1]), "neuron": np.array([0, 2]),
     ...                "repeat": np.arange(20), "time": np.arange(ds.sizes["time"])}
-    ...         chunks = {"stim": (1, 1), "neuron": (2,), "repeat": (20,), "time": (ds.sizes["time"],)}
+    ...         chunks = {"stim": (1, 1), "neuron": (2,), "repeat": (20,),
+    ...                   "time": (ds.sizes["time"],)}
     ...         part = selected(handle, "response", lazy["response"].dims, pos, chunks)
     ...         same = np.array_equal(part.compute(), ds.response.values[[4, 1]][:, [0, 2]],
     ...                               equal_nan=True)
