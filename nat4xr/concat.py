@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import warnings
+import weakref
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -454,6 +457,7 @@ def concat(
     for ds in datasets:
         var = ds.variables["response"]
         responses.append(_as_dask(var, sized_as=(*var.shape[:2], n_repeat, *var.shape[3:])))
+    parts = [_Part.of(ds, resp) for ds, resp in zip(datasets, responses)]
     bounds = _repeat_bounds(responses, n_repeat)
     responses = [_padded(resp, bounds) for resp in responses]
     response_attrs = dict(datasets[0]["response"].attrs)
@@ -517,6 +521,7 @@ def concat(
         mine = owner == k
         template[mine] = k * 10**9 + np.searchsorted(bounds, pos[mine], side="right")
     response = _response(responses, rows, template)
+    _remember(response, _Joint(parts, rows, owner))
 
     data_vars: dict[Hashable, Any] = {"response": (RESPONSE_DIMS, response, response_attrs)}
     stim_vars = {
@@ -564,6 +569,151 @@ def concat(
     out = xr.Dataset(data_vars, coords=coords)
     out.attrs = _attrs(datasets, names, join)
     return out
+
+
+# -- selections of a concatenation, pushed down into its inputs ------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One input's ``response`` in a concatenation: its variable, dask array and placement."""
+
+    variable: xr.Variable
+    data: Any
+    placed: Any  # a provenance.Placement when the values are a cache file's, else None
+
+    @classmethod
+    def of(cls, ds: xr.Dataset, data: Any) -> _Part:
+        from . import provenance
+
+        var = ds["response"]
+        placed = None
+        if var.chunks is not None:
+            placed = provenance.placement(var, var.encoding.get("nat4xr_source"))
+        return cls(var.variable, data, placed)
+
+
+@dataclass(frozen=True, eq=False)
+class _Joint:
+    """How a concatenated ``response`` is made of its inputs.
+
+    Entry ``[s, n, r, t]`` is input ``k``'s ``[rows[k][s], n - offset_k, r, t]``
+    for the neurons of input ``k`` (in input order, ``offset_k`` the neurons
+    of the inputs before it) where ``rows[k][s] >= 0`` and ``r`` is within
+    its repeats, NaN everywhere else; ``owner[s]`` is the input whose chunks
+    row ``s`` follows.
+    """
+
+    parts: list[_Part]
+    rows: list[np.ndarray]
+    owner: np.ndarray
+
+
+#: Bytes at most in one NaN block of a selection of a concatenation.
+_FILL_BYTES = 32 << 20
+#: Concatenated responses by dask name, while the array lives (a dask name is its values).
+_JOINTS: dict[str, _Joint] = {}
+_JOINTS_LOCK = threading.Lock()
+
+
+def _remember(response: Any, joint: _Joint) -> None:
+    name = response.name
+    with _JOINTS_LOCK:
+        _JOINTS[name] = joint
+    # forgotten with the array: the inputs it holds must not outlive it (open files)
+    weakref.finalize(response, _forget, name, joint)
+
+
+def _forget(name: str, joint: _Joint) -> None:
+    with _JOINTS_LOCK:
+        if _JOINTS.get(name) is joint:
+            del _JOINTS[name]
+
+
+def selected_joint(
+    var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]
+) -> xr.Variable | None:
+    """``var.isel(indexers)`` for a ``response`` made by :func:`concat`, built from its inputs.
+
+    Selecting the concatenated array through dask would compute whole chunks
+    of the inputs (every cell and repeat) and copy the kept entries out of
+    them. The selection is instead pushed down: each input is selected at
+    its own kept stims, cells and repeats (read from the file when its
+    values are a cache file's, :func:`nat4xr.selection.selected_part`), and
+    the block-diagonal array is assembled again from those parts, with NaN
+    blocks no larger than the parts' chunks. The same entries by the rule of
+    :class:`_Joint`. None when ``var`` is not such a response (any dask
+    array of another name), or for selections other than sorted positions
+    along ``stim`` and ``neuron`` and a non-empty repeat prefix.
+    """
+    import dask.array as da
+
+    from .selection import selected_part
+
+    name = getattr(var.data, "name", None) if var.chunks is not None else None
+    with _JOINTS_LOCK:
+        joint = _JOINTS.get(name) if name is not None else None
+    if joint is None or tuple(var.dims) != RESPONSE_DIMS or set(indexers) - {*RESPONSE_DIMS[:3]}:
+        return None
+    n_stim, n_neuron, n_repeat, _ = var.shape
+    stim = np.arange(n_stim)[indexers.get("stim", slice(None))]
+    neuron = np.arange(n_neuron)[indexers.get("neuron", slice(None))]
+    repeat = np.arange(n_repeat)[indexers.get("repeat", slice(None))]
+    if (
+        len(repeat) == 0
+        or len(neuron) == 0
+        or not np.array_equal(repeat, np.arange(len(repeat)))
+        or np.any(np.diff(stim) <= 0)
+        or np.any(np.diff(neuron) <= 0)
+    ):
+        return None
+    offsets = np.cumsum([0, *(p.variable.shape[1] for p in joint.parts)])
+    parts, rows, kept = [], [], []
+    for k, part in enumerate(joint.parts):
+        cells = neuron[(neuron >= offsets[k]) & (neuron < offsets[k + 1])] - offsets[k]
+        if len(cells) == 0:
+            continue  # none of its neurons: no columns
+        old = joint.rows[k][stim]
+        used = np.unique(old[old >= 0])
+        reps = min(len(repeat), part.variable.shape[2])
+        picked = {"stim": used, "neuron": cells, "repeat": slice(0, reps)}
+        new = None if part.placed is None else selected_part(part.variable, part.placed, picked)
+        if new is None:
+            data = part.data[used][:, cells][:, :, :reps]
+            new = xr.Variable(part.variable.dims, data)
+            placed = None
+        else:
+            from . import provenance
+
+            placed = provenance.placement(new)
+        parts.append(_Part(new, new.data, placed))
+        rows.append(np.where(old >= 0, np.searchsorted(used, np.maximum(old, 0)), -1))
+        kept.append(k)
+    if not parts:
+        return None
+    # each row follows the chunks of its owner's part (else of the first part holding it)
+    holder = np.full(len(stim), -1, dtype=np.intp)
+    for i in reversed(range(len(parts))):
+        holder[rows[i] >= 0] = i
+    for i, k in enumerate(kept):
+        holder[joint.owner[stim] == k] = i
+    responses = [p.data for p in parts]
+    bounds = _repeat_bounds(responses, len(repeat))
+    padded = [_padded(resp, bounds) for resp in responses]
+    template = np.full(len(stim), -1, dtype=np.int64)
+    for i, resp in enumerate(padded):
+        mine = holder == i
+        chunk_ends = np.cumsum(resp.chunks[0])
+        template[mine] = i * 10**6 + np.searchsorted(chunk_ends, rows[i][mine], side="right")
+    # and NaN blocks hold at most a part's chunk of the widest part's values
+    row_bytes = var.dtype.itemsize * max(p.variable.shape[1] for p in parts) * len(repeat)
+    cap = max(1, _FILL_BYTES // max(1, row_bytes * var.shape[3]))
+    template = template * 10**6 + np.arange(len(stim)) // cap
+    response = _response(padded, rows, template)
+    if not isinstance(response, da.Array):
+        return None
+    _remember(response, _Joint(parts, rows, holder.clip(0)))
+    return xr.Variable(var.dims, response, var.attrs, var.encoding)
 
 
 def _kept_rows(owner: np.ndarray, pos: np.ndarray, datasets: Sequence[xr.Dataset]) -> np.ndarray:

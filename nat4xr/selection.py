@@ -609,7 +609,16 @@ def select(
         return ds.copy(deep=False)
     placed = _placements(ds)
     read, records = _from_file(ds, indexers, placed)
+    joint = None
+    if "response" not in read and "response" in ds.data_vars:
+        from .concat import selected_joint
+
+        joint = selected_joint(ds.variables["response"], indexers)
+        if joint is not None:
+            read["response"] = joint
     out = _isel(ds, indexers, read)
+    if joint is not None:
+        out = _chunked_as_response(out)
     for name, var in ds.data_vars.items():
         if name in records:
             provenance.record(out.variables[name], *records[name])
@@ -618,6 +627,21 @@ def select(
             hint = var.encoding.get("nat4xr_source")
             provenance.record_selection(var, out.variables[name], indexers, hint)
     return out
+
+
+def _chunked_as_response(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its other dask variables along ``stim`` chunked as ``response`` is.
+
+    A Dataset's variables keep one chunking along a shared dimension
+    (``ds.chunks``); the per-stim ones are small, so rechunking them is cheap.
+    """
+    axis = ds["response"].dims.index("stim")
+    stims = ds["response"].chunks[axis]
+    for name, var in ds.data_vars.items():
+        if name != "response" and var.chunks is not None and "stim" in var.dims:
+            if var.chunks[var.dims.index("stim")] != stims:
+                ds[name] = var.chunk({"stim": stims})
+    return ds
 
 
 def _placements(ds: xr.Dataset) -> dict[Hashable, provenance.Placement]:
@@ -651,52 +675,81 @@ def _from_file(
     Returns the variables and, per name, the arguments of
     :func:`nat4xr.provenance.record` for them.
     """
-    from .cachefile import CacheSource, reading
-
-    files = {}
-    for name, entry in placed.items():
-        var = ds.variables[name]
-        source = entry.source
-        if (
-            not isinstance(source, CacheSource)
-            or entry.variable not in source.file.index
-            or tuple(source.file.index[entry.variable].dims) != entry.dims
-            or entry.dims != tuple(map(str, var.dims))
-            or np.dtype(source.file.index[entry.variable].dtype.newbyteorder("=")) != var.dtype
-        ):
-            continue
-        files[name] = (entry, source)
+    files = {name: entry for name, entry in placed.items() if _servable(ds.variables[name], entry)}
     if not files:
         return {}, {}
     # chunked anew only when every dask variable along stim is: a Dataset's
     # variables keep one chunking along a shared dimension (``ds.chunks``)
     along_stim = [n for n, v in ds.data_vars.items() if v.chunks is not None and "stim" in v.dims]
-    auto = all(entry.auto for entry, _ in files.values()) and set(along_stim) <= set(files)
+    auto = all(entry.auto for entry in files.values()) and set(along_stim) <= set(files)
     per_stim = None
     if auto and "response" in files:
-        entry, _ = files["response"]
-        per_stim = _stims_per_chunk(ds.variables["response"], entry, indexers)
+        per_stim = _stims_per_chunk(ds.variables["response"], files["response"], indexers)
     read, records = {}, {}
-    for name, (entry, source) in files.items():
-        var = ds.variables[name]
-        positions = {}
-        chunks = {}
-        for axis, dim in enumerate(entry.dims):
-            key = indexers.get(dim)
-            rel = np.arange(var.shape[axis]) if key is None else np.arange(var.shape[axis])[key]
-            positions[dim] = entry.positions[dim][rel]
-            if per_stim is not None:
-                n = len(rel)
-                chunks[dim] = _split(n, per_stim) if dim == "stim" else (n,)
-            else:
-                chunks[dim] = _mapped(var.chunks[axis], rel)
-        data = reading.selected(source, entry.variable, entry.dims, positions, chunks)
-        again = reading.selected_again(
-            source, entry.variable, entry.dims, positions, chunks, data.name
-        )
-        read[name] = xr.Variable(var.dims, data, var.attrs, var.encoding)
-        records[name] = (source, entry.variable, positions, again, per_stim is not None)
+    for name, entry in files.items():
+        read[name], records[name] = _read_from_file(ds.variables[name], entry, indexers, per_stim)
     return read, records
+
+
+def _servable(var: xr.Variable, entry: provenance.Placement) -> bool:
+    """True when the engine can read ``var``'s placement from its file as ``var`` holds it."""
+    from .cachefile import CacheSource
+
+    source = entry.source
+    if not isinstance(source, CacheSource) or entry.variable not in source.file.index:
+        return False
+    index = source.file.index[entry.variable]
+    return (
+        tuple(index.dims) == entry.dims == tuple(map(str, var.dims))
+        and np.dtype(index.dtype.newbyteorder("=")) == var.dtype
+    )
+
+
+def _read_from_file(
+    var: xr.Variable,
+    entry: provenance.Placement,
+    indexers: dict[Hashable, slice | np.ndarray],
+    per_stim: int | None,
+) -> tuple[xr.Variable, tuple]:
+    """``var.isel(indexers)`` read from the file; with the arguments to record it.
+
+    ``per_stim``: stims per chunk (other axes whole), or None for the
+    parent's boundaries.
+    """
+    from .cachefile import reading
+
+    source = entry.source
+    positions = {}
+    chunks = {}
+    for axis, dim in enumerate(entry.dims):
+        key = indexers.get(dim)
+        rel = np.arange(var.shape[axis]) if key is None else np.arange(var.shape[axis])[key]
+        positions[dim] = entry.positions[dim][rel]
+        if per_stim is not None:
+            n = len(rel)
+            chunks[dim] = _split(n, per_stim) if dim == "stim" else (n,)
+        else:
+            chunks[dim] = _mapped(var.chunks[axis], rel)
+    data = reading.selected(source, entry.variable, entry.dims, positions, chunks)
+    again = reading.selected_again(source, entry.variable, entry.dims, positions, chunks, data.name)
+    new = xr.Variable(var.dims, data, var.attrs, var.encoding)
+    return new, (source, entry.variable, positions, again, per_stim is not None)
+
+
+def selected_part(
+    var: xr.Variable, entry: provenance.Placement, indexers: dict[Hashable, slice | np.ndarray]
+) -> xr.Variable | None:
+    """``var.isel(indexers)`` read from its file and recorded, for a variable placed by ``entry``.
+
+    None when the engine cannot serve it. Chunked as :func:`select` chunks a
+    ``response``; for the parts of a concatenation (:mod:`nat4xr.concat`).
+    """
+    if not _servable(var, entry):
+        return None
+    per_stim = _stims_per_chunk(var, entry, indexers) if entry.auto else None
+    new, args = _read_from_file(var, entry, indexers, per_stim)
+    provenance.record(new, *args)
+    return new
 
 
 def _stims_per_chunk(

@@ -24,7 +24,7 @@ import nat4xr
 from nat4xr import cachedir, provenance
 from nat4xr.batches import file_source
 from nat4xr.cachefile import arrays, open_cache, reading, write_cache
-from nat4xr.selection import coverage_current, select
+from nat4xr.selection import coverage_current, prune, select
 from nat4xr.testing import raise_if_dask_computes
 
 DIMS = {"response": ("stim", "neuron", "repeat", "time")}
@@ -246,3 +246,102 @@ def test_one_chunking_when_a_variable_is_not_the_files(path, source, monkeypatch
         np.testing.assert_array_equal(
             sel["spectrogram"].values, _val_cells(source)["spectrogram"].values
         )
+
+
+# -- selections of a concatenation are pushed down into its inputs ----------------------------
+
+
+@pytest.fixture
+def areas(tmp_path):
+    a1 = nat4xr.synthetic.random_dataset(n_est=9, n_val=4, n_neurons=7, seed=1, area="A1")
+    peg = nat4xr.synthetic.random_dataset(n_est=6, n_val=3, n_neurons=5, seed=2, area="PEG")
+    est_only = nat4xr.synthetic.random_dataset(n_est=5, n_val=0, n_neurons=3, seed=3, area="X")
+    paths = [write_cache(d, tmp_path / f"{i}.nc") for i, d in enumerate((a1, peg, est_only))]
+    return (a1, peg, est_only), paths
+
+
+JOINT_SELECTIONS = {
+    "val": lambda d: d.nat4.sel_stims(subset="val"),
+    "the last area's cells": lambda d: d.nat4.sel_neurons(
+        source=str(d["neuron_source"].values[-1])
+    ),
+    "val, every other cell": lambda d: d.nat4.sel_stims(subset="val").nat4.sel_neurons(
+        lambda t: np.arange(len(t)) % 2 == 0
+    ),
+    "est, pruned": lambda d: prune(d.nat4.sel_stims(subset="est"), recompute=False),
+    "stims of one area, cells of another": lambda d: select(
+        d, stim=np.arange(3), neuron=np.arange(d.sizes["neuron"] - 2, d.sizes["neuron"])
+    ),
+    "one repeat": lambda d: select(d, stim=np.arange(0, d.sizes["stim"], 2), repeat=1),
+}
+
+
+@pytest.mark.parametrize("join", ["block", "shared"])
+def test_selections_of_a_concatenation_equal_the_in_memory_ones(areas, join, reads):
+    inputs, paths = areas
+    names = ["A1", "PEG", "X"]
+    if join == "shared":  # the same recordings under two names: every stim shared
+        inputs, paths, names = inputs[:1] * 2, paths[:1] * 2, ["A1", "A1b"]
+    storages = {
+        "auto": [open_cache(p) for p in paths],
+        "chunks=2": [open_cache(p, chunks=2) for p in paths],
+        "mixed": [open_cache(paths[0]), inputs[1], open_cache(paths[-1], chunks=None)],
+    }
+    want_joint = nat4xr.concat(list(inputs), names=names, join=join)
+    for storage, opened in storages.items():
+        opened = opened[: len(inputs)]
+        with raise_if_dask_computes():
+            joint = nat4xr.concat(opened, names=names, join=join)
+        for what, transform in JOINT_SELECTIONS.items():
+            with raise_if_dask_computes():
+                got = transform(joint)
+                again = transform(got) if what != "one repeat" else got
+            want = transform(want_joint)
+            case = f"{join}, {storage}, {what}"
+            np.testing.assert_array_equal(
+                got["response"].values, want["response"].values, err_msg=case
+            )
+            np.testing.assert_array_equal(
+                again["response"].values,
+                (transform(want) if what != "one repeat" else want)["response"].values,
+                err_msg=case,
+            )
+            np.testing.assert_array_equal(got["neuron"].values, want["neuron"].values)
+            assert got.chunks["stim"] == got["response"].chunks[0], case
+            loaded = got.nat4.load()
+            np.testing.assert_array_equal(loaded["response"].values, want["response"].values)
+            np.testing.assert_array_equal(loaded["spectrogram"].values, want["spectrogram"].values)
+        for ds in opened:
+            ds.close()
+
+
+def test_a_selection_of_a_concatenation_reads_only_kept_cells(areas, reads):
+    _, paths = areas
+    a1, peg = open_cache(paths[0]), open_cache(paths[1])
+    joint = nat4xr.concat([a1, peg])
+    val = joint.nat4.sel_stims(subset="val").nat4.sel_neurons(lambda t: np.arange(len(t)) % 2 == 0)
+    reads.clear()
+    val["response"].compute()
+    source = val["neuron_source"].values
+    kept = {"A1": int((source == "A1").sum()), "PEG": int((source == "PEG").sum())}
+    assert sorted({r[0][1] for r in reads}) == sorted(set(kept.values()))
+    n_val = int((a1["subset"] == "val").sum() + (peg["subset"] == "val").sum())
+    assert sum(r[0][0] for r in reads) == n_val  # each val sound read once, nothing else
+    a1.close()
+    peg.close()
+
+
+def test_a_concatenation_leaves_no_file_open(tmp_path, monkeypatch, areas):
+    monkeypatch.setenv("NAT4XR_CACHE_DIR", str(tmp_path / "cache"))
+    (a1, peg, _), _ = areas
+    folder = cachedir.cache_dir()
+    targets = [
+        write_cache(a1, folder / "A1-all-0123456789abcdef.nc", key="k"),
+        write_cache(peg, folder / "PEG-all-0123456789abcdef.nc", key="k"),
+    ]
+    joint = nat4xr.concat([open_cache(p) for p in targets])
+    val = joint.nat4.sel_stims(subset="val")
+    val.nat4.load()
+    del joint, val
+    gc.collect()
+    assert sorted(cachedir.cache_clear()) == sorted(targets)
