@@ -617,6 +617,10 @@ _JOINTS_LOCK = threading.Lock()
 
 
 def _remember(response: Any, joint: _Joint) -> None:
+    if any(part.data is response for part in joint.parts):
+        # one input, whole (dask returns it as is): its own selections apply, and a
+        # record holding the array itself would never be forgotten
+        return
     name = response.name
     with _JOINTS_LOCK:
         _JOINTS[name] = joint

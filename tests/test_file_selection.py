@@ -342,6 +342,10 @@ def test_a_concatenation_leaves_no_file_open(tmp_path, monkeypatch, areas):
     joint = nat4xr.concat([open_cache(p) for p in targets])
     val = joint.nat4.sel_stims(subset="val")
     val.nat4.load()
-    del joint, val
+    peg_cells = joint.nat4.sel_neurons(source="PEG")  # one input's block, whole
+    alone = nat4xr.concat([open_cache(targets[0])]).nat4.sel_stims(subset="val")
+    alone.nat4.load()
+    peg_cells.nat4.sel_stims(subset="val").nat4.load()
+    del joint, val, peg_cells, alone
     gc.collect()
     assert sorted(cachedir.cache_clear()) == sorted(targets)
