@@ -306,6 +306,37 @@ def _response(responses: list[Any], rows: list[np.ndarray], template: np.ndarray
     return da.concatenate(columns, axis=1)
 
 
+def _assembled(responses: list[Any], rows: list[np.ndarray], template: np.ndarray) -> Any:
+    """As :func:`_response`, with each stretch of NaN rows one fill of several chunks.
+
+    The chunks are the runs of ``template`` (so they line up across
+    columns); one ``dask.array.full`` per stretch instead of one per run,
+    which is what building the array costs.
+    """
+    import dask.array as da
+
+    columns = []
+    for resp, pos in zip(responses, rows):
+        _, n, r, t = resp.shape
+        pieces = []
+        runs = _runs(pos, template)
+        i = 0
+        while i < len(runs):
+            start, end = runs[i]
+            if pos[start] >= 0:
+                pieces.append(resp[int(pos[start]) : int(pos[end - 1]) + 1])
+                i += 1
+                continue
+            sizes = []
+            while i < len(runs) and pos[runs[i][0]] < 0:
+                sizes.append(runs[i][1] - runs[i][0])
+                i += 1
+            chunks = (tuple(sizes), *resp.chunks[1:])
+            pieces.append(da.full((sum(sizes), n, r, t), np.nan, dtype=resp.dtype, chunks=chunks))
+        columns.append(da.concatenate(pieces, axis=0) if pieces else resp[:0])
+    return da.concatenate(columns, axis=1)
+
+
 def _gather_rows(arrays: list[Any], owner: np.ndarray, pos: np.ndarray) -> Any:
     """Rows of the union taken from their owning input (dask arrays, sliced, never computed)."""
     import dask.array as da
@@ -713,7 +744,7 @@ def selected_joint(
     row_bytes = var.dtype.itemsize * max(p.variable.shape[1] for p in parts) * len(repeat)
     cap = max(1, _FILL_BYTES // max(1, row_bytes * var.shape[3]))
     template = template * 10**6 + np.arange(len(stim)) // cap
-    response = _response(padded, rows, template)
+    response = _assembled(padded, rows, template)
     if not isinstance(response, da.Array):
         return None
     _remember(response, _Joint(parts, rows, holder.clip(0)))

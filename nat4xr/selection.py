@@ -637,10 +637,13 @@ def _chunked_as_response(ds: xr.Dataset) -> xr.Dataset:
     """
     axis = ds["response"].dims.index("stim")
     stims = ds["response"].chunks[axis]
-    for name, var in ds.data_vars.items():
+    for name in list(ds.data_vars):
+        var = ds.variables[name]
         if name != "response" and var.chunks is not None and "stim" in var.dims:
-            if var.chunks[var.dims.index("stim")] != stims:
-                ds[name] = var.chunk({"stim": stims})
+            at = var.dims.index("stim")
+            if var.chunks[at] != stims:
+                data = var.data.rechunk({at: stims})
+                ds[name] = xr.Variable(var.dims, data, var.attrs, var.encoding)
     return ds
 
 

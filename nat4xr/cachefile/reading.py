@@ -33,7 +33,7 @@ __all__ = ["identify", "open_cache", "open_store", "read_metadata", "selected"]
 _CHUNK_BYTES = 64 << 20
 #: Bytes per dask chunk of a selection read from the file (:func:`selected`) under ``'auto'``:
 #: a task holds about this much (two at once on the default threads), whatever it reduces to.
-SELECTION_CHUNK_BYTES = 32 << 20
+SELECTION_CHUNK_BYTES = 16 << 20
 _REBUILD = "rebuild it with open_nat4(..., rebuild=True)"
 
 
