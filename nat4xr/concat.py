@@ -191,14 +191,17 @@ class _Slices:
         return np.asarray(self.variable[key].values)
 
 
-def _as_dask(variable: xr.Variable, sized_as: tuple[int, ...] | None = None) -> Any:
+def _as_dask(
+    variable: xr.Variable, sized_as: tuple[int, ...] | None = None, limit: int | None = None
+) -> Any:
     """``variable``'s data as a dask array, without copying or reading it.
 
     Dask data is returned as is. Anything else (numpy, or lazily indexed
     file data) becomes a dask array over the variable itself, in chunks along
     the first dimension (the others whole) of about dask's
-    ``array.chunk-size``, as an array of shape ``sized_as`` (default: its own)
-    would be chunked: a response padded to more repeats is sized as padded.
+    ``array.chunk-size`` (or ``limit`` bytes), as an array of shape
+    ``sized_as`` (default: its own) would be chunked: a response padded to
+    more repeats is sized as padded.
 
     Examples
     --------
@@ -219,7 +222,7 @@ def _as_dask(variable: xr.Variable, sized_as: tuple[int, ...] | None = None) -> 
     chunks: Any = shape
     if all(shape):
         sized = sized_as or shape
-        auto = normalize_chunks(("auto", *sized[1:]), sized, dtype=variable.dtype)
+        auto = normalize_chunks(("auto", *sized[1:]), sized, limit=limit, dtype=variable.dtype)
         chunks = (auto[0], *shape[1:])
     return da.from_array(
         _Slices(variable),
@@ -683,7 +686,8 @@ def selected_joint(
     """
     import dask.array as da
 
-    from .selection import selected_part
+    from .cachefile.reading import SELECTION_CHUNK_BYTES
+    from .selection import not_read_yet, selected_part
 
     name = getattr(var.data, "name", None) if var.chunks is not None else None
     with _JOINTS_LOCK:
@@ -713,15 +717,18 @@ def selected_joint(
         reps = min(len(repeat), part.variable.shape[2])
         picked = {"stim": used, "neuron": cells, "repeat": slice(0, reps)}
         new = None if part.placed is None else selected_part(part.variable, part.placed, picked)
-        if new is None:
-            data = part.data[used][:, cells][:, :, :reps]
-            new = xr.Variable(part.variable.dims, data)
-            placed = None
-        else:
+        if new is not None:
             from . import provenance
 
-            placed = provenance.placement(new)
-        parts.append(_Part(new, new.data, placed))
+            parts.append(_Part(new, new.data, provenance.placement(new)))
+        elif part.variable.chunks is None and not_read_yet(part.variable):
+            # a file's values read on access: indexed lazily (kept so, for the next
+            # selection to compose with), then read just those
+            lazy = part.variable.isel(picked)
+            parts.append(_Part(lazy, _as_dask(lazy, limit=SELECTION_CHUNK_BYTES), None))
+        else:
+            data = part.data[used][:, cells][:, :, :reps]
+            parts.append(_Part(xr.Variable(part.variable.dims, data), data, None))
         rows.append(np.where(old >= 0, np.searchsorted(used, np.maximum(old, 0)), -1))
         kept.append(k)
     if not parts:

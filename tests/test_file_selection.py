@@ -315,9 +315,10 @@ def test_selections_of_a_concatenation_equal_the_in_memory_ones(areas, join, rea
             ds.close()
 
 
-def test_a_selection_of_a_concatenation_reads_only_kept_cells(areas, reads):
+@pytest.mark.parametrize("peg_chunks", ["auto", None])
+def test_a_selection_of_a_concatenation_reads_only_kept_cells(areas, reads, peg_chunks):
     _, paths = areas
-    a1, peg = open_cache(paths[0]), open_cache(paths[1])
+    a1, peg = open_cache(paths[0]), open_cache(paths[1], chunks=peg_chunks)
     joint = nat4xr.concat([a1, peg])
     val = joint.nat4.sel_stims(subset="val").nat4.sel_neurons(lambda t: np.arange(len(t)) % 2 == 0)
     reads.clear()
