@@ -672,8 +672,10 @@ def _from_file(
     stims, cells and repeats (:func:`nat4xr.cachefile.reading.selected`),
     where indexing the parent's dask array would compute whole parent chunks
     (every cell and repeat) and copy the kept entries out of them. Chunked
-    along ``stim`` by the selection's own size when nat4xr chose the
-    parent's chunks, else at the parent's chunk boundaries.
+    at the parent's chunk boundaries, mapped through the selection (what
+    indexing gives, so loaders that shuffle within chunks keep their order);
+    when nat4xr chose the parent's chunks, a chunk along ``stim`` is cut
+    further to the selection's size per stim (``SELECTION_CHUNK_BYTES``).
 
     Returns the variables and, per name, the arguments of
     :func:`nat4xr.provenance.record` for them.
@@ -681,7 +683,7 @@ def _from_file(
     files = {name: entry for name, entry in placed.items() if _servable(ds.variables[name], entry)}
     if not files:
         return {}, {}
-    # chunked anew only when every dask variable along stim is: a Dataset's
+    # cut further only when every dask variable along stim is: a Dataset's
     # variables keep one chunking along a shared dimension (``ds.chunks``)
     along_stim = [n for n, v in ds.data_vars.items() if v.chunks is not None and "stim" in v.dims]
     auto = all(entry.auto for entry in files.values()) and set(along_stim) <= set(files)
@@ -716,8 +718,8 @@ def _read_from_file(
 ) -> tuple[xr.Variable, tuple]:
     """``var.isel(indexers)`` read from the file; with the arguments to record it.
 
-    ``per_stim``: stims per chunk (other axes whole), or None for the
-    parent's boundaries.
+    Chunked at the parent's boundaries (mapped through the selection), a
+    chunk along ``stim`` cut to at most ``per_stim`` stims unless that is None.
     """
     from .cachefile import reading
 
@@ -728,11 +730,9 @@ def _read_from_file(
         key = indexers.get(dim)
         rel = np.arange(var.shape[axis]) if key is None else np.arange(var.shape[axis])[key]
         positions[dim] = entry.positions[dim][rel]
-        if per_stim is not None:
-            n = len(rel)
-            chunks[dim] = _split(n, per_stim) if dim == "stim" else (n,)
-        else:
-            chunks[dim] = _mapped(var.chunks[axis], rel)
+        chunks[dim] = _mapped(var.chunks[axis], rel)
+        if per_stim is not None and dim == "stim":
+            chunks[dim] = _capped(chunks[dim], per_stim)
     data = reading.selected(source, entry.variable, entry.dims, positions, chunks)
     again = reading.selected_again(source, entry.variable, entry.dims, positions, chunks, data.name)
     new = xr.Variable(var.dims, data, var.attrs, var.encoding)
@@ -769,11 +769,16 @@ def _stims_per_chunk(
     return max(1, SELECTION_CHUNK_BYTES // max(1, per_stim))
 
 
-def _split(n: int, per: int) -> tuple[int, ...]:
-    """``n`` in chunks of ``per`` (the last one shorter); ``(0,)`` for none."""
-    if n == 0:
-        return (0,)
-    return (per,) * (n // per) + ((n % per,) if n % per else ())
+def _capped(chunks: tuple[int, ...], per: int) -> tuple[int, ...]:
+    """``chunks`` with each chunk longer than ``per`` cut into chunks of ``per`` (and the rest).
+
+    >>> _capped((8, 2, 5), 3)
+    (3, 3, 2, 2, 3, 2)
+    """
+    out: list[int] = []
+    for n in chunks:
+        out += [per] * (n // per) + ([n % per] if n % per or n == 0 else [])
+    return tuple(out)
 
 
 def _mapped(parent: tuple[int, ...], rel: np.ndarray) -> tuple[int, ...]:

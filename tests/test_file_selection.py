@@ -86,16 +86,36 @@ def test_each_task_reads_only_its_stims_and_the_kept_cells_and_repeats(path, sou
 
 def test_auto_chunks_follow_the_selections_size(path, monkeypatch):
     with open_cache(path) as lazy:
-        val = _val_cells(lazy)
+        val = lazy.nat4.sel_stims(subset="val")
         per_stim = val["response"].dtype.itemsize * np.prod(val["response"].shape[1:])
         monkeypatch.setattr(reading, "SELECTION_CHUNK_BYTES", int(per_stim * 3))
-        val = _val_cells(lazy)
+        val = lazy.nat4.sel_stims(subset="val")
         assert val["response"].chunks[0] == (3, 1)
         assert val["response"].chunks[1:] == tuple((n,) for n in val["response"].shape[1:])
         assert val["spectrogram"].chunks[0] == (3, 1)
         assert val.chunks["stim"] == (3, 1)  # one chunking for the Dataset
-        est = lazy.nat4.sel_stims(subset="est")  # one repeat: 20 x smaller per stim
-        assert max(est["response"].chunks[0]) == min(est.sizes["stim"], 60)
+        # a smaller selection of it is never chunked coarser than its parent
+        assert _val_cells(lazy)["response"].chunks[0] == (3, 1)
+        est = lazy.nat4.sel_stims(subset="est")  # one repeat: 17 x smaller per stim
+        assert est["response"].chunks[0] == (est.sizes["stim"],)
+
+
+def test_selections_keep_the_parents_chunk_boundaries(tmp_path):
+    from nat4xr.batches import storage_groups
+
+    ds = nat4xr.synthetic.random_dataset(
+        n_est=40, n_val=4, n_neurons=3, n_time=5, seed=2, p_missing=0.0
+    )
+    with open_cache(write_cache(ds, tmp_path / "c.nc")) as lazy:
+        assert lazy["response"].chunks[0] == (32, 12)
+        cells = lazy.nat4.sel_neurons(lambda t: np.arange(len(t)) != 1)  # every stim kept
+        plain = lazy.isel(neuron=[0, 2], repeat=slice(0, cells.sizes["repeat"]))
+        assert cells["response"].chunks == plain["response"].chunks
+        # so loaders that shuffle within chunks keep their order
+        groups = [g.tolist() for g in storage_groups(cells)]
+        assert groups == [g.tolist() for g in storage_groups(plain)]
+        some = select(lazy, stim=np.array([0, 5, 31, 32, 40, 43]))
+        assert some["response"].chunks[0] == (3, 3)  # the parent's boundaries, mapped
 
 
 def test_chosen_chunks_keep_their_boundaries(path, source):
