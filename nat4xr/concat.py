@@ -13,11 +13,10 @@ never allocated.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-import threading
 import warnings
-import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -645,31 +644,21 @@ class _Joint:
 
 #: Bytes at most in one NaN block of a selection of a concatenation.
 _FILL_BYTES = 32 << 20
-#: Concatenated responses by dask name, while the array lives (a dask name is its values).
-_JOINTS: dict[str, _Joint] = {}
-_JOINTS_LOCK = threading.Lock()
 
 
 def _remember(response: Any, joint: _Joint) -> None:
+    """Let selections of ``response`` be pushed down into its inputs (:func:`_select_joint`)."""
+    from . import provenance
+
     if any(part.data is response for part in joint.parts):
         # one input, whole (dask returns it as is): its own selections apply, and a
         # record holding the array itself would never be forgotten
         return
-    name = response.name
-    with _JOINTS_LOCK:
-        _JOINTS[name] = joint
-    # forgotten with the array: the inputs it holds must not outlive it (open files)
-    weakref.finalize(response, _forget, name, joint)
+    provenance.record_selector(response, functools.partial(_select_joint, joint))
 
 
-def _forget(name: str, joint: _Joint) -> None:
-    with _JOINTS_LOCK:
-        if _JOINTS.get(name) is joint:
-            del _JOINTS[name]
-
-
-def selected_joint(
-    var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]
+def _select_joint(
+    joint: _Joint, var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]
 ) -> xr.Variable | None:
     """``var.isel(indexers)`` for a ``response`` made by :func:`concat`, built from its inputs.
 
@@ -680,19 +669,17 @@ def selected_joint(
     values are a cache file's, :func:`nat4xr.selection.selected_part`), and
     the block-diagonal array is assembled again from those parts, with NaN
     blocks no larger than the parts' chunks. The same entries by the rule of
-    :class:`_Joint`. None when ``var`` is not such a response (any dask
-    array of another name), or for selections other than sorted positions
-    along ``stim`` and ``neuron`` and a non-empty repeat prefix.
+    :class:`_Joint`. None (left to indexing) for selections other than
+    sorted positions along ``stim`` and ``neuron`` and a non-empty repeat
+    prefix. Recorded for the result by :func:`_remember`, looked up by
+    :func:`nat4xr.selection.select` through :mod:`nat4xr.provenance`.
     """
     import dask.array as da
 
     from .cachefile.reading import SELECTION_CHUNK_BYTES
     from .selection import not_read_yet, selected_part
 
-    name = getattr(var.data, "name", None) if var.chunks is not None else None
-    with _JOINTS_LOCK:
-        joint = _JOINTS.get(name) if name is not None else None
-    if joint is None or tuple(var.dims) != RESPONSE_DIMS or set(indexers) - {*RESPONSE_DIMS[:3]}:
+    if tuple(var.dims) != RESPONSE_DIMS or set(indexers) - {*RESPONSE_DIMS[:3]}:
         return None
     n_stim, n_neuron, n_repeat, _ = var.shape
     stim = np.arange(n_stim)[indexers.get("stim", slice(None))]

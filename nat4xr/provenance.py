@@ -11,6 +11,10 @@ the file of its entries along each dimension (a :class:`Placement`). Anything
 computed from those values, or the same values under other labels, has a
 name that was never recorded, and readers take the general path.
 
+Arrays built of others (a :func:`nat4xr.concat` result) may carry a
+selector instead (:func:`record_selector`): how to select from them through
+their inputs.
+
 Plain xarray selections of a recorded array (``ds.isel(...)``,
 ``ds.sel(...)``, one per axis in a row) are recognised by rebuilding them
 from the labels and comparing dask names (:func:`placement`); the graph
@@ -43,7 +47,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["Placement", "placement", "record", "record_selection", "same_file"]
+__all__ = [
+    "Placement",
+    "placement",
+    "record",
+    "record_selection",
+    "record_selector",
+    "same_file",
+    "selector",
+]
 
 #: Names remembered at most; the oldest are forgotten first (they then take the general path).
 _LIMIT = 1024
@@ -338,3 +350,37 @@ def _as_slice(k: np.ndarray) -> slice | np.ndarray:
     if len(k) and np.array_equal(k, np.arange(k[0], k[0] + len(k))):
         return slice(int(k[0]), int(k[0]) + len(k))
     return k
+
+
+#: How to select from dask arrays built of others (a ``concat`` result), by dask name.
+_SELECTORS: dict[str, Callable[..., Any]] = {}
+
+
+def record_selector(array: Any, selector: Callable[..., Any]) -> None:
+    """Remember how to select from the dask ``array`` other than by indexing it.
+
+    ``selector(var, indexers)`` gives ``var.isel(indexers)`` for a variable
+    holding ``array`` (same values), or None to leave it to indexing. Only
+    the code that makes ``array`` may call this. The selector is forgotten
+    when ``array`` is collected: what it holds (the inputs, their files)
+    lives no longer than the array does.
+    """
+    name = array.name
+    with _LOCK:
+        _SELECTORS[name] = selector
+    weakref.finalize(array, _forget_selector, name, selector)
+
+
+def _forget_selector(name: str, selector: Callable[..., Any]) -> None:
+    with _LOCK:
+        if _SELECTORS.get(name) is selector:
+            del _SELECTORS[name]
+
+
+def selector(var: xr.Variable | xr.DataArray) -> Callable[..., Any] | None:
+    """The selector recorded for ``var``'s dask array (:func:`record_selector`), or None."""
+    name = _name(var)
+    if name is None:
+        return None
+    with _LOCK:
+        return _SELECTORS.get(name)

@@ -611,9 +611,9 @@ def select(
     read, records = _from_file(ds, indexers, placed)
     joint = None
     if "response" not in read and "response" in ds.data_vars:
-        from .concat import selected_joint
-
-        joint = selected_joint(ds.variables["response"], indexers)
+        # a response built of others (a concat result) may select through them
+        pick = provenance.selector(ds.variables["response"])
+        joint = None if pick is None else pick(ds.variables["response"], indexers)
         if joint is not None:
             read["response"] = joint
     out = _isel(ds, indexers, read)
