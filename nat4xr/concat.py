@@ -13,10 +13,12 @@ never allocated.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import warnings
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -188,14 +190,17 @@ class _Slices:
         return np.asarray(self.variable[key].values)
 
 
-def _as_dask(variable: xr.Variable, sized_as: tuple[int, ...] | None = None) -> Any:
+def _as_dask(
+    variable: xr.Variable, sized_as: tuple[int, ...] | None = None, limit: int | None = None
+) -> Any:
     """``variable``'s data as a dask array, without copying or reading it.
 
     Dask data is returned as is. Anything else (numpy, or lazily indexed
     file data) becomes a dask array over the variable itself, in chunks along
     the first dimension (the others whole) of about dask's
-    ``array.chunk-size``, as an array of shape ``sized_as`` (default: its own)
-    would be chunked: a response padded to more repeats is sized as padded.
+    ``array.chunk-size`` (or ``limit`` bytes), as an array of shape
+    ``sized_as`` (default: its own) would be chunked: a response padded to
+    more repeats is sized as padded.
 
     Examples
     --------
@@ -216,7 +221,7 @@ def _as_dask(variable: xr.Variable, sized_as: tuple[int, ...] | None = None) -> 
     chunks: Any = shape
     if all(shape):
         sized = sized_as or shape
-        auto = normalize_chunks(("auto", *sized[1:]), sized, dtype=variable.dtype)
+        auto = normalize_chunks(("auto", *sized[1:]), sized, limit=limit, dtype=variable.dtype)
         chunks = (auto[0], *shape[1:])
     return da.from_array(
         _Slices(variable),
@@ -299,6 +304,37 @@ def _response(responses: list[Any], rows: list[np.ndarray], template: np.ndarray
                 pieces.append(da.full(shape, np.nan, dtype=resp.dtype, chunks=chunks))
             else:
                 pieces.append(resp[int(pos[start]) : int(pos[end - 1]) + 1])
+        columns.append(da.concatenate(pieces, axis=0) if pieces else resp[:0])
+    return da.concatenate(columns, axis=1)
+
+
+def _assembled(responses: list[Any], rows: list[np.ndarray], template: np.ndarray) -> Any:
+    """As :func:`_response`, with each stretch of NaN rows one fill of several chunks.
+
+    The chunks are the runs of ``template`` (so they line up across
+    columns); one ``dask.array.full`` per stretch instead of one per run,
+    which is what building the array costs.
+    """
+    import dask.array as da
+
+    columns = []
+    for resp, pos in zip(responses, rows):
+        _, n, r, t = resp.shape
+        pieces = []
+        runs = _runs(pos, template)
+        i = 0
+        while i < len(runs):
+            start, end = runs[i]
+            if pos[start] >= 0:
+                pieces.append(resp[int(pos[start]) : int(pos[end - 1]) + 1])
+                i += 1
+                continue
+            sizes = []
+            while i < len(runs) and pos[runs[i][0]] < 0:
+                sizes.append(runs[i][1] - runs[i][0])
+                i += 1
+            chunks = (tuple(sizes), *resp.chunks[1:])
+            pieces.append(da.full((sum(sizes), n, r, t), np.nan, dtype=resp.dtype, chunks=chunks))
         columns.append(da.concatenate(pieces, axis=0) if pieces else resp[:0])
     return da.concatenate(columns, axis=1)
 
@@ -454,6 +490,7 @@ def concat(
     for ds in datasets:
         var = ds.variables["response"]
         responses.append(_as_dask(var, sized_as=(*var.shape[:2], n_repeat, *var.shape[3:])))
+    parts = [_Part.of(ds, resp) for ds, resp in zip(datasets, responses)]
     bounds = _repeat_bounds(responses, n_repeat)
     responses = [_padded(resp, bounds) for resp in responses]
     response_attrs = dict(datasets[0]["response"].attrs)
@@ -517,6 +554,7 @@ def concat(
         mine = owner == k
         template[mine] = k * 10**9 + np.searchsorted(bounds, pos[mine], side="right")
     response = _response(responses, rows, template)
+    _remember(response, _Joint(parts, rows, owner))
 
     data_vars: dict[Hashable, Any] = {"response": (RESPONSE_DIMS, response, response_attrs)}
     stim_vars = {
@@ -564,6 +602,147 @@ def concat(
     out = xr.Dataset(data_vars, coords=coords)
     out.attrs = _attrs(datasets, names, join)
     return out
+
+
+# -- selections of a concatenation, pushed down into its inputs ------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One input's ``response`` in a concatenation: its variable, dask array and placement."""
+
+    variable: xr.Variable
+    data: Any
+    placed: Any  # a provenance.Placement when the values are a cache file's, else None
+
+    @classmethod
+    def of(cls, ds: xr.Dataset, data: Any) -> _Part:
+        from . import provenance
+
+        var = ds["response"]
+        placed = None
+        if var.chunks is not None:
+            placed = provenance.placement(var, var.encoding.get("nat4xr_source"))
+        return cls(var.variable, data, placed)
+
+
+@dataclass(frozen=True, eq=False)
+class _Joint:
+    """How a concatenated ``response`` is made of its inputs.
+
+    Entry ``[s, n, r, t]`` is input ``k``'s ``[rows[k][s], n - offset_k, r, t]``
+    for the neurons of input ``k`` (in input order, ``offset_k`` the neurons
+    of the inputs before it) where ``rows[k][s] >= 0`` and ``r`` is within
+    its repeats, NaN everywhere else; ``owner[s]`` is the input whose chunks
+    row ``s`` follows.
+    """
+
+    parts: list[_Part]
+    rows: list[np.ndarray]
+    owner: np.ndarray
+
+
+#: Bytes at most in one NaN block of a selection of a concatenation.
+_FILL_BYTES = 32 << 20
+
+
+def _remember(response: Any, joint: _Joint) -> None:
+    """Let selections of ``response`` be pushed down into its inputs (:func:`_select_joint`)."""
+    from . import provenance
+
+    if any(part.data is response for part in joint.parts):
+        # one input, whole (dask returns it as is): its own selections apply, and a
+        # record holding the array itself would never be forgotten
+        return
+    provenance.record_selector(response, functools.partial(_select_joint, joint))
+
+
+def _select_joint(
+    joint: _Joint, var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]
+) -> xr.Variable | None:
+    """``var.isel(indexers)`` for a ``response`` made by :func:`concat`, built from its inputs.
+
+    Selecting the concatenated array through dask would compute whole chunks
+    of the inputs (every cell and repeat) and copy the kept entries out of
+    them. The selection is instead pushed down: each input is selected at
+    its own kept stims, cells and repeats (read from the file when its
+    values are a cache file's, :func:`nat4xr.selection.selected_part`), and
+    the block-diagonal array is assembled again from those parts, with NaN
+    blocks no larger than the parts' chunks. The same entries by the rule of
+    :class:`_Joint`. None (left to indexing) for selections other than
+    sorted positions along ``stim`` and ``neuron`` and a non-empty repeat
+    prefix. Recorded for the result by :func:`_remember`, looked up by
+    :func:`nat4xr.selection.select` through :mod:`nat4xr.provenance`.
+    """
+    import dask.array as da
+
+    from .cachefile.reading import SELECTION_CHUNK_BYTES
+    from .selection import not_read_yet, selected_part
+
+    if tuple(var.dims) != RESPONSE_DIMS or set(indexers) - {*RESPONSE_DIMS[:3]}:
+        return None
+    n_stim, n_neuron, n_repeat, _ = var.shape
+    stim = np.arange(n_stim)[indexers.get("stim", slice(None))]
+    neuron = np.arange(n_neuron)[indexers.get("neuron", slice(None))]
+    repeat = np.arange(n_repeat)[indexers.get("repeat", slice(None))]
+    if (
+        len(repeat) == 0
+        or len(neuron) == 0
+        or not np.array_equal(repeat, np.arange(len(repeat)))
+        or np.any(np.diff(stim) <= 0)
+        or np.any(np.diff(neuron) <= 0)
+    ):
+        return None
+    offsets = np.cumsum([0, *(p.variable.shape[1] for p in joint.parts)])
+    parts, rows, kept = [], [], []
+    for k, part in enumerate(joint.parts):
+        cells = neuron[(neuron >= offsets[k]) & (neuron < offsets[k + 1])] - offsets[k]
+        if len(cells) == 0:
+            continue  # none of its neurons: no columns
+        old = joint.rows[k][stim]
+        used = np.unique(old[old >= 0])
+        reps = min(len(repeat), part.variable.shape[2])
+        picked = {"stim": used, "neuron": cells, "repeat": slice(0, reps)}
+        new = None if part.placed is None else selected_part(part.variable, part.placed, picked)
+        if new is not None:
+            from . import provenance
+
+            parts.append(_Part(new, new.data, provenance.placement(new)))
+        elif part.variable.chunks is None and not_read_yet(part.variable):
+            # a file's values read on access: indexed lazily (kept so, for the next
+            # selection to compose with), then read just those
+            lazy = part.variable.isel(picked)
+            parts.append(_Part(lazy, _as_dask(lazy, limit=SELECTION_CHUNK_BYTES), None))
+        else:
+            data = part.data[used][:, cells][:, :, :reps]
+            parts.append(_Part(xr.Variable(part.variable.dims, data), data, None))
+        rows.append(np.where(old >= 0, np.searchsorted(used, np.maximum(old, 0)), -1))
+        kept.append(k)
+    if not parts:
+        return None
+    # each row follows the chunks of its owner's part (else of the first part holding it)
+    holder = np.full(len(stim), -1, dtype=np.intp)
+    for i in reversed(range(len(parts))):
+        holder[rows[i] >= 0] = i
+    for i, k in enumerate(kept):
+        holder[joint.owner[stim] == k] = i
+    responses = [p.data for p in parts]
+    bounds = _repeat_bounds(responses, len(repeat))
+    padded = [_padded(resp, bounds) for resp in responses]
+    template = np.full(len(stim), -1, dtype=np.int64)
+    for i, resp in enumerate(padded):
+        mine = holder == i
+        chunk_ends = np.cumsum(resp.chunks[0])
+        template[mine] = i * 10**6 + np.searchsorted(chunk_ends, rows[i][mine], side="right")
+    # and NaN blocks hold at most a part's chunk of the widest part's values
+    row_bytes = var.dtype.itemsize * max(p.variable.shape[1] for p in parts) * len(repeat)
+    cap = max(1, _FILL_BYTES // max(1, row_bytes * var.shape[3]))
+    template = template * 10**6 + np.arange(len(stim)) // cap
+    response = _assembled(padded, rows, template)
+    if not isinstance(response, da.Array):
+        return None
+    _remember(response, _Joint(parts, rows, holder.clip(0)))
+    return xr.Variable(var.dims, response, var.attrs, var.encoding)
 
 
 def _kept_rows(owner: np.ndarray, pos: np.ndarray, datasets: Sequence[xr.Dataset]) -> np.ndarray:

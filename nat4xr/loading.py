@@ -64,13 +64,39 @@ def _filled(data: Any) -> np.ndarray:
     return out
 
 
+def _from_file(da: xr.DataArray) -> np.ndarray | None:
+    """``da``'s values read by the engine straight into one array, when they are a file's.
+
+    A dask array that holds exactly a cache file's values at known positions
+    (:mod:`nat4xr.provenance`) is read as ``chunks=None`` reads: one array of
+    the result's size, filled from the stored chunks the selection touches,
+    with no dask block in between. None for any other array.
+    """
+    from . import provenance
+    from .cachefile import CacheSource
+    from .cachefile.reading import file_selection
+
+    entry = provenance.placement(da, da.encoding.get("nat4xr_source"))
+    source = None if entry is None else entry.source
+    if (
+        not isinstance(source, CacheSource)
+        or entry.variable not in source.file.index
+        or tuple(source.file.index[entry.variable].dims) != entry.dims
+    ):
+        return None
+    values = file_selection(source, entry.variable, entry.dims, entry.positions).values
+    return values if values.dtype == da.dtype and values.shape == da.shape else None
+
+
 def load(ds: xr.Dataset) -> xr.Dataset:
     """A new Dataset with every variable in memory, each read into one preallocated array.
 
-    Variables backed by dask are computed block by block into their result;
-    those opened with ``chunks=None`` are read by the engine straight into
-    it. The input is unchanged (it stays lazy). Select first: the result
-    holds the whole ``response``, padding included.
+    Variables backed by dask are computed block by block into their result,
+    except those whose values are exactly a cache file's (opened or selected
+    by nat4xr, :mod:`nat4xr.provenance`): those, like the ones opened with
+    ``chunks=None``, are read by the engine straight into it. The input is
+    unchanged (it stays lazy). Select first: the result holds the whole
+    ``response``, padding included.
 
     Parameters
     ----------
@@ -94,7 +120,10 @@ def load(ds: xr.Dataset) -> xr.Dataset:
     """
     out = ds.copy(deep=False)
     for name, var in ds.variables.items():
-        if var.chunks is not None:
+        read = _from_file(ds[name]) if name in ds.data_vars and var.chunks is not None else None
+        if read is not None:
+            new = var.copy(deep=False, data=read)
+        elif var.chunks is not None:
             new = var.copy(deep=False, data=_filled(var.data))
         else:
             new = var.copy(deep=False)

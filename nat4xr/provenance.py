@@ -11,6 +11,10 @@ the file of its entries along each dimension (a :class:`Placement`). Anything
 computed from those values, or the same values under other labels, has a
 name that was never recorded, and readers take the general path.
 
+Arrays built of others (a :func:`nat4xr.concat` result) may carry a
+selector instead (:func:`record_selector`): how to select from them through
+their inputs.
+
 Plain xarray selections of a recorded array (``ds.isel(...)``,
 ``ds.sel(...)``, one per axis in a row) are recognised by rebuilding them
 from the labels and comparing dask names (:func:`placement`); the graph
@@ -43,7 +47,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["Placement", "placement", "record", "record_selection", "same_file"]
+__all__ = [
+    "Placement",
+    "placement",
+    "record",
+    "record_selection",
+    "record_selector",
+    "same_file",
+    "selector",
+]
 
 #: Names remembered at most; the oldest are forgotten first (they then take the general path).
 _LIMIT = 1024
@@ -66,6 +78,10 @@ class Placement:
     chunks : tuple
         The array's dask chunks (to rebuild selections from it).
     dtype : numpy.dtype
+    auto : bool
+        True when nat4xr chose the chunks (``chunks="auto"``): selections of
+        the array may then be chunked anew by their own size; False when the
+        user chose them, and selections keep their boundaries.
     """
 
     _source: Callable[[], Any]
@@ -77,6 +93,7 @@ class Placement:
     dtype: np.dtype
     _name: str = ""
     _again: Callable[[], Any] | None = None
+    auto: bool = False
 
     @property
     def source(self) -> Any:
@@ -127,6 +144,7 @@ def record(
     variable: str,
     positions: Mapping[Hashable, np.ndarray],
     again: Callable[[], Any] | None = None,
+    auto: bool = False,
 ) -> None:
     """Record that the dask-backed ``var`` holds ``source``'s ``variable`` at ``positions``.
 
@@ -135,7 +153,8 @@ def record(
     references (to the handle and the array), so it never keeps a file open,
     or locked against ``cache clear``, once no Dataset refers to it; a plain
     selection of an array is recognised while that array lives, or while
-    ``again`` (for arrays as opened) can make it anew from a live handle.
+    ``again`` (for arrays as opened, or selected from the file) can make it
+    anew from a live handle. ``auto`` as in :class:`Placement`.
     """
     name = _name(var)
     if name is None:
@@ -150,6 +169,7 @@ def record(
         np.dtype(var.dtype),
         name,
         again,
+        auto,
     )
     with _LOCK:
         _RECORDS[name] = entry
@@ -204,7 +224,7 @@ def record_selection(
     for dim in entry.dims:
         key = indexers.get(dim)
         positions[dim] = entry.positions[dim] if key is None else entry.positions[dim][key]
-    record(child, entry.source, entry.variable, positions)
+    record(child, entry.source, entry.variable, positions, auto=entry.auto)
 
 
 def placement(var: xr.Variable | xr.DataArray, hint: Any = None) -> Placement | None:
@@ -260,7 +280,7 @@ def _rebuilt(var: xr.DataArray, hint: Any) -> Placement | None:
                 continue
             if rebuilt.data.name == target:
                 positions = {d: entry.positions[d][relative.get(d, slice(None))] for d in dims}
-                record(var.variable, source, entry.variable, positions)
+                record(var.variable, source, entry.variable, positions, auto=entry.auto)
                 return _lookup(target)
     return None
 
@@ -330,3 +350,37 @@ def _as_slice(k: np.ndarray) -> slice | np.ndarray:
     if len(k) and np.array_equal(k, np.arange(k[0], k[0] + len(k))):
         return slice(int(k[0]), int(k[0]) + len(k))
     return k
+
+
+#: How to select from dask arrays built of others (a ``concat`` result), by dask name.
+_SELECTORS: dict[str, Callable[..., Any]] = {}
+
+
+def record_selector(array: Any, selector: Callable[..., Any]) -> None:
+    """Remember how to select from the dask ``array`` other than by indexing it.
+
+    ``selector(var, indexers)`` gives ``var.isel(indexers)`` for a variable
+    holding ``array`` (same values), or None to leave it to indexing. Only
+    the code that makes ``array`` may call this. The selector is forgotten
+    when ``array`` is collected: what it holds (the inputs, their files)
+    lives no longer than the array does.
+    """
+    name = array.name
+    with _LOCK:
+        _SELECTORS[name] = selector
+    weakref.finalize(array, _forget_selector, name, selector)
+
+
+def _forget_selector(name: str, selector: Callable[..., Any]) -> None:
+    with _LOCK:
+        if _SELECTORS.get(name) is selector:
+            del _SELECTORS[name]
+
+
+def selector(var: xr.Variable | xr.DataArray) -> Callable[..., Any] | None:
+    """The selector recorded for ``var``'s dask array (:func:`record_selector`), or None."""
+    name = _name(var)
+    if name is None:
+        return None
+    with _LOCK:
+        return _SELECTORS.get(name)

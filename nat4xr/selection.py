@@ -477,12 +477,19 @@ def _gather(var: xr.Variable, indexers: dict[Hashable, slice | np.ndarray]) -> x
     return xr.Variable(part.dims, data, part.attrs, part.encoding)
 
 
-def _isel(ds: xr.Dataset, indexers: dict[Hashable, slice | np.ndarray]) -> xr.Dataset:
-    """``ds.isel(indexers)`` (same result) with single-chunk dask gathers built in O(1)."""
+def _isel(
+    ds: xr.Dataset,
+    indexers: dict[Hashable, slice | np.ndarray],
+    ready: dict[Hashable, xr.Variable] | None = None,
+) -> xr.Dataset:
+    """``ds.isel(indexers)`` (same result) with single-chunk dask gathers built in O(1).
+
+    ``ready``: variables already selected (same values as their ``isel``).
+    """
     indexed = ds.xindexes
-    gathered = {}
+    gathered = dict(ready or {})
     for name, var in ds.variables.items():
-        if name not in indexed:
+        if name not in indexed and name not in gathered:
             new = _gather(var, indexers)
             if new is not None:
                 gathered[name] = new
@@ -600,13 +607,187 @@ def select(
         indexers["repeat"] = slice(0, max(0, int(repeat)))
     if not indexers:
         return ds.copy(deep=False)
-    out = _isel(ds, indexers)
+    placed = _placements(ds)
+    read, records = _from_file(ds, indexers, placed)
+    joint = None
+    if "response" not in read and "response" in ds.data_vars:
+        # a response built of others (a concat result) may select through them
+        pick = provenance.selector(ds.variables["response"])
+        joint = None if pick is None else pick(ds.variables["response"], indexers)
+        if joint is not None:
+            read["response"] = joint
+    out = _isel(ds, indexers, read)
+    if joint is not None:
+        out = _chunked_as_response(out)
     for name, var in ds.data_vars.items():
-        if var.chunks is not None:
+        if name in records:
+            provenance.record(out.variables[name], *records[name])
+        elif name in placed:
             # values selected from a file's stay the file's: say where they lie
             hint = var.encoding.get("nat4xr_source")
             provenance.record_selection(var, out.variables[name], indexers, hint)
     return out
+
+
+def _chunked_as_response(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its other dask variables along ``stim`` chunked as ``response`` is.
+
+    A Dataset's variables keep one chunking along a shared dimension
+    (``ds.chunks``); the per-stim ones are small, so rechunking them is cheap.
+    """
+    axis = ds["response"].dims.index("stim")
+    stims = ds["response"].chunks[axis]
+    for name in list(ds.data_vars):
+        var = ds.variables[name]
+        if name != "response" and var.chunks is not None and "stim" in var.dims:
+            at = var.dims.index("stim")
+            if var.chunks[at] != stims:
+                data = var.data.rechunk({at: stims})
+                ds[name] = xr.Variable(var.dims, data, var.attrs, var.encoding)
+    return ds
+
+
+def _placements(ds: xr.Dataset) -> dict[Hashable, provenance.Placement]:
+    """The dask data variables of ``ds`` that hold exactly a cache file's values, placed."""
+    out = {}
+    for name, var in ds.data_vars.items():
+        if var.chunks is None:
+            continue
+        entry = provenance.placement(var, var.encoding.get("nat4xr_source"))
+        if entry is not None:
+            out[name] = entry
+    return out
+
+
+def _from_file(
+    ds: xr.Dataset,
+    indexers: dict[Hashable, slice | np.ndarray],
+    placed: dict[Hashable, provenance.Placement],
+) -> tuple[dict[Hashable, xr.Variable], dict[Hashable, tuple]]:
+    """The placed variables selected as new dask arrays over the file (see :func:`select`).
+
+    A variable whose values are exactly a cache file's (:mod:`nat4xr.provenance`)
+    is the file's variable at known positions, so its selection is the file's
+    variable at the selected positions: read so, a task reads only its own
+    stims, cells and repeats (:func:`nat4xr.cachefile.reading.selected`),
+    where indexing the parent's dask array would compute whole parent chunks
+    (every cell and repeat) and copy the kept entries out of them. Chunked
+    at the parent's chunk boundaries, mapped through the selection (what
+    indexing gives, so loaders that shuffle within chunks keep their order);
+    when nat4xr chose the parent's chunks, a chunk along ``stim`` is cut
+    further to the selection's size per stim (``SELECTION_CHUNK_BYTES``).
+
+    Returns the variables and, per name, the arguments of
+    :func:`nat4xr.provenance.record` for them.
+    """
+    files = {name: entry for name, entry in placed.items() if _servable(ds.variables[name], entry)}
+    if not files:
+        return {}, {}
+    # cut further only when every dask variable along stim is: a Dataset's
+    # variables keep one chunking along a shared dimension (``ds.chunks``)
+    along_stim = [n for n, v in ds.data_vars.items() if v.chunks is not None and "stim" in v.dims]
+    auto = all(entry.auto for entry in files.values()) and set(along_stim) <= set(files)
+    per_stim = None
+    if auto and "response" in files:
+        per_stim = _stims_per_chunk(ds.variables["response"], files["response"], indexers)
+    read, records = {}, {}
+    for name, entry in files.items():
+        read[name], records[name] = _read_from_file(ds.variables[name], entry, indexers, per_stim)
+    return read, records
+
+
+def _servable(var: xr.Variable, entry: provenance.Placement) -> bool:
+    """True when the engine can read ``var``'s placement from its file as ``var`` holds it."""
+    from .cachefile import CacheSource
+
+    source = entry.source
+    if not isinstance(source, CacheSource) or entry.variable not in source.file.index:
+        return False
+    index = source.file.index[entry.variable]
+    return (
+        tuple(index.dims) == entry.dims == tuple(map(str, var.dims))
+        and np.dtype(index.dtype.newbyteorder("=")) == var.dtype
+    )
+
+
+def _read_from_file(
+    var: xr.Variable,
+    entry: provenance.Placement,
+    indexers: dict[Hashable, slice | np.ndarray],
+    per_stim: int | None,
+) -> tuple[xr.Variable, tuple]:
+    """``var.isel(indexers)`` read from the file; with the arguments to record it.
+
+    Chunked at the parent's boundaries (mapped through the selection), a
+    chunk along ``stim`` cut to at most ``per_stim`` stims unless that is None.
+    """
+    from .cachefile import reading
+
+    source = entry.source
+    positions = {}
+    chunks = {}
+    for axis, dim in enumerate(entry.dims):
+        key = indexers.get(dim)
+        rel = np.arange(var.shape[axis]) if key is None else np.arange(var.shape[axis])[key]
+        positions[dim] = entry.positions[dim][rel]
+        chunks[dim] = _mapped(var.chunks[axis], rel)
+        if per_stim is not None and dim == "stim":
+            chunks[dim] = _capped(chunks[dim], per_stim)
+    data = reading.selected(source, entry.variable, entry.dims, positions, chunks)
+    again = reading.selected_again(source, entry.variable, entry.dims, positions, chunks, data.name)
+    new = xr.Variable(var.dims, data, var.attrs, var.encoding)
+    return new, (source, entry.variable, positions, again, per_stim is not None)
+
+
+def selected_part(
+    var: xr.Variable, entry: provenance.Placement, indexers: dict[Hashable, slice | np.ndarray]
+) -> xr.Variable | None:
+    """``var.isel(indexers)`` read from its file and recorded, for a variable placed by ``entry``.
+
+    None when the engine cannot serve it. Chunked as :func:`select` chunks a
+    ``response``; for the parts of a concatenation (:mod:`nat4xr.concat`).
+    """
+    if not _servable(var, entry):
+        return None
+    per_stim = _stims_per_chunk(var, entry, indexers) if entry.auto else None
+    new, args = _read_from_file(var, entry, indexers, per_stim)
+    provenance.record(new, *args)
+    return new
+
+
+def _stims_per_chunk(
+    var: xr.Variable, entry: provenance.Placement, indexers: dict[Hashable, slice | np.ndarray]
+) -> int:
+    """Stims per dask chunk for a selection of ``var`` of about ``SELECTION_CHUNK_BYTES``."""
+    from .cachefile.reading import SELECTION_CHUNK_BYTES
+
+    per_stim = var.dtype.itemsize
+    for axis, dim in enumerate(entry.dims):
+        if dim != "stim":
+            key = indexers.get(dim)
+            per_stim *= var.shape[axis] if key is None else len(np.arange(var.shape[axis])[key])
+    return max(1, SELECTION_CHUNK_BYTES // max(1, per_stim))
+
+
+def _capped(chunks: tuple[int, ...], per: int) -> tuple[int, ...]:
+    """``chunks`` with each chunk longer than ``per`` cut into chunks of ``per`` (and the rest).
+
+    >>> _capped((8, 2, 5), 3)
+    (3, 3, 2, 2, 3, 2)
+    """
+    out: list[int] = []
+    for n in chunks:
+        out += [per] * (n // per) + ([n % per] if n % per or n == 0 else [])
+    return tuple(out)
+
+
+def _mapped(parent: tuple[int, ...], rel: np.ndarray) -> tuple[int, ...]:
+    """Chunks of ``parent[rel]`` (``rel`` sorted): the parent's boundaries, empty chunks dropped."""
+    if len(rel) == 0:
+        return (0,)
+    bounds = np.cumsum(parent)
+    counts = np.bincount(np.searchsorted(bounds, rel, side="right"), minlength=len(parent))
+    return tuple(int(c) for c in counts if c)
 
 
 # -- the bidirectional rule ---------------------------------------------------------------------

@@ -27,10 +27,13 @@ from .chunks import ChunkFile
 from .layout import CACHE_FORMAT, INDEX_GROUP, STAMPS, digest
 from .trailer import read_trailer
 
-__all__ = ["identify", "open_cache", "open_store", "read_metadata"]
+__all__ = ["identify", "open_cache", "open_store", "read_metadata", "selected"]
 
 #: Bytes of ``response`` per dask chunk that ``chunks='auto'`` aims at.
 _CHUNK_BYTES = 64 << 20
+#: Bytes per dask chunk of a selection read from the file (:func:`selected`) under ``'auto'``:
+#: a task holds about this much (two at once on the default threads), whatever it reduces to.
+SELECTION_CHUNK_BYTES = 16 << 20
 _REBUILD = "rebuild it with open_nat4(..., rebuild=True)"
 
 
@@ -236,14 +239,18 @@ def open_cache(path: str | os.PathLike, chunks: Any = "auto") -> xr.Dataset:
         return ds
     try:
         spec = chunk_spec(ds, chunks)
-        return chunked(ds, spec)
+        return chunked(ds, spec, auto=isinstance(chunks, str) and chunks == "auto")
     except BaseException:
         ds.close()
         raise
 
 
-def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
-    """``ds`` with its data variables as dask arrays of ``spec`` (coordinates untouched)."""
+def chunked(ds: xr.Dataset, spec: Mapping[str, int], auto: bool = False) -> xr.Dataset:
+    """``ds`` with its data variables as dask arrays of ``spec`` (coordinates untouched).
+
+    ``auto``: nat4xr chose ``spec`` (``chunks="auto"``), so selections may be
+    chunked anew by their size (:func:`selected`).
+    """
     from dask.base import tokenize
 
     source = ds.encoding.get("source", "")
@@ -257,9 +264,117 @@ def chunked(ds: xr.Dataset, spec: Mapping[str, int]) -> xr.Dataset:
         # the one place that knows these values are the whole file's, in its order
         whole = {d: np.arange(n) for d, n in var.sizes.items()}
         rebuild = _opened_again(handle, str(name), var.dims, dims, f"nat4xr-{name}-{token}")
-        provenance.record(out.variables[name], handle, str(name), whole, rebuild)
+        provenance.record(out.variables[name], handle, str(name), whole, rebuild, auto=auto)
     out.set_close(ds.close)
     return out
+
+
+def selected(
+    handle: CacheSource,
+    name: str,
+    dims: tuple[str, ...],
+    positions: Mapping[str, np.ndarray],
+    chunks: Mapping[str, tuple[int, ...]],
+) -> Any:
+    """A dask array of the file's ``name`` at ``positions``, each task reading only its entries.
+
+    The array is the file's variable under xarray's lazy indexing, indexed
+    at ``positions`` (file positions along each of ``dims``, the file's
+    order) and chunked ``chunks``: a task asks the engine for its block
+    alone, and :class:`~nat4xr.cachefile.arrays.CacheArray` reads only the
+    stored chunks it touches and copies out only the entries kept, into an
+    array of the block's size. Selecting from a dask array of the whole file
+    would compute every stored chunk a task touches, all of its cells and
+    repeats, then copy the kept ones.
+
+    The dask name is a token of the file (path and identity), the variable,
+    the positions and the chunks: the same selection gets the same name, and
+    dask treats two such arrays as one.
+
+    Examples
+    --------
+    >>> import tempfile, nat4xr
+    >>> from nat4xr.cachefile import write_cache
+    >>> ds = nat4xr.synthetic.random_dataset(n_est=3, n_val=2, n_neurons=4)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with open_cache(write_cache(ds, Path(tmp) / "demo.nc")) as lazy:
+    ...         handle = lazy["response"].encoding["nat4xr_source"]
+    ...         pos = {"stim": np.array([4, 1]), "neuron": np.array([0, 2]),
+    ...                "repeat": np.arange(20), "time": np.arange(ds.sizes["time"])}
+    ...         chunks = {"stim": (1, 1), "neuron": (2,), "repeat": (20,),
+    ...                   "time": (ds.sizes["time"],)}
+    ...         part = selected(handle, "response", lazy["response"].dims, pos, chunks)
+    ...         same = np.array_equal(part.compute(), ds.response.values[[4, 1]][:, [0, 2]],
+    ...                               equal_nan=True)
+    >>> part.chunks[0], same
+    ((1, 1), True)
+    """
+    from dask.base import tokenize
+
+    keys = [np.asarray(positions[d], dtype=np.int64) for d in dims]
+    sizes = [tuple(int(n) for n in chunks[d]) for d in dims]
+    token = tokenize(handle.path, handle.identity, name, tuple(dims), keys, sizes)
+    dask_name = f"nat4xr-{name}-selected-{token}"
+    return _selection(
+        handle, name, tuple(dims), dict(zip(dims, keys)), dict(zip(dims, sizes)), dask_name
+    )
+
+
+def _selection(
+    handle: CacheSource,
+    name: str,
+    dims: tuple[str, ...],
+    positions: Mapping[str, np.ndarray],
+    chunks: Mapping[str, tuple[int, ...]],
+    dask_name: str,
+) -> Any:
+    var = file_selection(handle, name, dims, positions)
+    return var.chunk(dict(chunks), from_array_kwargs={"name": dask_name}).data
+
+
+def file_selection(
+    handle: CacheSource, name: str, dims: tuple[str, ...], positions: Mapping[str, np.ndarray]
+) -> xr.Variable:
+    """The file's ``name`` at ``positions`` (per dim), lazily indexed: read on access.
+
+    ``.load()`` reads it straight into one array of the selection's size
+    (what ``chunks=None`` gives), touching only the stored chunks it needs.
+    """
+    lazy = indexing.LazilyIndexedArray(CacheArray(handle, handle.file.index[name]))
+    var = xr.Variable(dims, lazy)
+    keys = {d: _as_key(np.asarray(positions[d]), n) for d, n in var.sizes.items()}
+    return var.isel({d: k for d, k in keys.items() if k is not None})
+
+
+def selected_again(
+    handle: CacheSource,
+    name: str,
+    dims: tuple[str, ...],
+    positions: Mapping[str, np.ndarray],
+    chunks: Mapping[str, tuple[int, ...]],
+    dask_name: str,
+) -> Callable[[], Any]:
+    """A way to make the array :func:`selected` made again (see :func:`_opened_again`)."""
+    ref = weakref.ref(handle)
+
+    def again() -> Any:
+        source = ref()
+        if source is None or name not in source.file.index:
+            return None
+        return _selection(source, name, dims, positions, chunks, dask_name)
+
+    return again
+
+
+def _as_key(positions: np.ndarray, n: int) -> slice | np.ndarray | None:
+    """None for all ``n`` in order, a slice for a run in steps of one, else the positions."""
+    if len(positions) == n and np.array_equal(positions, np.arange(n)):
+        return None
+    if len(positions) and np.array_equal(
+        positions, np.arange(positions[0], positions[0] + len(positions))
+    ):
+        return slice(int(positions[0]), int(positions[0]) + len(positions))
+    return positions
 
 
 def _opened_again(
