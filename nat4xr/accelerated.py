@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "resampled_sums", "run_on_two_threads", "trial_metrics"]
+__all__ = [
+    "available",
+    "resampled_sums",
+    "resampled_sums_models",
+    "run_on_two_threads",
+    "trial_metrics",
+]
 
 #: Relative variance under which a signal counts as constant (as in peer_metrics).
 CONSTANT = 1e-10
@@ -57,6 +63,18 @@ def resampled_sums(x: Any, y: Any, i_x: Any, i_y: Any, out: Any) -> None:
     """
     kernel = _kernels().resampled_sums
     run_on_two_threads(lambda c0: kernel(x, y, i_x, i_y, c0, out), range(0, x.shape[1], 64))
+
+
+def resampled_sums_models(x: Any, y: Any, i_x: Any, i_y: Any, s_x: Any, s_y: Any) -> None:
+    """Resampled sums of many predictions of each cell, with the draws shared by them.
+
+    ``x (cells, L, models)`` and ``y (cells, L)`` float64, C-contiguous;
+    ``i_x``, ``i_y`` ``(K, n)`` indices. Fills ``s_x (cells, 3, K, models)``
+    (sums of x, x², x·y) and ``s_y (cells, 2, K)`` (sums of y, y²). Each drawn
+    index reads one contiguous row of the models, so the models are summed in
+    SIMD, and y's sums are made once per cell.
+    """
+    _kernels().resampled_models(x, y, i_x, i_y, s_x, s_y)
 
 
 def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, Any]:
@@ -136,6 +154,35 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 for q in range(5):
                     for c in range(w):
                         out[q, k, c0 + c] = acc[q, c]
+
+    @numba.njit(nogil=True, cache=True)
+    def resampled_models(x, y, i_x, i_y, s_x, s_y):
+        n_cells, _, n_models = x.shape
+        n_res, n = i_x.shape
+        for c in range(n_cells):
+            xc = x[c]
+            yc = y[c]
+            for k in range(n_res):
+                ax = s_x[c, 0, k]  # views: one row of models each
+                axx = s_x[c, 1, k]
+                axy = s_x[c, 2, k]
+                ax[:] = 0.0
+                axx[:] = 0.0
+                axy[:] = 0.0
+                sy = 0.0
+                syy = 0.0
+                for j in range(n):
+                    b = yc[i_y[k, j]]
+                    sy += b
+                    syy += b * b
+                    row = xc[i_x[k, j]]
+                    for m in range(n_models):
+                        a = row[m]
+                        ax[m] += a
+                        axx[m] += a * a
+                        axy[m] += a * b
+                s_y[c, 0, k] = sy
+                s_y[c, 1, k] = syy
 
     @numba.njit(nogil=True, cache=True)
     def trials(
@@ -375,4 +422,6 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 r_sum += min(1.0, max(-1.0, r))
             ceil_out[c] = r_sum / n / np.sqrt(rac)
 
-    return types.SimpleNamespace(resampled_sums=resampled, trial_metrics=trials)
+    return types.SimpleNamespace(
+        resampled_sums=resampled, resampled_models=resampled_models, trial_metrics=trials
+    )
