@@ -19,10 +19,12 @@ import numpy as np
 
 __all__ = [
     "available",
+    "group_sums_models",
     "resampled_sums",
     "resampled_sums_models",
     "run_on_two_threads",
     "trial_metrics",
+    "trial_sums_models",
 ]
 
 #: Relative variance under which a signal counts as constant (as in peer_metrics).
@@ -75,6 +77,27 @@ def resampled_sums_models(x: Any, y: Any, i_x: Any, i_y: Any, s_x: Any, s_y: Any
     SIMD, and y's sums are made once per cell.
     """
     _kernels().resampled_models(x, y, i_x, i_y, s_x, s_y)
+
+
+def group_sums_models(pt: Any, rc: Any, group: Any, out: Any) -> None:
+    """Per jackknife group of each cell: sums of p, p² and p·r for every model.
+
+    ``pt (cells, L, models)`` and ``rc (cells, L)`` float64, ``group (cells,
+    L)`` int64 (-1: not scored); fills ``out (cells, 3, groups, models)``.
+    """
+    _kernels().group_sums_models(pt, rc, group, out)
+
+
+def trial_sums_models(xs: Any, mf: Any, pt: Any, shared: Any, out: Any) -> None:
+    """Per single trial of each cell: sums of x·p, and of p and p² where the trial has values.
+
+    ``xs``, ``mf (cells, n, L)`` float64 (the centred trials, 0 where they
+    have no value, and that mask as 0/1), ``pt (cells, L, models)`` (0 where
+    the prediction is not finite), ``shared (cells,)`` bool: every trial has
+    the same values (their sums of p and p² are those of the first). Fills
+    ``out (cells, 3, n, models)``.
+    """
+    _kernels().trial_sums_models(xs, mf, pt, shared, out)
 
 
 def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, Any]:
@@ -183,6 +206,56 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                         axy[m] += a * b
                 s_y[c, 0, k] = sy
                 s_y[c, 1, k] = syy
+
+    @numba.njit(nogil=True, cache=True)
+    def group_sums_models(pt, rc, group, out):
+        n_cells, length, n_models = pt.shape
+        out[:] = 0.0
+        for c in range(n_cells):
+            for s in range(length):
+                g = group[c, s]
+                if g < 0:
+                    continue
+                r = rc[c, s]
+                row = pt[c, s]
+                a1 = out[c, 0, g]
+                a2 = out[c, 1, g]
+                a3 = out[c, 2, g]
+                for m in range(n_models):
+                    v = row[m]
+                    a1[m] += v
+                    a2[m] += v * v
+                    a3[m] += v * r
+
+    @numba.njit(nogil=True, cache=True)
+    def trial_sums_models(xs, mf, pt, shared, out):
+        n_cells, n_trials, length = xs.shape
+        n_models = pt.shape[2]
+        out[:] = 0.0
+        for c in range(n_cells):
+            for a in range(n_trials):
+                sxp = out[c, 0, a]
+                sp = out[c, 1, a]
+                spp = out[c, 2, a]
+                own = a == 0 or not shared[c]
+                for s in range(length):
+                    w = xs[c, a, s]
+                    h = mf[c, a, s] != 0.0
+                    if w == 0.0 and not (own and h):
+                        continue  # adds nothing: the prediction is finite (0 where it is not)
+                    row = pt[c, s]
+                    if own and h:
+                        for m in range(n_models):
+                            v = row[m]
+                            sxp[m] += w * v
+                            sp[m] += v
+                            spp[m] += v * v
+                    else:
+                        for m in range(n_models):
+                            sxp[m] += w * row[m]
+                if not own:
+                    sp[:] = out[c, 1, 0]
+                    spp[:] = out[c, 2, 0]
 
     @numba.njit(nogil=True, cache=True)
     def trials(
@@ -423,5 +496,9 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
             ceil_out[c] = r_sum / n / np.sqrt(rac)
 
     return types.SimpleNamespace(
-        resampled_sums=resampled, resampled_models=resampled_models, trial_metrics=trials
+        resampled_sums=resampled,
+        resampled_models=resampled_models,
+        group_sums_models=group_sums_models,
+        trial_sums_models=trial_sums_models,
+        trial_metrics=trials,
     )

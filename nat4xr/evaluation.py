@@ -233,6 +233,9 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
         return arr
     extra = sweep_dims(prediction)
     full = prediction
+    empty = [d for d in extra if prediction.sizes[d] == 0]
+    if empty:
+        raise ValueError(f"the prediction's {empty[0]!r} has no levels: nothing to score")
     if extra:  # the labels and dims are checked on one level, then applied to all
         first = {d: 0 for d in extra}
         pred = prediction_dims(prediction.isel(first, drop=True))

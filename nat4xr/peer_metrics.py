@@ -292,7 +292,7 @@ def _ceiling_trials(trials: np.ndarray, m: np.ndarray, seed: int) -> dict[str, n
     xs -= shift[:, None, None]
     xs *= m
     s_x = xs.sum(-1)
-    gram = np.matmul(xs, xs.transpose(0, 2, 1))
+    gram = np.matmul(xs, np.ascontiguousarray(xs.transpose(0, 2, 1)))  # contiguous: BLAS
     ss = np.diagonal(gram, axis1=1, axis2=2)
     # a pair counts 0 when either trial is empty, silent or constant on the pair's samples
     n_safe = np.maximum(n_a, 1.0)
@@ -311,11 +311,23 @@ def _ceiling_trials(trials: np.ndarray, m: np.ndarray, seed: int) -> dict[str, n
 def _ceiling_scores(trials: dict[str, np.ndarray], p: np.ndarray, pf: np.ndarray) -> np.ndarray:
     """r_ceiling of predictions ``p (..., cells, samples)`` from :func:`_ceiling_trials`."""
     n_a, s_x, raw_sum = trials["n_a"], trials["s_x"], trials["raw_sum"]
-    pc = _centered(p, pf)[..., None]
+    pc = _centered(p, pf)
     mf = trials["m"].astype(np.float64)
-    s_p = np.matmul(mf, pc)[..., 0]
-    s_pp = np.matmul(mf, pc * pc)[..., 0]
-    s_xp = np.matmul(trials["xs"], pc)[..., 0]
+    if p.ndim == 2:
+        s_p = np.matmul(mf, pc[..., None])[..., 0]
+        s_pp = np.matmul(mf, (pc * pc)[..., None])[..., 0]
+        s_xp = np.matmul(trials["xs"], pc[..., None])[..., 0]
+    else:  # many predictions: per cell, (trials, samples) @ (samples, models)
+        pt = np.ascontiguousarray(np.moveaxis(pc, 0, -1))  # (cells, samples, models)
+        if accelerated.available():
+            shared = (trials["m"] == trials["m"][:, :1]).all(axis=(1, 2))
+            sums = np.empty((pt.shape[0], 3, mf.shape[1], pt.shape[2]))
+            accelerated.trial_sums_models(trials["xs"], mf, pt, shared, sums)
+            s_xp, s_p, s_pp = (np.moveaxis(sums[:, q], -1, 0) for q in range(3))
+        else:
+            s_p = np.moveaxis(np.matmul(mf, pt), -1, 0)
+            s_pp = np.moveaxis(np.matmul(mf, pt * pt), -1, 0)
+            s_xp = np.moveaxis(np.matmul(trials["xs"], pt), -1, 0)
     r_trial = _corr_from_sums(n_a, s_x, s_p, trials["ss"], s_pp, s_xp)
     zero = (n_a == 0) | (raw_sum == 0) | _flat(n_a, s_p, s_pp)
     # a constant non-zero trial correlates as NaN in NEMS0, and so does the ceiling
@@ -538,10 +550,16 @@ def nems_jackknife_models(
     n = one_hot.sum(1)  # (cells, groups)
     s_r = np.matmul(rc[:, None, :], one_hot)[:, 0]
     s_rr = np.matmul((rc * rc)[:, None, :], one_hot)[:, 0]
-    pt = pc.transpose(1, 0, 2)  # (cells, models, samples): one product per cell for every model
-    s_p = np.matmul(pt, one_hot).transpose(1, 0, 2)
-    s_pp = np.matmul(pt * pt, one_hot).transpose(1, 0, 2)
-    s_pr = np.matmul(pt * rc[:, None, :], one_hot).transpose(1, 0, 2)
+    if accelerated.available():  # one pass, the models of a sample contiguous
+        pt = np.ascontiguousarray(pc.transpose(1, 2, 0))  # (cells, samples, models)
+        sums = np.empty((pt.shape[0], 3, n_jacks, pt.shape[2]))
+        accelerated.group_sums_models(pt, rc, np.where(ok, group, -1), sums)
+        s_p, s_pp, s_pr = (sums[:, q].transpose(2, 0, 1) for q in range(3))
+    else:
+        pt = np.ascontiguousarray(pc.transpose(1, 0, 2))  # (cells, models, samples): BLAS
+        s_p = np.matmul(pt, one_hot).transpose(1, 0, 2)
+        s_pp = np.matmul(pt * pt, one_hot).transpose(1, 0, 2)
+        s_pr = np.matmul(pt * rc[:, None, :], one_hot).transpose(1, 0, 2)
     loo = [s.sum(-1, keepdims=True) - s for s in (n, s_p, s_r, s_pp, s_rr, s_pr)]
     jc = _corr_from_sums(*loo)
     with warnings.catch_warnings():

@@ -1,0 +1,117 @@
+"""Scoring a sweep: 100 models' predictions of full-scale A1 val in one ``evaluate`` call.
+
+Usage::
+
+    NAT4XR_CACHE_DIR=/tmp/cache python benchmarks/sweep.py --release /tmp/nat4-full \\
+        [--models 100] [--loop-models 10] [--runs 1]
+
+On the A1 validation sounds of a release (loaded into memory first, not
+timed), with ``--models`` noisy predictions stacked along a ``model`` dim
+(each the PSTH plus noise of its own size), this times:
+
+- ``nat4xr.evaluate`` of one model, all metrics (the one-model figure);
+- ``nat4xr.evaluate`` of the whole sweep in one call, all metrics, then
+  every metric but ``r_floor``, with the compiled kernels and with numpy
+  only (``NAT4XR_NUMBA=0``);
+- a Python loop calling ``evaluate`` once per model, on ``--loop-models``
+  models, scaled to ``--models``;
+
+and checks that the sweep's scores equal the per-model calls on those
+models (largest difference, NaN pattern). Prints the load average beside
+each figure: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import numpy as np
+import xarray as xr
+
+import nat4xr
+
+
+def _load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def best_of(runs: int, func, *args, **kwargs) -> tuple[float, object]:
+    best, out = np.inf, None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = func(*args, **kwargs)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def sweep_predictions(val: xr.Dataset, n_models: int, seed: int = 0) -> xr.DataArray:
+    """``(model, stim, neuron, time)``: the PSTH plus Gaussian noise of a size per model."""
+    psth = val["response"].mean("repeat").values.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    noise = np.linspace(0.1, 2.0, n_models)[:, None, None, None]
+    values = psth[None] + noise * rng.standard_normal((n_models, *psth.shape))
+    coords = {
+        "model": [f"model-{k:03d}" for k in range(n_models)],
+        "stim": val["stim"].values,
+        "neuron": val["neuron"].values,
+        "time": val["time"].values,
+    }
+    return xr.DataArray(values, dims=("model", "stim", "neuron", "time"), coords=coords)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--release", default="/tmp/nat4-full")
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--loop-models", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", nat4xr.Nat4Warning)
+    a1 = nat4xr.open_nat4("A1", path=args.release, progress=False)
+    val = a1.nat4.sel_stims(subset="val").nat4.load()
+    sweep = sweep_predictions(val, args.models)
+    sizes = dict(val["response"].sizes)
+    print(f"A1 val: {sizes}, {args.models} models, {os.cpu_count()} cores")
+
+    one = sweep.isel(model=0, drop=True)
+    t_one, _ = best_of(args.runs, nat4xr.evaluate, val, one)
+    print(f"one model, all metrics: {t_one:.2f} s ({_load()})")
+    rows = []
+    for numba in ("1", "0"):
+        os.environ["NAT4XR_NUMBA"] = numba
+        kind = "compiled" if nat4xr.accelerated.available() else "numpy"
+        no_floor = [m for m in nat4xr.evaluation.METRICS if m not in ("r_floor", "n_samples")]
+        t_rest, _ = best_of(args.runs, nat4xr.evaluate, val, sweep, metrics=no_floor)
+        print(f"sweep, all but r_floor ({kind}): {t_rest:.2f} s ({_load()})")
+        t_all, scores = best_of(args.runs, nat4xr.evaluate, val, sweep)
+        print(f"sweep, all metrics ({kind}): {t_all:.2f} s ({_load()})")
+        rows.append((kind, t_all, t_rest))
+    os.environ["NAT4XR_NUMBA"] = "1"
+    t0 = time.perf_counter()
+    alone = [nat4xr.evaluate(val, sweep.isel(model=k)) for k in range(args.loop_models)]
+    per_model = (time.perf_counter() - t0) / args.loop_models
+    print(
+        f"Python loop, {args.loop_models} models: {per_model:.2f} s per model, "
+        f"{per_model * args.models:.1f} s for {args.models} ({_load()})"
+    )
+    worst, same_nan = 0.0, True
+    for k, single in enumerate(alone):
+        for name in single.data_vars:
+            a = np.asarray(scores[name].isel(model=k).values, dtype=float)
+            b = np.asarray(single[name].values, dtype=float)
+            same_nan &= bool((np.isnan(a) == np.isnan(b)).all())
+            if np.isfinite(b).any():
+                worst = max(worst, float(np.nanmax(np.abs(a - b))))
+    print(f"sweep vs per-model calls: largest difference {worst:.1e}, NaN pattern same: {same_nan}")
+    print("\n| call | all metrics | all but r_floor |\n|---|---|---|")
+    print(f"| one model | {t_one:.2f} s | |")
+    for kind, t_all, t_rest in rows:
+        print(f"| {args.models} models, one call ({kind}) | {t_all:.2f} s | {t_rest:.2f} s |")
+    print(f"| {args.models} models, a loop of calls | {per_model * args.models:.1f} s | |")
+
+
+if __name__ == "__main__":
+    main()
