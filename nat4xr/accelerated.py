@@ -180,6 +180,8 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
 
     @numba.njit(nogil=True, cache=True)
     def resampled_models(x, y, i_x, i_y, s_x, s_y):
+        # the models of a drawn sample are one contiguous row: summed in SIMD (tiling the
+        # models to keep a cell's samples in L2 measured slower: the draws are read per tile)
         n_cells, _, n_models = x.shape
         n_res, n = i_x.shape
         for c in range(n_cells):
@@ -198,9 +200,9 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                     b = yc[i_y[k, j]]
                     sy += b
                     syy += b * b
-                    row = xc[i_x[k, j]]
+                    row = i_x[k, j]
                     for m in range(n_models):
-                        a = row[m]
+                        a = xc[row, m]
                         ax[m] += a
                         axx[m] += a * a
                         axy[m] += a * b

@@ -406,7 +406,7 @@ def _score_sweep(
         cells = np.arange(c0, min(c0 + step, n_cells))
         x = obs[:, cells][order][:, :, recorded].transpose(1, 0, 2, 3)
         x = np.ascontiguousarray(x, dtype=np.float64)
-        p = np.ascontiguousarray(pred[:, :, cells][:, order].transpose(0, 2, 1, 3))
+        p = pred[:, order[None, :], cells[:, None]]  # (levels, cells, stims, time): one copy
         got = peer_metrics.sweep_metrics(x, p, names, n_first[cells], seed, n_jacks, floor)
         for name in names:
             out[name][:, cells] = got[name]
@@ -527,7 +527,9 @@ def evaluate(
         DataArray is aligned to ``observed`` by its stim and neuron labels;
         stims or neurons in one and not the other raise ``ValueError`` naming
         them (with ``stims=``, extra stims of the prediction are ignored). A
-        plain array must already be in ``observed``'s order.
+        plain array must already be in ``observed``'s order. A DataArray may
+        have more dims, in any order (``model``, ``seed``, ``fraction`` ...):
+        a sweep, whose every level is scored (see below).
     metrics : str or sequence of str, optional
         Subset of :data:`METRICS` to compute (all by default; ``r_floor`` is
         the slowest).
@@ -546,7 +548,24 @@ def evaluate(
     xarray.Dataset
         One float64 variable per metric over ``neuron`` (``n_samples``
         int64), with ``observed``'s neuron coordinates and, in each variable's
-        attrs, its definition and source.
+        attrs, its definition and source. For a sweep, over the prediction's
+        other dims first, then ``neuron``, with the coordinates of those dims.
+        It is an ordinary Dataset: ``to_dataframe()`` gives one row per cell
+        (and level), ``to_netcdf()`` writes it (its attrs are numbers and
+        strings, ``stims`` a JSON list) and ``xr.open_dataset`` reads it back.
+
+    Notes
+    -----
+    **Sweeps.** A prediction with dims beyond ``(stim, neuron, time)`` is
+    scored in one call, every level exactly as if scored alone (to rounding;
+    the same NaN), with the response read once: each block of cells is read,
+    and the response's side of every metric (PSTH, trials, signal powers,
+    single-trial pair correlations, jackknife groups, the response's sums
+    over ``r_floor``'s resamples, whose draws depend only on ``seed`` and
+    the sample count) computed once for all the levels; only the
+    prediction's side is computed per level, vectorized over the levels. A
+    level whose prediction is NaN where a cell has data scores fewer
+    samples for that cell, and that (level, cell) is scored alone.
 
     Examples
     --------
@@ -559,6 +578,22 @@ def evaluate(
     ['cc_raw', 'n_samples', 'r_test', 'se_test']
     >>> scores["r_test"].attrs["source"]
     'NEMS0 nems0/metrics/corrcoef.py (Pennington & David 2023)'
+
+    A sweep of three models, scored in one call; each level is what scoring
+    that model alone gives:
+
+    >>> import xarray as xr
+    >>> psth = val["response"].mean("repeat")
+    >>> sweep = xr.concat([psth, psth + noise, psth + 3 * noise], dim="model")
+    >>> sweep = sweep.assign_coords(model=["perfect", "noisy", "noisier"])
+    >>> scores = evaluate(val, sweep, metrics=["r_test", "r_floor"])
+    >>> scores["r_test"].dims
+    ('model', 'neuron')
+    >>> alone = evaluate(val, psth + noise, metrics=["r_test", "r_floor"])
+    >>> bool(np.allclose(scores["r_test"].sel(model="noisy"), alone["r_test"], atol=1e-12))
+    True
+    >>> scores["r_test"].median("neuron").round(2).values.tolist()
+    [1.0, 0.0, -0.11]
     """
     if n_jacks < 2:
         raise ValueError(f"n_jacks must be at least 2, got {n_jacks}")

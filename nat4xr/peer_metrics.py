@@ -292,7 +292,9 @@ def _ceiling_trials(trials: np.ndarray, m: np.ndarray, seed: int) -> dict[str, n
     xs -= shift[:, None, None]
     xs *= m
     s_x = xs.sum(-1)
-    gram = np.matmul(xs, np.ascontiguousarray(xs.transpose(0, 2, 1)))  # contiguous: BLAS
+    # einsum, not a BLAS product: for these small products BLAS's threads cost more than they
+    # save, and on a busy machine far more
+    gram = np.einsum("cas,cbs->cab", xs, xs)
     ss = np.diagonal(gram, axis1=1, axis2=2)
     # a pair counts 0 when either trial is empty, silent or constant on the pair's samples
     n_safe = np.maximum(n_a, 1.0)
@@ -529,7 +531,10 @@ def trial_metrics(
 
 def covering(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``(models, cells)``: True where ``p (models, cells, samples)`` is finite wherever ``g`` is."""
-    return (np.isfinite(p) | ~np.isfinite(g)).all(-1)
+    finite = np.isfinite(p).all(-1)
+    if finite.all():  # the usual case: one pass
+        return finite
+    return finite | (np.isfinite(p) | ~np.isfinite(g)).all(-1)
 
 
 def nems_jackknife_models(
@@ -548,8 +553,8 @@ def nems_jackknife_models(
     group = ((np.cumsum(ok, axis=1) - 1) // chunk[:, None]) % n_jacks
     one_hot = ((group[..., None] == np.arange(n_jacks)) & ok[..., None]).astype(np.float64)
     n = one_hot.sum(1)  # (cells, groups)
-    s_r = np.matmul(rc[:, None, :], one_hot)[:, 0]
-    s_rr = np.matmul((rc * rc)[:, None, :], one_hot)[:, 0]
+    s_r = np.einsum("cs,csj->cj", rc, one_hot)
+    s_rr = np.einsum("cs,csj->cj", rc * rc, one_hot)
     if accelerated.available():  # one pass, the models of a sample contiguous
         pt = np.ascontiguousarray(pc.transpose(1, 2, 0))  # (cells, samples, models)
         sums = np.empty((pt.shape[0], 3, n_jacks, pt.shape[2]))
