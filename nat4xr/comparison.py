@@ -540,10 +540,7 @@ def _leaderboard_levels(scores: xr.Dataset, levels: tuple[str, ...], cells: Any)
         line, numbers = _line(table, keep)
         rows.append({**numbers, "line": line})
         index.append(
-            tuple(
-                scores[d].values[k] if d in scores.coords else k
-                for d, k in zip(levels, pos)
-            )
+            tuple(scores[d].values[k] if d in scores.coords else k for d, k in zip(levels, pos))
         )
     names = list(levels)
     idx = (

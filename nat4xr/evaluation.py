@@ -51,7 +51,7 @@ from . import accelerated, peer_metrics
 from .errors import Nat4Warning
 from .metrics import _response, stim_positions
 
-__all__ = ["METRICS", "evaluate", "prediction_dims", "sweep_dims"]
+__all__ = ["METRICS", "evaluate", "prediction_dims"]
 
 _NEMS = "NEMS0 nems0/metrics/corrcoef.py (Pennington & David 2023)"
 _DEEPSTRF = "deepSTRF 0.1.0 deepSTRF/metrics/performance.py (NAT4 leaderboard)"
@@ -199,19 +199,8 @@ def _mismatch(what: str, dim: str, only: Sequence[Any]) -> str:
     return f"{len(only)} {dim}(s) {what}: {shown}"
 
 
-def sweep_dims(prediction: Any) -> tuple[str, ...]:
-    """The dims of ``prediction`` beyond ``(stim, neuron, time)`` (and a size-1 ``repeat``).
-
-    These are the levels of a sweep (``model``, ``seed``, ``fraction`` ...),
-    which :func:`evaluate` scores all at once.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> pred = xr.DataArray(np.zeros((3, 2, 4, 5)), dims=("model", "stim", "neuron", "time"))
-    >>> sweep_dims(pred)
-    ('model',)
-    """
+def _sweep_dims(prediction: Any) -> tuple[str, ...]:
+    """The dims of a DataArray ``prediction`` beyond ``(stim, neuron, time, repeat)``: a sweep's."""
     if not isinstance(prediction, xr.DataArray):
         return ()
     core = ("stim", "neuron", "time", "repeat")
@@ -231,7 +220,7 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
                 f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray)"
             )
         return arr
-    extra = sweep_dims(prediction)
+    extra = _sweep_dims(prediction)
     full = prediction
     empty = [d for d in extra if prediction.sizes[d] == 0]
     if empty:
@@ -610,7 +599,7 @@ def evaluate(
         names = [m for m in names if m not in ("r_test", "se_test")]
         names = ["r_test", "se_test", *names]
 
-    extra = sweep_dims(prediction)
+    extra = _sweep_dims(prediction)
     obs = np.asarray(resp.values)  # the scored stims only
     stim_ids = _labels(resp, "stim")
     order = (

@@ -530,7 +530,7 @@ def trial_metrics(
 
 
 def covering(p: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``(models, cells)``: True where ``p (models, cells, samples)`` is finite wherever ``g`` is."""
+    """``(models, cells)``: True where ``p (models, cells, samples)`` is finite where ``g`` is."""
     finite = np.isfinite(p).all(-1)
     if finite.all():  # the usual case: one pass
         return finite
@@ -540,7 +540,7 @@ def covering(p: np.ndarray, g: np.ndarray) -> np.ndarray:
 def nems_jackknife_models(
     p: np.ndarray, r: np.ndarray, n_jacks: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`nems_jackknife` of ``p (models, cells, samples)``, each covering ``r (cells, samples)``.
+    """:func:`nems_jackknife` of ``p (models, cells, samples)``, each covering ``r (cells, L)``.
 
     Returns r_test, se_test and the degenerate flag ``(models, cells)`` and L ``(cells,)``.
     """

@@ -336,7 +336,9 @@ def _plot_levels(
 
     if len(chosen) == 2:
         pair = (str(chosen[0]), str(chosen[1]))
-        return _plot_pair(level(chosen[0]), level(chosen[1]), metric, cells=cells, labels=pair, ax=ax)
+        return _plot_pair(
+            level(chosen[0]), level(chosen[1]), metric, cells=cells, labels=pair, ax=ax
+        )
     if ax is not None:
         raise ValueError("ax= draws one pair: pass two levels, or no ax for the grid")
     if len(chosen) > _MAX_GRID:

@@ -236,8 +236,12 @@ def _sweep_scores(n_cells: int = 40) -> xr.Dataset:
     rng = np.random.default_rng(7)
     base = rng.uniform(0.1, 0.7, n_cells)
     values = np.stack(
-        [base, base + 0.05 + rng.normal(0, 0.05, n_cells), base - rng.uniform(0, 0.02, n_cells),
-         base + rng.normal(0, 0.1, n_cells)]
+        [
+            base,
+            base + 0.05 + rng.normal(0, 0.05, n_cells),
+            base - rng.uniform(0, 0.02, n_cells),
+            base + rng.normal(0, 0.1, n_cells),
+        ]
     )
     values[1, 3] = np.nan  # a cell without a score in one model
     return xr.Dataset(
@@ -246,7 +250,10 @@ def _sweep_scores(n_cells: int = 40) -> xr.Dataset:
             "cc_raw": (("model", "neuron"), values * 0.9),
             "cc_norm": (("model", "neuron"), values * 1.2),
         },
-        coords={"model": ["ln", "cnn", "small", "noisy"], "neuron": [f"c{k}" for k in range(n_cells)]},
+        coords={
+            "model": ["ln", "cnn", "small", "noisy"],
+            "neuron": [f"c{k}" for k in range(n_cells)],
+        },
     )
 
 
