@@ -108,7 +108,8 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, An
     is finite wherever it has data (for ``r_ceiling`` also: as many of the
     first ``n_first`` repeats on every stim it heard, and at most 45
     repeats). The others are flagged in ``"general"`` and get NaN here;
-    their PSTH is computed all the same.
+    their PSTH is computed all the same. ``"schoppe_signal"`` is Schoppe's
+    SP, which does not depend on the prediction (a sweep's levels share it).
 
     Parameters
     ----------
@@ -134,12 +135,21 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, An
         "cc_norm_schoppe": np.empty(n_cells),
         "cc_max": np.empty(n_cells),
         "r_ceiling": np.empty(n_cells),
+        "schoppe_signal": np.empty(n_cells),
         "general": np.zeros(n_cells, dtype=np.bool_),
     }
     order = np.asarray(order, dtype=np.int64)
     n_first = np.ascontiguousarray(np.broadcast_to(np.asarray(n_first, dtype=np.int64), n_cells))
     kernel = _kernels().trial_metrics
-    names = ("psth", "signal_power", "cc_norm_schoppe", "cc_max", "r_ceiling", "general")
+    names = (
+        "psth",
+        "signal_power",
+        "cc_norm_schoppe",
+        "cc_max",
+        "r_ceiling",
+        "schoppe_signal",
+        "general",
+    )
 
     def cells(c0: int) -> None:  # the kernel releases the GIL: two threads, two cores
         kernel(obs, order, pred, n_first, c0, min(c0 + 64, n_cells), *(out[k] for k in names))
@@ -261,7 +271,19 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
 
     @numba.njit(nogil=True, cache=True)
     def trials(
-        obs, order, pred, n_first, c0, c1, psth, sp_out, ccn_out, ccm_out, ceil_out, general
+        obs,
+        order,
+        pred,
+        n_first,
+        c0,
+        c1,
+        psth,
+        sp_out,
+        ccn_out,
+        ccm_out,
+        ceil_out,
+        ssp_out,
+        general,
     ):
         n_stims = order.shape[0]
         n_rep, n_time = obs.shape[2], obs.shape[3]
@@ -302,7 +324,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                             rect = False
             if not rect:
                 general[c] = True
-                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = ssp_out[c] = nan
                 continue
 
             # -- deepSTRF signal power: per stim, weighted by its time bins
@@ -346,7 +368,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
 
             # -- Schoppe et al.: the first n_tr trials of each stim heard
             if n_tr < 2 or length < 2:
-                ccn_out[c] = ccm_out[c] = nan
+                ccn_out[c] = ccm_out[c] = ssp_out[c] = nan
             else:
                 mean_a = np.zeros(n_tr)
                 mp = 0.0
@@ -394,6 +416,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 no_signal = sp <= 0 or flat_y
                 ccn_out[c] = nan if (no_signal or flat_p) else c_yp / np.sqrt(sp * v_p)
                 ccm_out[c] = 0.0 if no_signal else np.sqrt(sp / v_y)
+                ssp_out[c] = sp
 
             # -- NEMS0 r_ceiling: the first n_first trials of every stim (the cell's recording's)
             n = n_first[c]
@@ -408,7 +431,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                     uniform = False
             if n * (n - 1) // 2 > MAX_PAIRS or not uniform:
                 general[c] = True  # drawn pairs, or trials with different samples
-                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = ssp_out[c] = nan
                 continue
             raw = np.zeros(n)
             for si in range(n_stims):

@@ -388,6 +388,9 @@ def _score_sweep(
     degenerate = np.zeros((n_levels, n_cells), dtype=bool)
     alone = np.zeros((n_levels, n_cells), dtype=bool)
     floor = draws if "r_floor" in names else None
+    # one prediction's scoring takes the PSTH and the response's side of the trial metrics from
+    # the compiled kernels where they apply: so does the sweep, to give the same numbers
+    compiled = accelerated.available() and len(recorded) == obs.shape[2]
     # a block's predictions take about as much memory as a one-level block of trials
     step = max(4, min(_BLOCK, _BLOCK * len(recorded) // max(n_levels, 1)))
 
@@ -396,7 +399,13 @@ def _score_sweep(
         x = obs[:, cells][order][:, :, recorded].transpose(1, 0, 2, 3)
         x = np.ascontiguousarray(x, dtype=np.float64)
         p = pred[:, order[None, :], cells[:, None]]  # (levels, cells, stims, time): one copy
-        got = peer_metrics.sweep_metrics(x, p, names, n_first[cells], seed, n_jacks, floor)
+        fast = None
+        if compiled:  # the response's side only: any finite prediction will do
+            dummy = np.zeros((len(order), len(cells), obs.shape[3]))
+            fast = accelerated.trial_metrics(obs[:, cells], order, dummy, n_first[cells])
+        got = peer_metrics.sweep_metrics(
+            x, p, names, n_first[cells], seed, n_jacks, floor, compiled=fast
+        )
         for name in names:
             out[name][:, cells] = got[name]
         length[:, cells] = got["length"]

@@ -650,6 +650,7 @@ def sweep_metrics(
     seed: int,
     n_jacks: int,
     draws: FloorDraws | None,
+    compiled: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every metric of predictions ``p (models, cells, stims, time)`` of trials ``x``.
 
@@ -658,7 +659,10 @@ def sweep_metrics(
     ``(cells,)`` and ``"covering"`` ``(models, cells)``: the values are those
     of :func:`trial_metrics`, :func:`nems_jackknife`, :func:`nems_floor` and
     :func:`deepstrf_correlations` where ``covering`` holds (the caller scores
-    the other pairs alone).
+    the other pairs alone). ``compiled`` is what
+    :func:`nat4xr.accelerated.trial_metrics` gives for these cells: where it
+    scored a cell, its PSTH and the response's side of the trial metrics are
+    taken from it, as one prediction's scoring takes them.
     """
     nm, nc, ns, nt = p.shape
     nr = x.shape[2]
@@ -666,6 +670,9 @@ def sweep_metrics(
     np.copyto(x, 0.0, where=~fin)
     with np.errstate(invalid="ignore", divide="ignore"):
         psth = x.sum(2) / fin.sum(2)
+    rect = np.zeros(nc, dtype=bool) if compiled is None else ~compiled["general"]
+    if rect.any():
+        psth[rect] = compiled["psth"][rect]
     g = psth.reshape(nc, ns * nt)
     p_flat = p.reshape(nm, nc, ns * nt)
     out: dict[str, np.ndarray] = {"covering": covering(p_flat, g)}
@@ -676,11 +683,18 @@ def sweep_metrics(
         out["r_floor"] = nems_floor_models(p_flat, g, draws)
     if "cc_raw" in names or "cc_norm" in names:
         sp = deepstrf_signal_power(x, fin) if "cc_norm" in names and nr > 1 else None
+        if sp is not None and rect.any():
+            sp[rect] = compiled["signal_power"][rect]
         out["cc_raw"], cc_norm = deepstrf_correlations(p_flat, g, sp)
         out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
     if "cc_norm_schoppe" in names or "cc_max" in names:
         xs, n_trials, keep, ok = _schoppe_trials(x, fin)
         signal = _schoppe_signal(xs, n_trials, keep, ok)
+        if rect.any():  # the compiled SP and its verdicts (cc_max NaN: undefined, 0: no signal)
+            cc_max = compiled["cc_max"][rect]
+            signal["sp"][rect] = compiled["schoppe_signal"][rect]
+            signal["bad"][rect] = np.isnan(cc_max) | (cc_max == 0.0)
+            signal["cc_max"][rect] = cc_max
         out["cc_norm_schoppe"] = _schoppe_norm(signal, p, ok)
         out["cc_max"] = np.broadcast_to(signal["cc_max"], (nm, nc))
     if "r_ceiling" in names:  # last: the trials are overwritten
