@@ -71,13 +71,6 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
     }
     if own:
         return own
-    levels = sweep_dims(scores)
-    if levels:
-        raise ValueError(
-            f"these scores have dims {levels} besides neuron (a sweep): compare its levels with "
-            f"compare(scores, dim={levels[0]!r}, baseline=...), summarize them with "
-            f"leaderboard(scores), or select one level, e.g. scores.isel({levels[0]}=0)"
-        )
     published = {
         str(name)[len("pub_") :]: scores[name]
         for name in scores.coords
@@ -86,6 +79,13 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
         and np.issubdtype(scores[name].dtype, np.number)
         and not np.issubdtype(scores[name].dtype, np.bool_)
     }
+    levels = sweep_dims(scores)
+    if levels and not published:
+        raise ValueError(
+            f"these scores have dims {levels} besides neuron (a sweep): compare its levels with "
+            f"compare(scores, dim={levels[0]!r}, baseline=...), summarize them with "
+            f"leaderboard(scores), or select one level, e.g. scores.isel({levels[0]}=0)"
+        )
     if not published:
         raise ValueError(
             "these scores hold no per-cell numbers: pass the result of nat4xr.evaluate, or a "
@@ -97,6 +97,9 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
 def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     """The dims of per-cell scores beyond ``neuron``: a sweep's levels, in the variables' order.
 
+    Scores are the numeric variables whose last dim is ``neuron``, as
+    :func:`nat4xr.evaluate` gives them (a Dataset's ``response`` is not one).
+
     Examples
     --------
     >>> import numpy as np, xarray as xr
@@ -106,7 +109,7 @@ def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     """
     out: list[str] = []
     for var in scores.data_vars.values():
-        if "neuron" in var.dims and np.issubdtype(var.dtype, np.number):
+        if var.dims[-1:] == ("neuron",) and np.issubdtype(var.dtype, np.number):
             out += [str(d) for d in var.dims if d != "neuron" and d not in out]
     return tuple(out)
 
