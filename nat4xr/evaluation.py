@@ -217,7 +217,8 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
         if arr.shape != shape:
             raise ValueError(
                 f"prediction has shape {arr.shape}; an unlabelled prediction must have shape "
-                f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray)"
+                f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray; "
+                "a sweep's predictions need a DataArray with a named dim, e.g. 'model')"
             )
         return arr
     extra = _sweep_dims(prediction)
