@@ -274,6 +274,12 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
     t_obs, t_pred = _labels(resp, "time"), _labels(pred, "time")
     if t_obs is not None and t_pred is not None and not np.allclose(t_obs, t_pred):
         raise ValueError("prediction and observed have different time coordinates")
+    # labels already in observed's order select nothing: no copy of a large sweep
+    index = {
+        dim: pos
+        for dim, pos in index.items()
+        if len(pos) != pred.sizes[dim] or (pos != np.arange(len(pos))).any()
+    }
     if index:
         full = full.isel(index)
     return np.asarray(full.values, dtype=np.float64)
