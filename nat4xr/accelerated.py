@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "resampled_sums", "run_on_two_threads", "trial_metrics"]
+__all__ = [
+    "available",
+    "group_sums_models",
+    "resampled_sums",
+    "resampled_sums_models",
+    "run_on_two_threads",
+    "trial_metrics",
+    "trial_sums_models",
+]
 
 #: Relative variance under which a signal counts as constant (as in peer_metrics).
 CONSTANT = 1e-10
@@ -59,6 +67,39 @@ def resampled_sums(x: Any, y: Any, i_x: Any, i_y: Any, out: Any) -> None:
     run_on_two_threads(lambda c0: kernel(x, y, i_x, i_y, c0, out), range(0, x.shape[1], 64))
 
 
+def resampled_sums_models(x: Any, y: Any, i_x: Any, i_y: Any, s_x: Any, s_y: Any) -> None:
+    """Resampled sums of many predictions of each cell, with the draws shared by them.
+
+    ``x (cells, L, models)`` and ``y (cells, L)`` float64, C-contiguous;
+    ``i_x``, ``i_y`` ``(K, n)`` indices. Fills ``s_x (cells, 3, K, models)``
+    (sums of x, x², x·y) and ``s_y (cells, 2, K)`` (sums of y, y²). Each drawn
+    index reads one contiguous row of the models, so the models are summed in
+    SIMD, and y's sums are made once per cell.
+    """
+    _kernels().resampled_models(x, y, i_x, i_y, s_x, s_y)
+
+
+def group_sums_models(pt: Any, rc: Any, group: Any, out: Any) -> None:
+    """Per jackknife group of each cell: sums of p, p² and p·r for every model.
+
+    ``pt (cells, L, models)`` and ``rc (cells, L)`` float64, ``group (cells,
+    L)`` int64 (-1: not scored); fills ``out (cells, 3, groups, models)``.
+    """
+    _kernels().group_sums_models(pt, rc, group, out)
+
+
+def trial_sums_models(xs: Any, mf: Any, pt: Any, shared: Any, out: Any) -> None:
+    """Per single trial of each cell: sums of x·p, and of p and p² where the trial has values.
+
+    ``xs``, ``mf (cells, n, L)`` float64 (the centred trials, 0 where they
+    have no value, and that mask as 0/1), ``pt (cells, L, models)`` (0 where
+    the prediction is not finite), ``shared (cells,)`` bool: every trial has
+    the same values (their sums of p and p² are those of the first). Fills
+    ``out (cells, 3, n, models)``.
+    """
+    _kernels().trial_sums_models(xs, mf, pt, shared, out)
+
+
 def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, Any]:
     """The PSTH and the single-trial metrics of every cell whose data are rectangular.
 
@@ -67,7 +108,8 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, An
     is finite wherever it has data (for ``r_ceiling`` also: as many of the
     first ``n_first`` repeats on every stim it heard, and at most 45
     repeats). The others are flagged in ``"general"`` and get NaN here;
-    their PSTH is computed all the same.
+    their PSTH is computed all the same. ``"schoppe_signal"`` is Schoppe's
+    SP, which does not depend on the prediction (a sweep's levels share it).
 
     Parameters
     ----------
@@ -93,12 +135,21 @@ def trial_metrics(obs: Any, order: Any, pred: Any, n_first: Any) -> dict[str, An
         "cc_norm_schoppe": np.empty(n_cells),
         "cc_max": np.empty(n_cells),
         "r_ceiling": np.empty(n_cells),
+        "schoppe_signal": np.empty(n_cells),
         "general": np.zeros(n_cells, dtype=np.bool_),
     }
     order = np.asarray(order, dtype=np.int64)
     n_first = np.ascontiguousarray(np.broadcast_to(np.asarray(n_first, dtype=np.int64), n_cells))
     kernel = _kernels().trial_metrics
-    names = ("psth", "signal_power", "cc_norm_schoppe", "cc_max", "r_ceiling", "general")
+    names = (
+        "psth",
+        "signal_power",
+        "cc_norm_schoppe",
+        "cc_max",
+        "r_ceiling",
+        "schoppe_signal",
+        "general",
+    )
 
     def cells(c0: int) -> None:  # the kernel releases the GIL: two threads, two cores
         kernel(obs, order, pred, n_first, c0, min(c0 + 64, n_cells), *(out[k] for k in names))
@@ -138,8 +189,125 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                         out[q, k, c0 + c] = acc[q, c]
 
     @numba.njit(nogil=True, cache=True)
+    def resampled_models(x, y, i_x, i_y, s_x, s_y):
+        # the models of a drawn sample are one contiguous row, summed in SIMD; four draws are
+        # added together before they reach the sums, which halves the traffic to the sums (the
+        # order of the additions changes the sums by rounding only). Tiling the models to keep
+        # a cell's samples in L2, or sorting the draws, measured slower or no faster.
+        n_cells, _, n_models = x.shape
+        n_res, n = i_x.shape
+        for c in range(n_cells):
+            xc = x[c]
+            yc = y[c]
+            for k in range(n_res):
+                ax = s_x[c, 0, k]  # views: one row of models each
+                axx = s_x[c, 1, k]
+                axy = s_x[c, 2, k]
+                ax[:] = 0.0
+                axx[:] = 0.0
+                axy[:] = 0.0
+                sy = 0.0
+                syy = 0.0
+                for j in range(n):  # the response's sums, in draw order as for one prediction
+                    b = yc[i_y[k, j]]
+                    sy += b
+                    syy += b * b
+                s_y[c, 0, k] = sy
+                s_y[c, 1, k] = syy
+                j = 0
+                while j + 4 <= n:
+                    b1 = yc[i_y[k, j]]
+                    b2 = yc[i_y[k, j + 1]]
+                    b3 = yc[i_y[k, j + 2]]
+                    b4 = yc[i_y[k, j + 3]]
+                    r1 = xc[i_x[k, j]]
+                    r2 = xc[i_x[k, j + 1]]
+                    r3 = xc[i_x[k, j + 2]]
+                    r4 = xc[i_x[k, j + 3]]
+                    for m in range(n_models):
+                        a1 = r1[m]
+                        a2 = r2[m]
+                        a3 = r3[m]
+                        a4 = r4[m]
+                        ax[m] += (a1 + a2) + (a3 + a4)
+                        axx[m] += (a1 * a1 + a2 * a2) + (a3 * a3 + a4 * a4)
+                        axy[m] += (a1 * b1 + a2 * b2) + (a3 * b3 + a4 * b4)
+                    j += 4
+                while j < n:
+                    b = yc[i_y[k, j]]
+                    row = xc[i_x[k, j]]
+                    for m in range(n_models):
+                        a = row[m]
+                        ax[m] += a
+                        axx[m] += a * a
+                        axy[m] += a * b
+                    j += 1
+
+    @numba.njit(nogil=True, cache=True)
+    def group_sums_models(pt, rc, group, out):
+        n_cells, length, n_models = pt.shape
+        out[:] = 0.0
+        for c in range(n_cells):
+            for s in range(length):
+                g = group[c, s]
+                if g < 0:
+                    continue
+                r = rc[c, s]
+                row = pt[c, s]
+                a1 = out[c, 0, g]
+                a2 = out[c, 1, g]
+                a3 = out[c, 2, g]
+                for m in range(n_models):
+                    v = row[m]
+                    a1[m] += v
+                    a2[m] += v * v
+                    a3[m] += v * r
+
+    @numba.njit(nogil=True, cache=True)
+    def trial_sums_models(xs, mf, pt, shared, out):
+        n_cells, n_trials, length = xs.shape
+        n_models = pt.shape[2]
+        out[:] = 0.0
+        for c in range(n_cells):
+            for a in range(n_trials):
+                sxp = out[c, 0, a]
+                sp = out[c, 1, a]
+                spp = out[c, 2, a]
+                own = a == 0 or not shared[c]
+                for s in range(length):
+                    w = xs[c, a, s]
+                    h = mf[c, a, s] != 0.0
+                    if w == 0.0 and not (own and h):
+                        continue  # adds nothing: the prediction is finite (0 where it is not)
+                    row = pt[c, s]
+                    if own and h:
+                        for m in range(n_models):
+                            v = row[m]
+                            sxp[m] += w * v
+                            sp[m] += v
+                            spp[m] += v * v
+                    else:
+                        for m in range(n_models):
+                            sxp[m] += w * row[m]
+                if not own:
+                    sp[:] = out[c, 1, 0]
+                    spp[:] = out[c, 2, 0]
+
+    @numba.njit(nogil=True, cache=True)
     def trials(
-        obs, order, pred, n_first, c0, c1, psth, sp_out, ccn_out, ccm_out, ceil_out, general
+        obs,
+        order,
+        pred,
+        n_first,
+        c0,
+        c1,
+        psth,
+        sp_out,
+        ccn_out,
+        ccm_out,
+        ceil_out,
+        ssp_out,
+        general,
     ):
         n_stims = order.shape[0]
         n_rep, n_time = obs.shape[2], obs.shape[3]
@@ -180,7 +348,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                             rect = False
             if not rect:
                 general[c] = True
-                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = ssp_out[c] = nan
                 continue
 
             # -- deepSTRF signal power: per stim, weighted by its time bins
@@ -224,7 +392,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
 
             # -- Schoppe et al.: the first n_tr trials of each stim heard
             if n_tr < 2 or length < 2:
-                ccn_out[c] = ccm_out[c] = nan
+                ccn_out[c] = ccm_out[c] = ssp_out[c] = nan
             else:
                 mean_a = np.zeros(n_tr)
                 mp = 0.0
@@ -272,6 +440,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 no_signal = sp <= 0 or flat_y
                 ccn_out[c] = nan if (no_signal or flat_p) else c_yp / np.sqrt(sp * v_p)
                 ccm_out[c] = 0.0 if no_signal else np.sqrt(sp / v_y)
+                ssp_out[c] = sp
 
             # -- NEMS0 r_ceiling: the first n_first trials of every stim (the cell's recording's)
             n = n_first[c]
@@ -286,7 +455,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                     uniform = False
             if n * (n - 1) // 2 > MAX_PAIRS or not uniform:
                 general[c] = True  # drawn pairs, or trials with different samples
-                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = nan
+                sp_out[c] = ccn_out[c] = ccm_out[c] = ceil_out[c] = ssp_out[c] = nan
                 continue
             raw = np.zeros(n)
             for si in range(n_stims):
@@ -375,4 +544,10 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                 r_sum += min(1.0, max(-1.0, r))
             ceil_out[c] = r_sum / n / np.sqrt(rac)
 
-    return types.SimpleNamespace(resampled_sums=resampled, trial_metrics=trials)
+    return types.SimpleNamespace(
+        resampled_sums=resampled,
+        resampled_models=resampled_models,
+        group_sums_models=group_sums_models,
+        trial_sums_models=trial_sums_models,
+        trial_metrics=trials,
+    )

@@ -28,7 +28,16 @@ import xarray as xr
 from .errors import Nat4Warning
 from .selection import aligned_mask
 
-__all__ = ["RULES", "compare", "leaderboard", "paired_values", "score_table", "significant"]
+__all__ = [
+    "RULES",
+    "compare",
+    "holm",
+    "leaderboard",
+    "paired_values",
+    "score_table",
+    "significant",
+    "sweep_dims",
+]
 
 #: Metrics where higher is better, compared by default.
 PERFORMANCE = ("r_test", "r_ceiling", "cc_raw", "cc_norm", "cc_norm_schoppe")
@@ -70,12 +79,62 @@ def score_table(scores: xr.Dataset) -> dict[str, xr.DataArray]:
         and np.issubdtype(scores[name].dtype, np.number)
         and not np.issubdtype(scores[name].dtype, np.bool_)
     }
+    levels = sweep_dims(scores)
+    if levels and not published:
+        raise ValueError(
+            f"these scores have dims {levels} besides neuron (a sweep): compare its levels with "
+            f"compare(scores, dim={levels[0]!r}, baseline=...), summarize them with "
+            f"leaderboard(scores), or select one level, e.g. scores.isel({levels[0]}=0)"
+        )
     if not published:
         raise ValueError(
             "these scores hold no per-cell numbers: pass the result of nat4xr.evaluate, or a "
             "Dataset built from a release (its pub_* coordinates hold the published table)"
         )
     return published
+
+
+def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
+    """The dims of per-cell scores beyond ``neuron``: a sweep's levels, in the variables' order.
+
+    Scores are the numeric variables whose last dim is ``neuron``, as
+    :func:`nat4xr.evaluate` gives them (a Dataset's ``response`` is not one).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> s = xr.Dataset({"r_test": (("model", "neuron"), np.zeros((2, 3)))})
+    >>> sweep_dims(s)
+    ('model',)
+    """
+    out: list[str] = []
+    for var in scores.data_vars.values():
+        if var.dims[-1:] == ("neuron",) and np.issubdtype(var.dtype, np.number):
+            out += [str(d) for d in var.dims if d != "neuron" and d not in out]
+    return tuple(out)
+
+
+def holm(p: Any) -> np.ndarray:
+    """Holm's step-down adjustment of p-values (NaN ones are left out, and stay NaN).
+
+    With the m finite p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted
+    value of ``p_(i)`` is ``max over j <= i of min(1, (m - j + 1) p_(j))``
+    (Holm 1979): rejecting where it is below alpha controls the family-wise
+    error rate at alpha.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03, float("nan")]).round(6).tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled) if m else scaled
+    return out
 
 
 def _smoothing_of(scores: xr.Dataset) -> str:
@@ -152,12 +211,23 @@ def paired_values(
 
 def compare(
     a: xr.Dataset,
-    b: xr.Dataset,
+    b: xr.Dataset | None = None,
     *,
+    dim: str | None = None,
+    baseline: Any = None,
     cells: Any = None,
     metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Paired per-cell comparison of two sets of scores, metric by metric.
+    """Paired per-cell comparison of two sets of scores, or of a sweep's levels with a baseline.
+
+    ``compare(a, b)`` compares two sets of scores (below);
+    ``compare(scores, dim="model", baseline="ln")`` compares every level of
+    a sweep's dim (the scores :func:`nat4xr.evaluate` gives for a prediction
+    with that dim) with the ``baseline`` level: each row is what
+    ``compare(level, baseline)`` gives, and ``p_holm`` adjusts the Wilcoxon
+    p-values for the number of levels compared, per metric (Holm's
+    step-down, :func:`holm`). The sweep may have no other dim than ``dim``
+    (select or average the others first).
 
     For each metric both hold, over the cells present in both (and chosen by
     ``cells``) with a finite value in both: the median of each, the median of
@@ -182,11 +252,20 @@ def compare(
         (``r_test``, ``r_ceiling``, ``cc_raw``, ``cc_norm``, ``cc_norm_schoppe``),
         or every shared one when none of those is shared.
 
+    dim : str, optional
+        The sweep dim whose levels are compared (with ``b`` omitted); by
+        default the scores' one dim besides ``neuron``.
+    baseline : label
+        The level of ``dim`` every other level is compared with.
+
     Returns
     -------
     pandas.DataFrame
         Indexed by metric; columns ``n_cells``, ``median_a``, ``median_b``,
-        ``median_diff``, ``frac_improved``, ``p_wilcoxon``.
+        ``median_diff``, ``frac_improved``, ``p_wilcoxon``. For a sweep,
+        indexed by ``(level, metric)`` (the index named ``dim`` and
+        ``"metric"``), ``median_a`` the level's, ``median_b`` the
+        baseline's, and a column ``p_holm``.
 
     Examples
     --------
@@ -197,7 +276,27 @@ def compare(
     >>> row = compare(a, b).loc["cc_raw"]
     >>> int(row["n_cells"]), round(float(row["median_diff"]), 6), float(row["frac_improved"])
     (4, 0.1, 0.75)
+
+    A sweep's levels against a baseline:
+
+    >>> import numpy as np
+    >>> s = xr.Dataset(
+    ...     {"cc_raw": (("model", "neuron"), [[0.4, 0.5, 0.6, 0.3], [0.5, 0.6, 0.7, 0.2],
+    ...                                      [0.3, 0.4, 0.5, 0.1]])},
+    ...     coords={"model": ["ln", "cnn", "small"], **cells})
+    >>> table = compare(s, dim="model", baseline="ln")
+    >>> table.index.tolist()
+    [('cnn', 'cc_raw'), ('small', 'cc_raw')]
+    >>> table["frac_improved"].tolist(), table["median_b"].round(6).tolist()
+    ([0.75, 0.0], [0.45, 0.45])
     """
+    if b is None:
+        return _compare_levels(a, dim, baseline, cells=cells, metrics=metrics)
+    if dim is not None or baseline is not None:
+        raise TypeError(
+            "compare(a, b) compares two sets of scores; dim= and baseline= are for one sweep "
+            "(compare(scores, dim=..., baseline=...))"
+        )
     from scipy.stats import wilcoxon
 
     ta, tb = score_table(a), score_table(b)
@@ -240,6 +339,54 @@ def compare(
             }
         )
     return pd.DataFrame(out).set_index("metric")
+
+
+def _compare_levels(
+    scores: xr.Dataset, dim: str | None, baseline: Any, **kwargs: Any
+) -> pd.DataFrame:
+    """Every level of ``dim`` against ``baseline``: :func:`compare` rows, Holm per metric."""
+    if not isinstance(scores, xr.Dataset):
+        raise TypeError(f"scores must be an xarray Dataset, got {type(scores).__name__}")
+    levels = sweep_dims(scores)
+    if dim is None:
+        if len(levels) != 1:
+            raise ValueError(
+                "compare(scores) needs b, or dim= naming the sweep dim to compare "
+                f"(the scores' dims besides neuron: {list(levels)})"
+            )
+        dim = levels[0]
+    if dim not in levels:
+        raise ValueError(f"the scores have no sweep dim {dim!r} (dims besides neuron: {levels})")
+    others = [d for d in levels if d != dim]
+    if others:
+        raise ValueError(
+            f"the scores have dims {others} besides {dim!r} and neuron: select or average them "
+            f"first, e.g. scores.isel({others[0]}=0) or scores.mean({others[0]!r})"
+        )
+    labels = scores[dim].values if dim in scores.coords else np.arange(scores.sizes[dim])
+    where = np.flatnonzero(labels == baseline) if baseline is not None else []
+    if len(where) != 1:
+        shown = ", ".join(map(repr, labels[:8].tolist()))
+        raise ValueError(
+            f"baseline={baseline!r} is not one level of {dim!r}: pass one of {shown}"
+            + (" ..." if len(labels) > 8 else "")
+        )
+    base = scores.isel({dim: int(where[0])}, drop=True)
+    rows = []
+    for pos, label in enumerate(labels):
+        if pos == where[0]:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Nat4Warning)  # one smoothing for the whole sweep
+            table = compare(scores.isel({dim: pos}, drop=True), base, **kwargs)
+        rows.append(table.assign(**{dim: label}).set_index(dim, append=True))
+    if not rows:
+        raise ValueError(f"{dim!r} has only the baseline level {baseline!r}: nothing to compare")
+    out = pd.concat(rows).reorder_levels([dim, "metric"])
+    adjusted = out.groupby(level="metric", sort=False)["p_wilcoxon"].transform(
+        lambda p: pd.Series(holm(p.to_numpy()), index=p.index)
+    )
+    return out.assign(p_holm=adjusted)
 
 
 def _significant_one(scores: xr.Dataset, rule: str) -> xr.DataArray:
@@ -320,11 +467,18 @@ def significant(scores: Any, *more: xr.Dataset, rule: str = "both") -> xr.DataAr
     return out.rename("significant")
 
 
-def leaderboard(scores: xr.Dataset, cells: Any = None) -> str:
+def leaderboard(scores: xr.Dataset, cells: Any = None) -> str | pd.DataFrame:
     """The leaderboard's summary line: mean CCraw and CCnorm in percent over the chosen cells.
 
     Means skip NaN cells, as deepSTRF's ``reduction="mean"`` does, so each
     mean states its own count of cells, then the number of cells chosen.
+
+    For one set of scores, the line is a str. For a sweep's scores (dims
+    beyond ``neuron``, as :func:`nat4xr.evaluate` gives for a prediction with
+    a ``model`` dim, say), a DataFrame with one row per level (a MultiIndex
+    for several dims): ``cc_raw`` and ``cc_norm`` (mean, percent), the cells
+    each mean is over (``n_cc_raw``, ``n_cc_norm``), the cells chosen
+    (``n_cells``) and the ``line`` itself.
 
     Parameters
     ----------
@@ -342,16 +496,60 @@ def leaderboard(scores: xr.Dataset, cells: Any = None) -> str:
     ...                coords={"neuron": ["a", "b", "c"]})
     >>> leaderboard(s)
     'CCraw 40.0 % over 3 cells | CCnorm 65.0 % over 2 cells (of 3)'
+
+    A sweep gives one row per level:
+
+    >>> sweep = xr.concat([s, s * 0.5], dim="model").assign_coords(model=["big", "half"])
+    >>> board = leaderboard(sweep)
+    >>> board.index.tolist(), board["cc_norm"].round(6).tolist()
+    (['big', 'half'], [65.0, 32.5])
+    >>> board.loc["half", "line"]
+    'CCraw 20.0 % over 3 cells | CCnorm 32.5 % over 2 cells (of 3)'
     """
+    levels = sweep_dims(scores) if isinstance(scores, xr.Dataset) else ()
+    if levels:
+        return _leaderboard_levels(scores, levels, cells)
     table = score_table(scores)
     missing = [m for m in ("cc_raw", "cc_norm") if m not in table]
     if missing:
         raise KeyError(f"the leaderboard line needs cc_raw and cc_norm; the scores lack {missing}")
     keep = _cell_mask(_neuron_ids(scores), cells)
-    parts = []
+    return _line(table, keep)[0]
+
+
+def _line(table: dict[str, xr.DataArray], keep: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """The leaderboard line of per-cell scores, and its numbers."""
+    parts, numbers = [], {}
     for label, name in (("CCraw", "cc_raw"), ("CCnorm", "cc_norm")):
         values = np.asarray(table[name].values, dtype=np.float64)[keep]
         finite = values[np.isfinite(values)]
         mean = finite.mean() if finite.size else np.nan
         parts.append(f"{label} {100 * mean:.1f} % over {finite.size} cells")
-    return f"{' | '.join(parts)} (of {int(keep.sum())})"
+        numbers[name], numbers[f"n_{name}"] = 100 * mean, int(finite.size)
+    numbers["n_cells"] = int(keep.sum())
+    return f"{' | '.join(parts)} (of {int(keep.sum())})", numbers
+
+
+def _leaderboard_levels(scores: xr.Dataset, levels: tuple[str, ...], cells: Any) -> pd.DataFrame:
+    """One leaderboard row per level of a sweep's scores."""
+    missing = [m for m in ("cc_raw", "cc_norm") if m not in scores.data_vars]
+    if missing:
+        raise KeyError(f"the leaderboard line needs cc_raw and cc_norm; the scores lack {missing}")
+    keep = _cell_mask(_neuron_ids(scores), cells)
+    rows, index = [], []
+    for pos in np.ndindex(*(scores.sizes[d] for d in levels)):
+        one = scores.isel(dict(zip(levels, pos)), drop=True)
+        table = {name: one[name] for name in ("cc_raw", "cc_norm")}
+        line, numbers = _line(table, keep)
+        rows.append({**numbers, "line": line})
+        index.append(
+            tuple(scores[d].values[k] if d in scores.coords else k for d, k in zip(levels, pos))
+        )
+    names = list(levels)
+    idx = (
+        pd.Index([i[0] for i in index], name=names[0])
+        if len(names) == 1
+        else pd.MultiIndex.from_tuples(index, names=names)
+    )
+    columns = ["cc_raw", "cc_norm", "n_cc_raw", "n_cc_norm", "n_cells", "line"]
+    return pd.DataFrame(rows, index=idx)[columns]

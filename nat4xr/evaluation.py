@@ -199,8 +199,16 @@ def _mismatch(what: str, dim: str, only: Sequence[Any]) -> str:
     return f"{len(only)} {dim}(s) {what}: {shown}"
 
 
+def _sweep_dims(prediction: Any) -> tuple[str, ...]:
+    """The dims of a DataArray ``prediction`` beyond ``(stim, neuron, time, repeat)``: a sweep's."""
+    if not isinstance(prediction, xr.DataArray):
+        return ()
+    core = ("stim", "neuron", "time", "repeat")
+    return tuple(str(d) for d in prediction.dims if d not in core)
+
+
 def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool) -> np.ndarray:
-    """The prediction as float64 ``(stim, neuron, time)`` in ``resp``'s order."""
+    """The prediction as float64 ``(*sweep, stim, neuron, time)`` in ``resp``'s order."""
     shape = (resp.sizes["stim"], resp.sizes["neuron"], resp.sizes["time"])
     if not isinstance(prediction, xr.DataArray):
         arr = np.asarray(prediction, dtype=np.float64)
@@ -209,10 +217,23 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
         if arr.shape != shape:
             raise ValueError(
                 f"prediction has shape {arr.shape}; an unlabelled prediction must have shape "
-                f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray)"
+                f"(stim, neuron, time) = {shape}, in observed's order (or pass a DataArray; "
+                "a sweep's predictions need a DataArray with a named dim, e.g. 'model')"
             )
         return arr
-    pred = prediction_dims(prediction)
+    extra = _sweep_dims(prediction)
+    full = prediction
+    empty = [d for d in extra if prediction.sizes[d] == 0]
+    if empty:
+        raise ValueError(f"the prediction's {empty[0]!r} has no levels: nothing to score")
+    if extra:  # the labels and dims are checked on one level, then applied to all
+        first = {d: 0 for d in extra}
+        pred = prediction_dims(prediction.isel(first, drop=True))
+        if "repeat" in full.dims:
+            full = full.isel(repeat=0, drop=True)
+        full = full.transpose(*extra, "stim", "neuron", "time")
+    else:
+        pred = full = prediction_dims(prediction)
     index: dict[str, np.ndarray] = {}
     for dim in ("stim", "neuron"):
         want, have = _labels(resp, dim), _labels(pred, dim)
@@ -253,9 +274,15 @@ def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool)
     t_obs, t_pred = _labels(resp, "time"), _labels(pred, "time")
     if t_obs is not None and t_pred is not None and not np.allclose(t_obs, t_pred):
         raise ValueError("prediction and observed have different time coordinates")
+    # labels already in observed's order select nothing: no copy of a large sweep
+    index = {
+        dim: pos
+        for dim, pos in index.items()
+        if len(pos) != pred.sizes[dim] or (pos != np.arange(len(pos))).any()
+    }
     if index:
-        pred = pred.isel(index)
-    return np.asarray(pred.values, dtype=np.float64)
+        full = full.isel(index)
+    return np.asarray(full.values, dtype=np.float64)
 
 
 # -- the public function --------------------------------------------------------------------------
@@ -305,6 +332,112 @@ def _single_trial_metrics(
 
     accelerated.run_on_two_threads(block, range(0, len(todo), _BLOCK))
     return out
+
+
+def _score(
+    obs: np.ndarray,
+    order: np.ndarray,
+    recorded: np.ndarray,
+    pred: np.ndarray,
+    names: Sequence[str],
+    n_first: np.ndarray,
+    seed: int,
+    n_jacks: int,
+    draws: peer_metrics.FloorDraws,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every metric of one prediction ``(stims, cells, time)`` in scoring order, per cell.
+
+    Returns the metrics, L and the degenerate flag of every cell of ``obs``
+    (cells without data included: the caller sets them to NaN).
+    """
+    n_stims, n_cells, _, n_time = obs.shape
+    trial_names = {"r_ceiling", "cc_norm", "cc_norm_schoppe", "cc_max"}.intersection(names)
+    trial = _single_trial_metrics(obs, order, recorded, pred, trial_names, n_first, seed)
+
+    # the metrics of the trial-averaged response, over all cells at once
+    p2 = pred.transpose(1, 0, 2).reshape(n_cells, n_stims * n_time)
+    g2 = trial.pop("psth").reshape(n_cells, n_stims * n_time)
+    r_test, se_test, length, degenerate = peer_metrics.nems_jackknife(p2, g2, n_jacks)
+    out: dict[str, np.ndarray] = {"r_test": r_test, "se_test": se_test, **trial}
+    if "r_floor" in names:
+        out["r_floor"] = peer_metrics.nems_floor(p2, g2, draws)
+    if "cc_raw" in names or "cc_norm" in names:
+        # deepSTRF: no noise correction with a single trial
+        sp = out.pop("signal_power") if "cc_norm" in names and len(recorded) > 1 else None
+        out["cc_raw"], cc_norm = peer_metrics.deepstrf_correlations(p2, g2, sp)
+        out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
+    return out, length, degenerate
+
+
+def _score_sweep(
+    obs: np.ndarray,
+    order: np.ndarray,
+    recorded: np.ndarray,
+    pred: np.ndarray,
+    names: Sequence[str],
+    n_first: np.ndarray,
+    seed: int,
+    n_jacks: int,
+    draws: peer_metrics.FloorDraws,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every metric of many predictions ``(levels, stims, cells, time)``, in ``obs``'s stim order.
+
+    Blocks of cells are scored for every level at once
+    (:func:`nat4xr.peer_metrics.sweep_metrics`): each block of the response is
+    read and reduced once. A (level, cell) whose prediction is NaN where the
+    cell has data scores other samples than the rest, and is scored alone
+    with :func:`_score`, as it would be without the sweep. Returns
+    ``(levels, cells)`` arrays.
+    """
+    n_levels, n_cells = pred.shape[0], obs.shape[1]
+    out = {name: np.full((n_levels, n_cells), np.nan) for name in names}
+    length = np.zeros((n_levels, n_cells), dtype=np.int64)
+    degenerate = np.zeros((n_levels, n_cells), dtype=bool)
+    alone = np.zeros((n_levels, n_cells), dtype=bool)
+    floor = draws if "r_floor" in names else None
+    # one prediction's scoring takes the PSTH and the response's side of the trial metrics from
+    # the compiled kernels where they apply: so does the sweep, to give the same numbers
+    compiled = accelerated.available() and len(recorded) == obs.shape[2]
+    # a block's predictions take about as much memory as a one-level block of trials
+    step = max(4, min(_BLOCK, _BLOCK * len(recorded) // max(n_levels, 1)))
+
+    def block(c0: int) -> None:
+        cells = np.arange(c0, min(c0 + step, n_cells))
+        x = obs[:, cells][order][:, :, recorded].transpose(1, 0, 2, 3)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        p = pred[:, order[None, :], cells[:, None]]  # (levels, cells, stims, time): one copy
+        fast = None
+        if compiled:  # the response's side only: any finite prediction will do
+            dummy = np.zeros((len(order), len(cells), obs.shape[3]))
+            fast = accelerated.trial_metrics(obs[:, cells], order, dummy, n_first[cells])
+        got = peer_metrics.sweep_metrics(
+            x, p, names, n_first[cells], seed, n_jacks, floor, compiled=fast
+        )
+        for name in names:
+            out[name][:, cells] = got[name]
+        length[:, cells] = got["length"]
+        degenerate[:, cells] = got["degenerate"]
+        alone[:, cells] = ~got["covering"]
+
+    accelerated.run_on_two_threads(block, range(0, n_cells, step))
+    for level in np.flatnonzero(alone.any(1)):
+        cells = np.flatnonzero(alone[level])
+        got, n, deg = _score(
+            obs[:, cells],
+            order,
+            recorded,
+            pred[level][order][:, cells],
+            names,
+            n_first[cells],
+            seed,
+            n_jacks,
+            draws,
+        )
+        for name in names:
+            out[name][level, cells] = got[name]
+        length[level, cells] = n
+        degenerate[level, cells] = deg
+    return out, length, degenerate
 
 
 def _recordings(resp: xr.DataArray) -> tuple[np.ndarray, str]:
@@ -399,7 +532,9 @@ def evaluate(
         DataArray is aligned to ``observed`` by its stim and neuron labels;
         stims or neurons in one and not the other raise ``ValueError`` naming
         them (with ``stims=``, extra stims of the prediction are ignored). A
-        plain array must already be in ``observed``'s order.
+        plain array must already be in ``observed``'s order. A DataArray may
+        have more dims, in any order (``model``, ``seed``, ``fraction`` ...):
+        a sweep, whose every level is scored (see below).
     metrics : str or sequence of str, optional
         Subset of :data:`METRICS` to compute (all by default; ``r_floor`` is
         the slowest).
@@ -418,7 +553,24 @@ def evaluate(
     xarray.Dataset
         One float64 variable per metric over ``neuron`` (``n_samples``
         int64), with ``observed``'s neuron coordinates and, in each variable's
-        attrs, its definition and source.
+        attrs, its definition and source. For a sweep, over the prediction's
+        other dims first, then ``neuron``, with the coordinates of those dims.
+        It is an ordinary Dataset: ``to_dataframe()`` gives one row per cell
+        (and level), ``to_netcdf()`` writes it (its attrs are numbers and
+        strings, ``stims`` a JSON list) and ``xr.open_dataset`` reads it back.
+
+    Notes
+    -----
+    **Sweeps.** A prediction with dims beyond ``(stim, neuron, time)`` is
+    scored in one call, every level exactly as if scored alone (to rounding;
+    the same NaN), with the response read once: each block of cells is read,
+    and the response's side of every metric (PSTH, trials, signal powers,
+    single-trial pair correlations, jackknife groups, the response's sums
+    over ``r_floor``'s resamples, whose draws depend only on ``seed`` and
+    the sample count) computed once for all the levels; only the
+    prediction's side is computed per level, vectorized over the levels. A
+    level whose prediction is NaN where a cell has data scores fewer
+    samples for that cell, and that (level, cell) is scored alone.
 
     Examples
     --------
@@ -431,6 +583,22 @@ def evaluate(
     ['cc_raw', 'n_samples', 'r_test', 'se_test']
     >>> scores["r_test"].attrs["source"]
     'NEMS0 nems0/metrics/corrcoef.py (Pennington & David 2023)'
+
+    A sweep of three models, scored in one call; each level is what scoring
+    that model alone gives:
+
+    >>> import xarray as xr
+    >>> psth = val["response"].mean("repeat")
+    >>> sweep = xr.concat([psth, psth + noise, psth + 3 * noise], dim="model")
+    >>> sweep = sweep.assign_coords(model=["perfect", "noisy", "noisier"])
+    >>> scores = evaluate(val, sweep, metrics=["r_test", "r_floor"])
+    >>> scores["r_test"].dims
+    ('model', 'neuron')
+    >>> alone = evaluate(val, psth + noise, metrics=["r_test", "r_floor"])
+    >>> bool(np.allclose(scores["r_test"].sel(model="noisy"), alone["r_test"], atol=1e-12))
+    True
+    >>> scores["r_test"].median("neuron").round(2).values.tolist()
+    [1.0, 0.0, -0.11]
     """
     if n_jacks < 2:
         raise ValueError(f"n_jacks must be at least 2, got {n_jacks}")
@@ -447,6 +615,7 @@ def evaluate(
         names = [m for m in names if m not in ("r_test", "se_test")]
         names = ["r_test", "se_test", *names]
 
+    extra = _sweep_dims(prediction)
     obs = np.asarray(resp.values)  # the scored stims only
     stim_ids = _labels(resp, "stim")
     order = (
@@ -454,28 +623,23 @@ def evaluate(
         if stim_ids is not None
         else np.arange(resp.sizes["stim"])
     )
-    pred = pred[order]
     trial_held = np.isfinite(obs).any(axis=3)[order]  # (stims, cells, repeats)
     recorded = np.flatnonzero(trial_held.any((0, 1)))  # drop repeats nobody has
     recording, per = _recordings(resp)
     n_first = _single_trials(trial_held[:, :, recorded], recording)
     no_data = ~trial_held.any((0, 2))  # cells with no value in the scored stims
-    n_stims, n_cells, _, n_time = obs.shape
-    trial_names = {"r_ceiling", "cc_norm", "cc_norm_schoppe", "cc_max"}.intersection(names)
-    trial = _single_trial_metrics(obs, order, recorded, pred, trial_names, n_first, seed)
-
-    # the metrics of the trial-averaged response, over all cells at once
-    p2 = pred.transpose(1, 0, 2).reshape(n_cells, n_stims * n_time)
-    g2 = trial.pop("psth").reshape(n_cells, n_stims * n_time)
-    r_test, se_test, length, degenerate = peer_metrics.nems_jackknife(p2, g2, n_jacks)
-    out: dict[str, np.ndarray] = {"r_test": r_test, "se_test": se_test, **trial}
-    if "r_floor" in names:
-        out["r_floor"] = peer_metrics.nems_floor(p2, g2, peer_metrics.FloorDraws(n_resamples, seed))
-    if "cc_raw" in names or "cc_norm" in names:
-        # deepSTRF: no noise correction with a single trial
-        sp = out.pop("signal_power") if "cc_norm" in names and len(recorded) > 1 else None
-        out["cc_raw"], cc_norm = peer_metrics.deepstrf_correlations(p2, g2, sp)
-        out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
+    n_cells = obs.shape[1]
+    draws = peer_metrics.FloorDraws(n_resamples, seed)
+    if extra:
+        levels = pred.shape[: len(extra)]
+        pred = pred.reshape(-1, *pred.shape[len(extra) :])
+        out, length, degenerate = _score_sweep(
+            obs, order, recorded, pred, names, n_first, seed, n_jacks, draws
+        )
+    else:
+        out, length, degenerate = _score(
+            obs, order, recorded, pred[order], names, n_first, seed, n_jacks, draws
+        )
     # a cell without data is not scored (NaN), unlike NEMS0's degenerate predictions (0)
     out = {name: np.where(no_data, np.nan, out[name]) for name in names}
     out["n_samples"] = length
@@ -496,9 +660,11 @@ def evaluate(
             stacklevel=2,
         )
     if degenerate.any():
+        some = f" for some {' x '.join(extra)}" if extra else ""
+        cells = degenerate.reshape(-1, n_cells).any(0)
         warnings.warn(
-            f"{int(degenerate.sum())} of {n_cells} cells have no usable samples, or a constant "
-            f"prediction or response, on the scored stims ({shown(degenerate)}): the NEMS0 "
+            f"{int(cells.sum())} of {n_cells} cells have{some} no usable samples, or a "
+            f"constant prediction or response, on the scored stims ({shown(cells)}): the NEMS0 "
             "metrics give 0 for them, deepSTRF's and Schoppe's NaN",
             Nat4Warning,
             stacklevel=2,
@@ -520,7 +686,17 @@ def evaluate(
     data_vars = {}
     for name, values in out.items():
         data = values.astype(np.int64) if name == "n_samples" else values
-        data_vars[name] = xr.Variable(("neuron",), data, attrs=dict(METRICS[name]))
+        if extra:
+            data = data.reshape(*levels, n_cells)
+        data_vars[name] = xr.Variable((*extra, "neuron"), data, attrs=dict(METRICS[name]))
+    if extra:  # the sweep's levels keep the prediction's labels
+        coords.update(
+            {
+                name: var.variable
+                for name, var in prediction.coords.items()
+                if var.dims and set(var.dims) <= set(extra)
+            }
+        )
     coords["n_single_trials"] = xr.Variable(
         ("neuron",),
         n_first,

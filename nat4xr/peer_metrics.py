@@ -272,6 +272,12 @@ def nems_ceiling(trials: np.ndarray, held: np.ndarray, p: np.ndarray, seed: int)
         return np.zeros(n_cells)
     pf = np.isfinite(p)
     m = held & pf[:, None, :]  # only where the prediction is finite
+    return _ceiling_scores(_ceiling_trials(trials, m, seed), p, pf)
+
+
+def _ceiling_trials(trials: np.ndarray, m: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The trials' side of r_ceiling on the values ``m``: centred trials, their sums, the pairs."""
+    n_cells, n_trials, _ = trials.shape
     chosen = _pair_subset(n_trials, seed)
     uniform = (m == m[:, :1]).all(axis=(1, 2))
     general = np.flatnonzero(~uniform if chosen is None else np.ones(n_cells, bool))
@@ -286,7 +292,9 @@ def nems_ceiling(trials: np.ndarray, held: np.ndarray, p: np.ndarray, seed: int)
     xs -= shift[:, None, None]
     xs *= m
     s_x = xs.sum(-1)
-    gram = np.matmul(xs, xs.transpose(0, 2, 1))
+    # einsum, not a BLAS product: for these small products BLAS's threads cost more than they
+    # save, and on a busy machine far more
+    gram = np.einsum("cas,cbs->cab", xs, xs)
     ss = np.diagonal(gram, axis1=1, axis2=2)
     # a pair counts 0 when either trial is empty, silent or constant on the pair's samples
     n_safe = np.maximum(n_a, 1.0)
@@ -299,17 +307,34 @@ def nems_ceiling(trials: np.ndarray, held: np.ndarray, p: np.ndarray, seed: int)
     rac = np.clip(pair_r[:, a, b], -1.0, 1.0).mean(1)
     rac[general] = rac_general
     rac = np.maximum(rac, _RAC_LIMIT)
+    return {"xs": xs, "m": m, "raw_sum": raw_sum, "n_a": n_a, "s_x": s_x, "ss": ss, "rac": rac}
 
+
+def _ceiling_scores(trials: dict[str, np.ndarray], p: np.ndarray, pf: np.ndarray) -> np.ndarray:
+    """r_ceiling of predictions ``p (..., cells, samples)`` from :func:`_ceiling_trials`."""
+    n_a, s_x, raw_sum = trials["n_a"], trials["s_x"], trials["raw_sum"]
     pc = _centered(p, pf)
-    mf = m.astype(np.float64)
-    s_p = np.matmul(mf, pc[:, :, None])[..., 0]
-    s_pp = np.matmul(mf, (pc * pc)[:, :, None])[..., 0]
-    s_xp = np.matmul(xs, pc[:, :, None])[..., 0]
-    r_trial = _corr_from_sums(n_a, s_x, s_p, ss, s_pp, s_xp)
+    mf = trials["m"].astype(np.float64)
+    if p.ndim == 2:
+        s_p = np.matmul(mf, pc[..., None])[..., 0]
+        s_pp = np.matmul(mf, (pc * pc)[..., None])[..., 0]
+        s_xp = np.matmul(trials["xs"], pc[..., None])[..., 0]
+    else:  # many predictions: per cell, (trials, samples) @ (samples, models)
+        pt = np.ascontiguousarray(np.moveaxis(pc, 0, -1))  # (cells, samples, models)
+        if accelerated.available():
+            shared = (trials["m"] == trials["m"][:, :1]).all(axis=(1, 2))
+            sums = np.empty((pt.shape[0], 3, mf.shape[1], pt.shape[2]))
+            accelerated.trial_sums_models(trials["xs"], mf, pt, shared, sums)
+            s_xp, s_p, s_pp = (np.moveaxis(sums[:, q], -1, 0) for q in range(3))
+        else:
+            s_p = np.moveaxis(np.matmul(mf, pt), -1, 0)
+            s_pp = np.moveaxis(np.matmul(mf, pt * pt), -1, 0)
+            s_xp = np.moveaxis(np.matmul(trials["xs"], pt), -1, 0)
+    r_trial = _corr_from_sums(n_a, s_x, s_p, trials["ss"], s_pp, s_xp)
     zero = (n_a == 0) | (raw_sum == 0) | _flat(n_a, s_p, s_pp)
     # a constant non-zero trial correlates as NaN in NEMS0, and so does the ceiling
     r_trial = np.where(zero, 0.0, r_trial)
-    return r_trial.mean(1) / np.sqrt(rac)
+    return r_trial.mean(-1) / np.sqrt(trials["rac"])
 
 
 # -- deepSTRF -----------------------------------------------------------------------------------
@@ -320,6 +345,9 @@ def deepstrf_correlations(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """deepSTRF's ``corrcoef`` and ``normalized_corrcoef(method="schoppe")`` per row.
 
+    ``p`` is ``(..., cells, samples)``: leading dims hold several predictions
+    of the same cells, scored against the one PSTH ``g (cells, samples)``.
+
     Both run over the bins where the PSTH ``g`` is finite (NaN in ``p`` there
     propagates); the second divides the covariance by ``sqrt(var(p) sp)``
     with ``sp`` from :func:`deepstrf_signal_power` (None: not computed).
@@ -327,8 +355,8 @@ def deepstrf_correlations(
     valid = np.isfinite(g)
     cnt = valid.sum(1).astype(np.float64)
     pc, gc = _centered(p, valid), _centered(g, valid)
-    s_pg = np.einsum("ij,ij->i", pc, gc)
-    s_pp = np.einsum("ij,ij->i", pc, pc)
+    s_pg = np.einsum("...j,...j->...", pc, gc)
+    s_pp = np.einsum("...j,...j->...", pc, pc)
     s_gg = np.einsum("ij,ij->i", gc, gc)
     with np.errstate(invalid="ignore", divide="ignore"):
         den = np.sqrt(s_pp * s_gg)
@@ -380,8 +408,14 @@ def deepstrf_signal_power(x: np.ndarray, fin: np.ndarray) -> np.ndarray:
 # -- Schoppe et al. 2016 ------------------------------------------------------------------------
 
 
-def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cc_norm_schoppe and cc_max of trials ``x (cells, stims, repeats, time)`` and ``p``."""
+def _schoppe_trials(
+    x: np.ndarray, fin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Schoppe's trials of ``x (cells, stims, repeats, time)``: the first N of each stim heard.
+
+    Returns ``x`` with each stim's recorded repeats first, N per cell, the
+    mask of kept repeats and the samples where every kept trial has a value.
+    """
     n_rep = x.shape[2]
     has_rep = fin.any(-1)  # (cells, stims, repeats)
     k = has_rep.sum(-1)
@@ -393,7 +427,13 @@ def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
         x = np.take_along_axis(x, order[..., None], axis=2)
         fin = np.take_along_axis(fin, order[..., None], axis=2)
     keep = (np.arange(n_rep) < n_trials[:, None])[:, None, :, None]  # (cells, 1, repeats, 1)
-    ok = np.isfinite(p) & (fin | ~keep).all(2)  # (cells, stims, time): samples scored
+    return x, n_trials, keep, (fin | ~keep).all(2)
+
+
+def _schoppe_signal(
+    x: np.ndarray, n_trials: np.ndarray, keep: np.ndarray, ok: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The response's side of Schoppe's metrics on the samples ``ok (cells, stims, time)``."""
     use = keep & ok[:, :, None, :]
     length = ok.sum((1, 2)).astype(np.float64)
     nt = np.maximum(n_trials, 1).astype(np.float64)
@@ -409,25 +449,40 @@ def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, 
         var_each = ((tr * tr).sum((1, 3)) - s_r * s_r / length[:, None]) / (length[:, None] - 1)
         sp = (var_total - var_each.sum(1)) / (nt * (nt - 1))
         y = total / nt[:, None, None]
-        yh = np.where(ok, p, 0.0)
         yc = np.where(ok, y - (s_tot / nt / length)[:, None, None], 0.0)
-        yhc = np.where(ok, yh - (yh.sum((1, 2)) / length)[:, None, None], 0.0)
         v_y = (yc * yc).sum((1, 2)) / length
-        v_yh = (yhc * yhc).sum((1, 2)) / length
-        c_y_yh = (yc * yhc).sum((1, 2)) / length
-        cc_norm = c_y_yh / np.sqrt(sp * v_yh)
         cc_max = np.sqrt(sp / v_y)
-        # a constant PSTH or prediction has variance 0 in the reference's arithmetic, whatever
-        # rounding leaves of it: SP <= 0 then (calc_CCnorm.m: CCnorm NaN, CCmax 0)
+        # a constant PSTH has variance 0 in the reference's arithmetic, whatever rounding
+        # leaves of it: SP <= 0 then (calc_CCnorm.m: CCnorm NaN, CCmax 0)
         mean_y = s_tot / nt / length + shift
         flat_y = ~(v_y > _CONSTANT * (v_y + mean_y * mean_y))
-        mean_yh = yh.sum((1, 2)) / length
-        flat_yh = ~(v_yh > _CONSTANT * (v_yh + mean_yh * mean_yh))
     undefined = (n_trials < 2) | (length < 2)
     no_signal = (sp <= 0) | flat_y
-    cc_norm = np.where(undefined | no_signal | flat_yh, np.nan, cc_norm)
     cc_max = np.where(undefined, np.nan, np.where(no_signal, 0.0, cc_max))
-    return cc_norm, cc_max
+    return {"sp": sp, "yc": yc, "length": length, "bad": undefined | no_signal, "cc_max": cc_max}
+
+
+def _schoppe_norm(signal: dict[str, np.ndarray], p: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """cc_norm_schoppe of predictions ``p (..., cells, stims, time)`` on the samples ``ok``."""
+    length = signal["length"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yh = np.where(ok, p, 0.0)
+        mean_yh = yh.sum((-2, -1)) / length
+        yhc = np.where(ok, yh - mean_yh[..., None, None], 0.0)
+        v_yh = (yhc * yhc).sum((-2, -1)) / length
+        c_y_yh = (signal["yc"] * yhc).sum((-2, -1)) / length
+        cc_norm = c_y_yh / np.sqrt(signal["sp"] * v_yh)
+        # a constant prediction has variance 0 in the reference's arithmetic (0 / 0: NaN)
+        flat_yh = ~(v_yh > _CONSTANT * (v_yh + mean_yh * mean_yh))
+    return np.where(signal["bad"] | flat_yh, np.nan, cc_norm)
+
+
+def schoppe(x: np.ndarray, fin: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cc_norm_schoppe and cc_max of trials ``x (cells, stims, repeats, time)`` and ``p``."""
+    x, n_trials, keep, covered = _schoppe_trials(x, fin)
+    ok = np.isfinite(p) & covered  # (cells, stims, time): samples scored
+    signal = _schoppe_signal(x, n_trials, keep, ok)
+    return _schoppe_norm(signal, p, ok), signal["cc_max"]
 
 
 def trial_metrics(
@@ -462,4 +517,199 @@ def trial_metrics(
             xs = xs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(xs), k, ns * nt)
             fs = fs[:, :, :k].transpose(0, 2, 1, 3).reshape(len(fs), k, ns * nt)
             out["r_ceiling"][cells] = nems_ceiling(xs, fs, pc, seed)
+    return out
+
+
+# -- sweeps: many predictions of the same cells ---------------------------------------------------
+#
+# A sweep's predictions ``p (models, cells, ...)`` share each cell's response. Where a prediction
+# is finite wherever the cell's PSTH is (``covering``), every metric scores the same samples for
+# every model, so the response's side (PSTH, trials, signal power, pair correlations, the
+# jackknife groups, r_floor's resampled response sums) is computed once per cell and only the
+# prediction's side per model. The caller scores the other (model, cell) pairs one at a time.
+
+
+def covering(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``(models, cells)``: True where ``p (models, cells, samples)`` is finite where ``g`` is."""
+    finite = np.isfinite(p).all(-1)
+    if finite.all():  # the usual case: one pass
+        return finite
+    return finite | (np.isfinite(p) | ~np.isfinite(g)).all(-1)
+
+
+def nems_jackknife_models(
+    p: np.ndarray, r: np.ndarray, n_jacks: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`nems_jackknife` of ``p (models, cells, samples)``, each covering ``r (cells, L)``.
+
+    Returns r_test, se_test and the degenerate flag ``(models, cells)`` and L ``(cells,)``.
+    """
+    ok = np.isfinite(r)
+    length = ok.sum(1)
+    degenerate = (length == 0) | _constant(p, ok) | _constant(r, ok)
+    chunk = np.maximum(np.ceil(length / n_jacks / 10).astype(np.int64), 1)
+    pc, rc = _centered(p, ok), _centered(r, ok)
+    # each cell's groups (NEMS0's blocks over its finite samples) as a one-hot (cells, L, groups)
+    group = ((np.cumsum(ok, axis=1) - 1) // chunk[:, None]) % n_jacks
+    one_hot = ((group[..., None] == np.arange(n_jacks)) & ok[..., None]).astype(np.float64)
+    n = one_hot.sum(1)  # (cells, groups)
+    s_r = np.einsum("cs,csj->cj", rc, one_hot)
+    s_rr = np.einsum("cs,csj->cj", rc * rc, one_hot)
+    if accelerated.available():  # one pass, the models of a sample contiguous
+        pt = np.ascontiguousarray(pc.transpose(1, 2, 0))  # (cells, samples, models)
+        sums = np.empty((pt.shape[0], 3, n_jacks, pt.shape[2]))
+        accelerated.group_sums_models(pt, rc, np.where(ok, group, -1), sums)
+        s_p, s_pp, s_pr = (sums[:, q].transpose(2, 0, 1) for q in range(3))
+    else:
+        pt = np.ascontiguousarray(pc.transpose(1, 0, 2))  # (cells, models, samples): BLAS
+        s_p = np.matmul(pt, one_hot).transpose(1, 0, 2)
+        s_pp = np.matmul(pt * pt, one_hot).transpose(1, 0, 2)
+        s_pr = np.matmul(pt * rc[:, None, :], one_hot).transpose(1, 0, 2)
+    loo = [s.sum(-1, keepdims=True) - s for s in (n, s_p, s_r, s_pp, s_rr, s_pr)]
+    jc = _corr_from_sums(*loo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: NaN, as in NEMS0
+        r_test = np.nanmean(jc, axis=-1)
+        se_test = np.nanstd(jc, axis=-1) * np.sqrt(n_jacks - 1)
+    r_test = np.where(degenerate, 0.0, r_test)
+    se_test = np.where(degenerate, 0.0, se_test)
+    return r_test, se_test, length, degenerate
+
+
+def _resampled_sums_models(
+    x: np.ndarray, y: np.ndarray, i_x: np.ndarray, i_y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resampled sums of ``x (cells, L, models)`` and ``y (cells, L)`` with shared indices.
+
+    Returns ``(cells, 3, resamples, models)`` (sums of x, x² and x·y) and
+    ``(cells, 2, resamples)`` (sums of y and y²).
+    """
+    n_cells, length, n_models = x.shape
+    n_res = len(i_x)
+    s_x = np.empty((n_cells, 3, n_res, n_models))
+    s_y = np.empty((n_cells, 2, n_res))
+    if accelerated.available():
+        accelerated.resampled_sums_models(x, y, i_x, i_y, s_x, s_y)
+        return s_x, s_y
+    counts_x, counts_y = _counts(i_x, length), _counts(i_y, length)
+    rows = (np.arange(n_res)[:, None] * length + i_x).ravel()
+    for c in range(n_cells):
+        s_x[c, 0] = counts_x @ x[c]
+        s_x[c, 1] = counts_x @ (x[c] * x[c])
+        # sum_j x[i_x[k, j]] y[i_y[k, j]]: the y drawn beside each x, summed per (resample, x)
+        weight = np.bincount(rows, weights=y[c][i_y].ravel(), minlength=n_res * length)
+        s_x[c, 2] = weight.reshape(n_res, length) @ x[c]
+        s_y[c, 0] = counts_y @ y[c]
+        s_y[c, 1] = counts_y @ (y[c] * y[c])
+    return s_x, s_y
+
+
+def nems_floor_models(p: np.ndarray, r: np.ndarray, draws: FloorDraws) -> np.ndarray:
+    """:func:`nems_floor` of ``p (models, cells, samples)``, each covering ``r (cells, samples)``.
+
+    A cell's draws depend only on its sample count, so they are shared by
+    its models, and the response's resampled sums are computed once.
+    """
+    ok = np.isfinite(r)
+    length = ok.sum(1)
+    n_models = p.shape[0]
+    out = np.zeros((n_models, p.shape[1]))
+    pc, rc = _centered(p, ok), _centered(r, ok)
+    for size in np.unique(length):
+        if size < 2:
+            continue  # no finite correlation: NEMS0 gives 0
+        cells = np.flatnonzero(length == size)
+        # each cell's finite samples, in order: x (cells, L, models), models contiguous
+        if (ok[cells] == ok[cells[0]]).all():
+            keep = ok[cells[0]]
+            x = np.ascontiguousarray(pc[:, cells][:, :, keep].transpose(1, 2, 0))
+            y = np.ascontiguousarray(rc[cells][:, keep])
+        else:
+            x = np.stack([pc[:, c, ok[c]].T for c in cells])
+            y = np.stack([rc[c, ok[c]] for c in cells])
+        i_x, i_y = draws.indices(int(size))
+        s_x, s_y = _resampled_sums_models(x, y, i_x, i_y)
+        n = np.float64(i_x.shape[1])
+        rf = _corr_from_sums(
+            n, s_x[:, 0], s_y[:, 0, :, None], s_x[:, 1], s_y[:, 1, :, None], s_x[:, 2]
+        )  # (cells, resamples, models)
+        finite = np.isfinite(rf)
+        n_fin = finite.sum(1)
+        ranked = np.sort(np.where(finite, rf, np.inf), axis=1)
+        at = np.minimum((n_fin * 0.95).astype(np.intp), rf.shape[1] - 1)
+        picked = np.take_along_axis(ranked, at[:, None, :], axis=1)[:, 0]
+        out[:, cells] = np.where(n_fin > 0, picked, 0.0).T
+    return out
+
+
+def sweep_metrics(
+    x: np.ndarray,
+    p: np.ndarray,
+    names: Any,
+    n_first: np.ndarray,
+    seed: int,
+    n_jacks: int,
+    draws: FloorDraws | None,
+    compiled: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every metric of predictions ``p (models, cells, stims, time)`` of trials ``x``.
+
+    ``x (cells, stims, repeats, time)`` is the block's own float64 copy (its
+    NaN are set to 0). Returns ``(models, cells)`` arrays, ``"length"``
+    ``(cells,)`` and ``"covering"`` ``(models, cells)``: the values are those
+    of :func:`trial_metrics`, :func:`nems_jackknife`, :func:`nems_floor` and
+    :func:`deepstrf_correlations` where ``covering`` holds (the caller scores
+    the other pairs alone). ``compiled`` is what
+    :func:`nat4xr.accelerated.trial_metrics` gives for these cells: where it
+    scored a cell, its PSTH and the response's side of the trial metrics are
+    taken from it, as one prediction's scoring takes them.
+    """
+    nm, nc, ns, nt = p.shape
+    nr = x.shape[2]
+    fin = np.isfinite(x)
+    np.copyto(x, 0.0, where=~fin)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        psth = x.sum(2) / fin.sum(2)
+    rect = np.zeros(nc, dtype=bool) if compiled is None else ~compiled["general"]
+    if rect.any():
+        psth[rect] = compiled["psth"][rect]
+    g = psth.reshape(nc, ns * nt)
+    p_flat = p.reshape(nm, nc, ns * nt)
+    out: dict[str, np.ndarray] = {"covering": covering(p_flat, g)}
+    out["r_test"], out["se_test"], out["length"], out["degenerate"] = nems_jackknife_models(
+        p_flat, g, n_jacks
+    )
+    if draws is not None:
+        out["r_floor"] = nems_floor_models(p_flat, g, draws)
+    if "cc_raw" in names or "cc_norm" in names:
+        sp = deepstrf_signal_power(x, fin) if "cc_norm" in names and nr > 1 else None
+        if sp is not None and rect.any():
+            sp[rect] = compiled["signal_power"][rect]
+        out["cc_raw"], cc_norm = deepstrf_correlations(p_flat, g, sp)
+        out["cc_norm"] = out["cc_raw"] if cc_norm is None else cc_norm
+    if "cc_norm_schoppe" in names or "cc_max" in names:
+        xs, n_trials, keep, ok = _schoppe_trials(x, fin)
+        signal = _schoppe_signal(xs, n_trials, keep, ok)
+        if rect.any():  # the compiled SP and its verdicts (cc_max NaN: undefined, 0: no signal)
+            cc_max = compiled["cc_max"][rect]
+            signal["sp"][rect] = compiled["schoppe_signal"][rect]
+            signal["bad"][rect] = np.isnan(cc_max) | (cc_max == 0.0)
+            signal["cc_max"][rect] = cc_max
+        out["cc_norm_schoppe"] = _schoppe_norm(signal, p, ok)
+        out["cc_max"] = np.broadcast_to(signal["cc_max"], (nm, nc))
+    if "r_ceiling" in names:  # last: the trials are overwritten
+        per_cell = np.broadcast_to(np.asarray(n_first, dtype=np.int64), (nc,))
+        out["r_ceiling"] = np.empty((nm, nc))
+        for n in np.unique(per_cell):  # cells of recordings with the same trial count
+            cells = per_cell == n
+            k = int(n)
+            if k <= 1:
+                out["r_ceiling"][:, cells] = 0.0
+                continue
+            xs = x[cells][:, :, :k].transpose(0, 2, 1, 3).reshape(-1, k, ns * nt)
+            fs = fin[cells][:, :, :k].transpose(0, 2, 1, 3).reshape(-1, k, ns * nt)
+            pc = p_flat[:, cells]
+            # covering: the prediction is finite wherever a trial holds a value
+            trials = _ceiling_trials(xs, fs, seed)
+            out["r_ceiling"][:, cells] = _ceiling_scores(trials, pc, np.isfinite(pc))
     return out

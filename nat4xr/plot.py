@@ -9,6 +9,7 @@ titles and colorbars stay inside it when saved with a plain ``savefig``; an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -227,14 +228,22 @@ def _prediction_trace(
 
 def plot_scores(
     a: xr.Dataset,
-    b: xr.Dataset,
+    b: xr.Dataset | None = None,
     metric: str = "r_test",
     *,
     cells: Any = None,
     labels: tuple[str, str] | None = None,
     ax: Any = None,
+    dim: str | None = None,
+    levels: Sequence[Any] | None = None,
 ) -> Any:
     """Per-cell scatter of one metric for two sets of scores, with the diagonal.
+
+    With ``b`` omitted, ``a`` is a sweep's scores (a dim besides ``neuron``,
+    e.g. ``model``): with two ``levels``, their scatter (``a`` the first);
+    else a grid of every pair of ``levels`` (all of them by default, at most
+    8), level ``j`` (column) against level ``i`` (row) below the diagonal,
+    and the grid's Axes (a 2-D array, unused ones hidden) are returned.
 
     Cells are matched by neuron id; each point is a cell present in both with
     a finite value in both. Points above the diagonal are cells where ``b``
@@ -254,11 +263,16 @@ def plot_scores(
     labels : (str, str), optional
         Axis labels of ``a`` and ``b`` (default ``"a"`` and ``"b"``).
     ax : matplotlib Axes, optional
-        Where to draw; a new figure by default.
+        Where to draw; a new figure by default (one pair only).
+    dim : str, optional
+        The sweep dim of ``a`` (with ``b`` omitted); by default its one dim
+        besides ``neuron``.
+    levels : sequence of labels, optional
+        Levels of ``dim`` to draw: two for one scatter, more for a grid.
 
     Returns
     -------
-    matplotlib Axes
+    matplotlib Axes, or a 2-D array of them for a grid
 
     Examples
     --------
@@ -271,7 +285,92 @@ def plot_scores(
     >>> ax = plot_scores(a, b)
     >>> len(ax.collections[0].get_offsets())
     3
+
+    A sweep: a chosen pair of models, or the grid of all pairs.
+
+    >>> sweep = xr.concat([a, b, a * 0.5], dim="model").assign_coords(model=["x", "y", "z"])
+    >>> plot_scores(sweep, levels=["x", "z"]).get_xlabel()
+    'r_test (x)'
+    >>> grid = plot_scores(sweep)
+    >>> grid.shape, grid[1, 0].get_ylabel(), grid[1, 0].get_xlabel()
+    ((2, 2), 'r_test (z)', 'r_test (x)')
     """
+    if b is None:
+        return _plot_levels(a, metric, dim=dim, levels=levels, cells=cells, ax=ax)
+    return _plot_pair(a, b, metric, cells=cells, labels=labels, ax=ax)
+
+
+_MAX_GRID = 8  # levels in a grid of pairs: 28 panels
+
+
+def _plot_levels(
+    scores: xr.Dataset, metric: str, *, dim: Any, levels: Any, cells: Any, ax: Any
+) -> Any:
+    """A chosen pair of a sweep's levels, or the grid of every pair."""
+    from .comparison import sweep_dims
+
+    have = sweep_dims(scores)
+    if dim is None:
+        if len(have) != 1:
+            raise ValueError(
+                f"plot_scores(a) needs b, or dim= naming a sweep dim of a (it has {list(have)})"
+            )
+        dim = have[0]
+    if dim not in have:
+        raise ValueError(f"the scores have no sweep dim {dim!r} (dims besides neuron: {have})")
+    others = [d for d in have if d != dim]
+    if others:
+        raise ValueError(
+            f"the scores have dims {others} besides {dim!r}: select or average them first"
+        )
+    labels = list(scores[dim].values) if dim in scores.coords else list(range(scores.sizes[dim]))
+    chosen = labels if levels is None else list(levels)
+    unknown = [lv for lv in chosen if lv not in labels]
+    if unknown:
+        raise KeyError(f"level(s) {unknown} are not in {dim!r} (levels: {labels[:8]})")
+    if len(chosen) < 2:
+        raise ValueError(f"plot_scores draws pairs of levels; {dim!r} gives {chosen}")
+
+    def level(label: Any) -> xr.Dataset:
+        return scores.isel({dim: labels.index(label)}, drop=True)
+
+    if len(chosen) == 2:
+        pair = (str(chosen[0]), str(chosen[1]))
+        return _plot_pair(
+            level(chosen[0]), level(chosen[1]), metric, cells=cells, labels=pair, ax=ax
+        )
+    if ax is not None:
+        raise ValueError("ax= draws one pair: pass two levels, or no ax for the grid")
+    if len(chosen) > _MAX_GRID:
+        raise ValueError(
+            f"{dim!r} has {len(chosen)} levels: a grid of every pair draws at most {_MAX_GRID}; "
+            "choose them with levels= (two for one scatter)"
+        )
+    plt = _pyplot()
+    n = len(chosen) - 1
+    _, axes = plt.subplots(n, n, figsize=(2.6 * n, 2.6 * n), layout="constrained", squeeze=False)
+    for i in range(n):
+        for j in range(n):
+            if j > i:
+                axes[i, j].set_visible(False)
+                continue
+            x, y = chosen[j], chosen[i + 1]
+            _plot_pair(
+                level(x), level(y), metric, cells=cells, labels=(str(x), str(y)), ax=axes[i, j]
+            )
+    return axes
+
+
+def _plot_pair(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    metric: str,
+    *,
+    cells: Any,
+    labels: tuple[str, str] | None,
+    ax: Any,
+) -> Any:
+    """One scatter of ``b``'s values of ``metric`` against ``a``'s."""
     from .comparison import paired_values, significant
 
     plt = _pyplot()
