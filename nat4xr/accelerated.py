@@ -354,6 +354,7 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
             # -- deepSTRF signal power: per stim, weighted by its time bins
             num = 0.0
             den = 0.0
+            size = 0.0
             for si in range(n_stims):
                 kk = k[si]
                 if kk < 2 or n_time < 2:
@@ -377,7 +378,10 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                     acc += d * d
                 var_psth = acc / (n_time - 1)
                 num += n_time * (kk * var_psth - total) / (kk - 1)
+                size += n_time * (kk * var_psth + total) / (kk - 1)
                 den += n_time
+            if abs(num) <= CONSTANT * abs(size):
+                num = 0.0  # 0 but for rounding (as peer_metrics._exact_zero)
             sp_out[c] = num / den if den > 0 else nan
 
             # -- samples: the stims the cell heard, every bin
@@ -430,6 +434,8 @@ def _compile(numba: Any) -> Any:  # pragma: no cover - the bodies run compiled
                         v_p += pc * pc
                         c_yp += yc * pc
                 sp = (v_tot - var_a.sum()) / (length - 1) / (n_tr * (n_tr - 1))
+                if abs(v_tot - var_a.sum()) <= CONSTANT * (v_tot + var_a.sum()):
+                    sp = 0.0  # 0 but for rounding (as peer_metrics._exact_zero)
                 v_y /= length
                 v_p /= length
                 c_yp /= length

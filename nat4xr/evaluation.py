@@ -107,7 +107,9 @@ METRICS: dict[str, dict[str, str]] = {
         "definition": "cov(prediction, PSTH) over the concatenated stims (ddof 1) divided by "
         "sqrt(var(prediction) SP), SP the Sahani-Linden signal power computed per stim and "
         "averaged with weights = valid time bins; NaN where SP <= 0 or is undefined (a "
-        "constant PSTH has SP <= 0, whatever rounding leaves of it); equals cc_raw when the "
+        "constant PSTH has SP <= 0, whatever rounding leaves of it; an SP within 1e-10 of "
+        "its terms' size, n var(PSTH) + mean var(trial), counts as 0: a cell with spikes in "
+        "one repeat per stim has SP exactly 0); equals cc_raw when the "
         "data hold one repeat (deepSTRF normalized_corrcoef, method 'schoppe')",
         "source": _DEEPSTRF,
     },
@@ -120,7 +122,9 @@ METRICS: dict[str, dict[str, str]] = {
         "prediction or any of these trials is NaN are dropped; NaN where SP <= 0 (as the "
         "reference code sets it), where the prediction is constant (Var(yhat) = 0: 0 / 0), or "
         "N < 2 or T < 2; a variance under 1e-10 of the mean square counts as 0, so rounding "
-        "never makes a constant signal vary",
+        "never makes a constant signal vary, and an SP within 1e-10 of its terms' size "
+        "(var(sum of trials) + sum of var(trial)) counts as 0 (spikes in one trial only: "
+        "SP exactly 0)",
         "source": _SCHOPPE,
     },
     "cc_max": {

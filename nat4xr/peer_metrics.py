@@ -397,12 +397,26 @@ def deepstrf_signal_power(x: np.ndarray, fin: np.ndarray) -> np.ndarray:
         dev = np.where(v_time, psth - mean_psth[..., None], 0.0)
         var_psth = (dev * dev).sum(-1) / (n_time - 1)
         sp = (n_rep * var_psth - total) / (n_rep - 1)
+        size = (n_rep * var_psth + total) / (n_rep - 1)  # of the terms SP is the difference of
     qualifies = (n_rep >= 2) & (n_time >= 2)
     sp = np.where(holes, np.nan, sp)
     weight = np.where(qualifies, n_time, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(qualifies, weight * sp, 0.0).sum(1) / weight.sum(1)
-    return np.where(weight.sum(1) > 0, out, np.nan)
+        size = np.where(qualifies, weight * size, 0.0).sum(1) / weight.sum(1)
+    return np.where(weight.sum(1) > 0, _exact_zero(out, size), np.nan)
+
+
+def _exact_zero(sp: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """``sp`` with values within rounding of 0 (relative to the ``size`` of its terms) set to 0.
+
+    A signal power is a difference of two variances; for a sparse cell the two
+    are equal in exact arithmetic (spikes in one repeat only), and rounding
+    leaves a value of either sign whose size says nothing. Counted as 0 (not
+    positive) on every path, so the sign of a rounding error never decides
+    between NaN and a huge normalized correlation.
+    """
+    return np.where(np.abs(sp) <= _CONSTANT * np.abs(size), 0.0, sp)
 
 
 # -- Schoppe et al. 2016 ------------------------------------------------------------------------
@@ -448,6 +462,7 @@ def _schoppe_signal(
         s_r = tr.sum((1, 3))  # (cells, repeats)
         var_each = ((tr * tr).sum((1, 3)) - s_r * s_r / length[:, None]) / (length[:, None] - 1)
         sp = (var_total - var_each.sum(1)) / (nt * (nt - 1))
+        sp = _exact_zero(sp, (var_total + var_each.sum(1)) / (nt * (nt - 1)))
         y = total / nt[:, None, None]
         yc = np.where(ok, y - (s_tot / nt / length)[:, None, None], 0.0)
         v_y = (yc * yc).sum((1, 2)) / length

@@ -139,3 +139,48 @@ def test_smoothed_responses_are_flagged_in_the_scores_and_in_compare():
         warnings.simplefilter("error", Nat4Warning)
         nat4xr.compare(scores, scores)  # same smoothing on both sides: comparable
         nat4xr.compare(plain, published, metrics=["r_test"])
+
+
+def _one_trial_each(seed: int = 0, n_cells: int = 60) -> tuple[xr.DataArray, xr.DataArray]:
+    """Sparse cells whose signal power is exactly 0 in exact arithmetic.
+
+    Cells ``0..n/2``: in each stim only one repeat (a different one per stim)
+    holds spikes, the others are silent. Then ``n var(PSTH) = mean var(trial)``
+    within every stim, so the leaderboard's SP (per stim, averaged) is 0, and
+    rounding leaves values of either sign around it. Cells ``n/2..n``: only
+    repeat 0 ever holds spikes, so Schoppe's SP (twice the summed covariances
+    between trials) is 0 as well.
+    """
+    rng = np.random.default_rng(seed)
+    n_stims, n_rep, n_time = 5, 6, 40
+    obs = np.zeros((n_stims, n_cells, n_rep, n_time))
+    half = n_cells // 2
+    for s in range(n_stims):
+        obs[s, :half, s % n_rep] = rng.poisson(0.7, size=(half, n_time))
+    obs[:, half:, 0] = rng.poisson(0.7, size=(n_stims, n_cells - half, n_time))
+    pred = rng.gamma(2.0, 1.0, size=(n_stims, n_cells, n_time))
+    coords = {
+        "stim": [f"s{k}" for k in range(n_stims)],
+        "neuron": [f"c{k:02d}" for k in range(n_cells)],
+        "time": np.arange(n_time) * 0.01,
+    }
+    observed = xr.DataArray(obs, dims=("stim", "neuron", "repeat", "time"), coords=coords)
+    return observed, xr.DataArray(pred, dims=("stim", "neuron", "time"), coords=coords)
+
+
+def test_a_signal_power_zero_but_for_rounding_is_not_positive_on_both_paths():
+    # SP is 0 in exact arithmetic for these cells: the sign rounding leaves must not decide
+    # between NaN and a huge CCnorm (one path gave NaN where the other gave 1.7e6)
+    observed, prediction = _one_trial_each()
+    half = observed.sizes["neuron"] // 2
+    scores = _quiet(observed, prediction, metrics=["cc_norm", "cc_norm_schoppe", "cc_max"])
+    assert np.isnan(scores.cc_norm.values[:half]).all(), scores.cc_norm.values[:half]
+    assert np.isnan(scores.cc_norm_schoppe.values[half:]).all(), scores.cc_norm_schoppe.values
+    np.testing.assert_array_equal(scores.cc_max.values[half:], 0.0)
+    # a weak signal well above rounding still counts: a second trial sharing a quarter of the
+    # first one's bins
+    weak = observed.copy()
+    weak[:, half:, 1, :10] = observed[:, half:, 0, :10]
+    scores = _quiet(weak, prediction, metrics=["cc_norm_schoppe", "cc_max"])
+    assert np.isfinite(scores.cc_norm_schoppe.values[half:]).all()
+    assert (scores.cc_max.values[half:] > 0).all()
