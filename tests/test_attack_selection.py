@@ -54,3 +54,21 @@ def test_select_never_takes_positions_it_was_not_given():
         np.testing.assert_array_equal(
             got["stim"].values, source["stim"].values[positions], err_msg=str(positions)
         )
+
+
+def test_a_concatenations_selection_agrees_with_it_after_a_lazy_input_is_edited(tmp_path):
+    a1 = _source(1).assign_attrs(area="A1")
+    peg = _source(2).assign_attrs(area="PEG")
+    inputs = [
+        open_cache(write_cache(d, tmp_path / f"{i}.nc"), chunks=None)
+        for i, d in enumerate((a1, peg))
+    ]
+    joint = nat4xr.concat(inputs)
+    val = joint.nat4.sel_stims(subset="val")  # lazy, computed below
+    inputs[1].load()  # in place
+    inputs[1]["response"][...] = 5.0  # the joint reads its inputs when computed: it sees this
+    np.testing.assert_array_equal(
+        val["response"].values, joint.compute().nat4.sel_stims(subset="val")["response"].values
+    )
+    for ds in inputs:
+        ds.close()
