@@ -72,3 +72,20 @@ def test_a_concatenations_selection_agrees_with_it_after_a_lazy_input_is_edited(
     )
     for ds in inputs:
         ds.close()
+
+
+def test_prune_after_a_selection_of_repeats_follows_the_values(tmp_path):
+    source = _source()
+    path = write_cache(source, tmp_path / "c.nc")
+    cases = {
+        "later repeats": lambda d: d.isel(repeat=slice(10, None)),
+        "val, later repeats": lambda d: d.nat4.sel_stims(subset="val").isel(repeat=slice(5, None)),
+    }
+    for chunks in ("auto", None):
+        with open_cache(path, chunks=chunks) as lazy:
+            for what, cut in cases.items():
+                got = cut(lazy).nat4.prune()
+                want = cut(source).nat4.prune()  # coverage derived again from the values
+                case = f"{what}, chunks={chunks}"
+                np.testing.assert_array_equal(got["stim"].values, want["stim"].values, case)
+                np.testing.assert_array_equal(got["coverage"].values, want["coverage"].values, case)
