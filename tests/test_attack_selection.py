@@ -89,3 +89,17 @@ def test_prune_after_a_selection_of_repeats_follows_the_values(tmp_path):
                 case = f"{what}, chunks={chunks}"
                 np.testing.assert_array_equal(got["stim"].values, want["stim"].values, case)
                 np.testing.assert_array_equal(got["coverage"].values, want["coverage"].values, case)
+
+
+def test_a_loader_follows_a_selection_loaded_and_edited_in_place(tmp_path):
+    source = _source()
+    with open_cache(write_cache(source, tmp_path / "c.nc")) as lazy:
+        val = lazy.nat4.sel_stims(subset="val")
+        loader = val.nat4.to_torch(batch_size=2)
+        val.load()  # in place: the Dataset's response is numpy from here
+        val["response"][0, 0] = 5.0  # as it would follow an assignment into the dask array
+        got = [b["responses"].numpy() for b in loader]
+        want = [b["responses"].numpy() for b in val.nat4.to_torch(batch_size=2)]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
