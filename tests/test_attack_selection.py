@@ -103,3 +103,16 @@ def test_a_loader_follows_a_selection_loaded_and_edited_in_place(tmp_path):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
+
+
+def test_a_persisted_dataset_selects_after_its_file_is_closed_and_removed(tmp_path):
+    source = _source()
+    path = write_cache(source, tmp_path / "c.nc")
+    lazy = open_cache(path)
+    kept = lazy.persist()  # every value in memory
+    lazy.close()
+    path.unlink()  # e.g. `nat4xr cache clear`: nothing holds the file any more
+    want = source.nat4.sel_stims(subset="val")
+    got = kept.nat4.sel_stims(subset="val")
+    np.testing.assert_array_equal(got["response"].values, want["response"].values)
+    np.testing.assert_array_equal(kept.nat4.load()["response"].values, source["response"].values)
