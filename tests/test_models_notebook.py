@@ -26,15 +26,15 @@ def test_models_notebook_is_committed_clean() -> None:
                  "RidgeSTRF(", "plot_scores(", "nat4xr.compare("):  # fmt: skip
         assert call in source, call
     # "Does the model generalize?": held-out and matched pre-training, readouts refit, one
-    # prediction with a condition dim scored, the paired test; the reduced-data curve
+    # prediction with a condition dim scored in one call, the paired test; the reduced-data
+    # curve, its (fraction, model) predictions scored in one call too
     section = source[source.index("assign_heldout_site(") :]
     for call in ("assign_heldout_site(site, matched=", "sel_neurons(pretrain=True)",
                  "refit_readout(core_net, cells", 'name="condition"',
-                 "scores = xr.concat(\n    [nat4xr.evaluate(val_cells, pred.sel(condition=c)) for "
-                 "c in conditions], dim=pred.condition\n)",
-                 'nat4xr.compare(\n    scores.sel(condition="held-out"), '
-                 'scores.sel(condition="matched")',
-                 'plot_scores(\n    scores.sel(condition="matched")', "subsample_est(fraction",
+                 "scores = nat4xr.evaluate(val_cells, pred)",
+                 'nat4xr.compare(scores, dim="condition", baseline="matched"',
+                 'plot_scores(scores, levels=["matched", "held-out"])', "subsample_est(fraction",
+                 "curve_scores = nat4xr.evaluate(val, curve_pred)",
                  'name="fraction"', 'name="model"'):  # fmt: skip
         assert call in section, call
 
