@@ -486,11 +486,13 @@ def concat(
     # every response as dask over the input itself (nothing copied or read); an est-only
     # build has one repeat: pad every input (lazily, with NaN) to the longest
     n_repeat = max(ds.sizes["repeat"] for ds in datasets)
-    responses = []
+    responses, parts = [], []
     for ds in datasets:
-        var = ds.variables["response"]
+        # the input as it is now: loading or replacing its data in place later changes
+        # neither the result nor its selections (a shallow copy reads nothing)
+        var = ds.variables["response"].copy(deep=False)
         responses.append(_as_dask(var, sized_as=(*var.shape[:2], n_repeat, *var.shape[3:])))
-    parts = [_Part.of(ds, resp) for ds, resp in zip(datasets, responses)]
+        parts.append(_Part.of(var, responses[-1]))
     bounds = _repeat_bounds(responses, n_repeat)
     responses = [_padded(resp, bounds) for resp in responses]
     response_attrs = dict(datasets[0]["response"].attrs)
@@ -614,16 +616,20 @@ class _Part:
     variable: xr.Variable
     data: Any
     placed: Any  # a provenance.Placement when the values are a cache file's, else None
+    name: str | None = None  # ``data``'s dask name when the concatenation was made
 
     @classmethod
-    def of(cls, ds: xr.Dataset, data: Any) -> _Part:
+    def of(cls, var: xr.Variable, data: Any) -> _Part:
         from . import provenance
 
-        var = ds["response"]
         placed = None
         if var.chunks is not None:
             placed = provenance.placement(var, var.encoding.get("nat4xr_source"))
-        return cls(var.variable, data, placed)
+        return cls(var, data, placed, getattr(data, "name", None))
+
+    def edited(self) -> bool:
+        """True when ``data`` was assigned into in place since (dask renames it then)."""
+        return getattr(self.data, "name", None) != self.name
 
 
 @dataclass(frozen=True, eq=False)
@@ -693,6 +699,8 @@ def _select_joint(
         or np.any(np.diff(neuron) <= 0)
     ):
         return None
+    if any(part.edited() for part in joint.parts):
+        return None  # the concatenation holds the values from before: indexing reads those
     offsets = np.cumsum([0, *(p.variable.shape[1] for p in joint.parts)])
     parts, rows, kept = [], [], []
     for k, part in enumerate(joint.parts):
@@ -707,15 +715,16 @@ def _select_joint(
         if new is not None:
             from . import provenance
 
-            parts.append(_Part(new, new.data, provenance.placement(new)))
+            parts.append(_Part(new, new.data, provenance.placement(new), new.data.name))
         elif part.variable.chunks is None and not_read_yet(part.variable):
             # a file's values read on access: indexed lazily (kept so, for the next
             # selection to compose with), then read just those
             lazy = part.variable.isel(picked)
-            parts.append(_Part(lazy, _as_dask(lazy, limit=SELECTION_CHUNK_BYTES), None))
+            data = _as_dask(lazy, limit=SELECTION_CHUNK_BYTES)
+            parts.append(_Part(lazy, data, None, data.name))
         else:
             data = part.data[used][:, cells][:, :, :reps]
-            parts.append(_Part(xr.Variable(part.variable.dims, data), data, None))
+            parts.append(_Part(xr.Variable(part.variable.dims, data), data, None, data.name))
         rows.append(np.where(old >= 0, np.searchsorted(used, np.maximum(old, 0)), -1))
         kept.append(k)
     if not parts:

@@ -82,6 +82,7 @@ def _from_file(da: xr.DataArray) -> np.ndarray | None:
         not isinstance(source, CacheSource)
         or entry.variable not in source.file.index
         or tuple(source.file.index[entry.variable].dims) != entry.dims
+        or source.file.closed  # the values may be in memory (persisted), the file gone
     ):
         return None
     values = file_selection(source, entry.variable, entry.dims, entry.positions).values

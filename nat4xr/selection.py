@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -408,12 +408,10 @@ def _plain(value: Any) -> Any:
 
 def _indexer(idx: np.ndarray, n: int) -> slice | np.ndarray | None:
     """Cheapest equivalent of sorted unique positions: None (all), a slice, or the array."""
-    if len(idx) == n:
-        return None
     if len(idx) == 0:
         return slice(0, 0)
-    if idx[-1] - idx[0] == len(idx) - 1:
-        return slice(int(idx[0]), int(idx[-1]) + 1)
+    if (np.diff(idx) == 1).all():  # one increasing run, nothing repeated or out of order
+        return None if len(idx) == n else slice(int(idx[0]), int(idx[-1]) + 1)
     return idx.astype(np.intp, copy=False)
 
 
@@ -703,6 +701,10 @@ def _servable(var: xr.Variable, entry: provenance.Placement) -> bool:
     source = entry.source
     if not isinstance(source, CacheSource) or entry.variable not in source.file.index:
         return False
+    if source.file.closed:
+        # closed by its Dataset: the values may live on in memory (``persist``), the file
+        # may be gone or replaced; dask's own graph serves them as it always did
+        return False
     index = source.file.index[entry.variable]
     return (
         tuple(index.dims) == entry.dims == tuple(map(str, var.dims))
@@ -858,9 +860,57 @@ def coverage_current(ds: xr.Dataset) -> bool:
     if "response" not in ds.data_vars or "coverage" not in ds.coords:
         return "response" not in ds.data_vars
     var = ds["response"].variable
+    source = var.encoding.get("nat4xr_source")
     if var.chunks is not None:
-        return provenance.placement(var) is not None
-    return not_read_yet(var)
+        entry = provenance.placement(var, source)
+        if entry is None:
+            return False
+        return _whole_trials(entry.positions, getattr(entry.source, "axes", {}), _recorded(ds))
+    if source is None or not not_read_yet(var):
+        return False
+    # lazy indexing keeps no positions: the axes' labels say which repeats and bins are kept
+    labels = {d: np.asarray(ds[d].values) for d in ("repeat", "time") if d in ds.coords}
+    axes = getattr(source, "axes", {})
+    positions = {}
+    for dim, values in labels.items():
+        if dim not in axes:
+            return False
+        index = pd.Index(np.asarray(axes[dim]))
+        if not index.is_unique:
+            return False
+        at = index.get_indexer(values)
+        if (at < 0).any():
+            return False
+        positions[dim] = at
+    return _whole_trials(positions, axes, _recorded(ds))
+
+
+def _recorded(ds: xr.Dataset) -> int | None:
+    """The most repeats any stim of ``ds`` was recorded with (None: not known)."""
+    if "n_repeats" not in ds.coords or ds.sizes["stim"] == 0:
+        return None
+    return int(np.max(metadata_values(ds["n_repeats"])))
+
+
+def _whole_trials(
+    positions: Mapping[str, np.ndarray], axes: Mapping[str, Any], recorded: int | None
+) -> bool:
+    """True when ``positions`` keep every recorded repeat and every bin of the file.
+
+    ``coverage`` says which (stim, cell) pairs hold data in some recorded
+    repeat (the first ``n_repeats`` of their stim, ``recorded`` at most);
+    a prefix at least that long keeps them all, while fewer repeats, later
+    ones or a part of the bins need not hold the data it describes.
+    """
+    repeat = positions.get("repeat")
+    if repeat is not None:
+        need = len(axes["repeat"]) if recorded is None and "repeat" in axes else recorded or 1
+        if len(repeat) < need or not np.array_equal(repeat, np.arange(len(repeat))):
+            return False
+    time = positions.get("time")
+    if time is not None and "time" in axes:
+        return np.array_equal(time, np.arange(len(axes["time"])))
+    return time is None
 
 
 def not_read_yet(var: xr.Variable) -> bool:

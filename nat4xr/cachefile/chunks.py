@@ -155,6 +155,10 @@ class ChunkFile:
         self._map: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
         self._fd: int | None = None  # the mapped file, to see it changed in place
+        #: True after :meth:`close` until a read maps the file again: values that
+        #: were read from it may live on elsewhere (a persisted dask array), the
+        #: file need not.
+        self.closed = False
         #: Counts the times the file was seen written to or touched since it was
         #: mapped: what readers learned from its bytes before then no longer holds.
         self.generation = 0
@@ -233,6 +237,7 @@ class ChunkFile:
                 self._fd = os.dup(fh.fileno())
                 self._fd_closer = weakref.finalize(self, os.close, self._fd)
                 self._stat = (st.st_size, st.st_mtime_ns)
+                self.closed = False
         except OSError as exc:
             raise CacheError(
                 f"cannot read the cache file {self.path} ({exc}); open_nat4(..., rebuild=True) "
@@ -247,6 +252,7 @@ class ChunkFile:
     def close(self) -> None:
         """Unmap the file and release its handle (and so its shared lock) now."""
         with self._lock:
+            self.closed = True
             self._bytes = None
             if self._fd is not None:
                 self._fd_closer()  # closes it once, here or when this object is collected

@@ -148,9 +148,8 @@ class NAT4TorchDataset(_TorchDataset):
         # The arrays the file serves, by the dask names they had: an assignment
         # into one (``ds.response[...] = x``) renames that very object, and from
         # then on the Dataset itself is read instead (see _follow_edits).
-        self._file_arrays = (
-            [(ds[name].data, ds[name].data.name) for name in file_src.dims] if file_src else []
-        )
+        self._file_vars = list(file_src.dims) if file_src else []
+        self._file_arrays = [(ds[name].data, ds[name].data.name) for name in self._file_vars]
         self._general = (ds, dims) if file_src else None
         if file_src is not None:
             # A stim's repeats as the file stores them, if the coordinate says fewer.
@@ -166,9 +165,20 @@ class NAT4TorchDataset(_TorchDataset):
         return isinstance(self._sources[0], FileSource)
 
     def _follow_edits(self) -> None:
-        """Read the Dataset itself from now on if an array the file serves was assigned into."""
-        if self._file_arrays and any(a.name != name for a, name in self._file_arrays):
-            ds, dims = self._general
+        """Read the Dataset itself from now on if the values the file serves changed in it.
+
+        An assignment into the dask array renames that very object; loading
+        in place (``ds.load()``) or replacing the data (``ds["response"] =``,
+        ``.data =``) leaves the Dataset holding another object.
+        """
+        if not self._file_arrays:
+            return
+        ds, dims = self._general
+        changed = any(
+            a.name != name or ds.variables[var].data is not a
+            for var, (a, name) in zip(self._file_vars, self._file_arrays)
+        )
+        if changed:
             for source in self._sources:
                 if isinstance(source, FileSource):
                     source.close()
@@ -178,7 +188,8 @@ class NAT4TorchDataset(_TorchDataset):
     def __getstate__(self) -> dict[str, Any]:
         self._follow_edits()  # decided here, in this process, before workers get a copy
         state = self.__dict__.copy()
-        state["_file_arrays"], state["_general"] = [], None  # the file's handle is what travels
+        # the file's handle is what travels
+        state["_file_arrays"], state["_file_vars"], state["_general"] = [], [], None
         return state
 
     def __len__(self) -> int:
