@@ -1,0 +1,79 @@
+"""Attacks on scoring a sweep: each test fails on the code it was written against."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_evaluation import _traps
+
+import nat4xr
+from nat4xr import Nat4Warning, evaluate
+
+
+def _quiet(*args, **kwargs) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Nat4Warning)
+        return evaluate(*args, **kwargs)
+
+
+def _with_sites(observed: xr.DataArray) -> xr.DataArray:
+    n = observed.sizes["neuron"]
+    return observed.assign_coords(site=("neuron", np.where(np.arange(n) < n // 2, "A", "B")))
+
+
+def test_an_unlabelled_sweep_dim_named_like_a_cell_coordinate_keeps_its_levels():
+    # a sweep over recording sites' models, stacked on a dim called "site" without labels: the
+    # scores must not label the levels with the cells' sites (a Dataset whose "site" coordinate
+    # lies along neuron while "site" is also a dim), or refuse with an error naming "site"
+    observed, prediction = _traps(0)
+    observed = _with_sites(observed)
+    sweep = xr.concat([prediction, prediction * 2.0 + 1.0, -prediction], dim="site")
+    try:
+        scores = _quiet(observed, sweep, metrics=["cc_raw", "cc_norm"])
+    except ValueError as err:
+        assert "site" in str(err)
+        return
+    assert scores["site"].dims in (("site",), ("neuron",))
+    board = nat4xr.leaderboard(scores)
+    assert len(board) == 3
+    # each row is that level's line, labelled by the level (0, 1, 2), not by a cell's site
+    assert board.index.tolist() == [0, 1, 2]
+    for k in range(3):
+        one = _quiet(observed, sweep.isel(site=k), metrics=["cc_raw", "cc_norm"])
+        assert board.iloc[k]["line"] == nat4xr.leaderboard(one)
+
+
+def test_a_sweep_coordinate_named_like_a_cell_coordinate_does_not_replace_it():
+    # the sweep's own coordinate "site" (one per model) silently replaced the cells' "site"
+    # coordinate in the scores: the cells lost their sites without a word
+    observed, prediction = _traps(1)
+    observed = _with_sites(observed)
+    sweep = xr.concat([prediction, -prediction], dim="model").assign_coords(
+        model=["m0", "m1"], site=("model", ["trained-on-A", "trained-on-B"])
+    )
+    try:
+        scores = _quiet(observed, sweep, metrics="cc_raw")
+    except ValueError as err:
+        assert "site" in str(err)
+        return
+    assert scores["site"].dims == ("neuron",)
+    np.testing.assert_array_equal(scores["site"].values, observed["site"].values)
+
+
+def test_a_sweep_coordinate_named_like_a_score_gets_an_error_naming_it():
+    # a fraction sweep carrying the training-set size as "n_samples": scoring ran to the end,
+    # then xarray's "variables {'n_samples'} are found in both data_vars and coords", which
+    # says neither that the prediction's coordinate is the culprit nor what to do
+    observed, prediction = _traps(2)
+    sweep = xr.concat([prediction, prediction * 0.5], dim="fraction").assign_coords(
+        fraction=[1.0, 0.5], n_samples=("fraction", [1000, 500])
+    )
+    try:
+        scores = _quiet(observed, sweep, metrics="cc_raw")
+    except ValueError as err:
+        assert "prediction" in str(err) and "n_samples" in str(err)
+        return
+    assert scores["n_samples"].dims == ("fraction", "neuron")
