@@ -76,3 +76,70 @@ def test_a_sweep_coordinate_named_like_a_score_gets_an_error_naming_it():
         assert "prediction" in str(err) and "n_samples" in str(err)
         return
     assert scores["n_samples"].dims == ("fraction", "neuron")
+
+
+def _grid_scores() -> xr.Dataset:
+    """Scores of a seed x fraction grid, stacked on one dim ``cfg`` (a MultiIndex of tuples)."""
+    rng = np.random.default_rng(3)
+    n = 25
+    base = rng.uniform(0.1, 0.7, n)
+    values = base + rng.normal(0, 0.05, size=(2, 3, n)) + np.array([0.0, 0.05, 0.1])[:, None]
+    scores = xr.Dataset(
+        {
+            "cc_raw": (("seed", "fraction", "neuron"), values),
+            "cc_norm": (("seed", "fraction", "neuron"), values * 1.2),
+        },
+        coords={
+            "seed": [0, 1],
+            "fraction": [1.0, 0.5, 0.25],
+            "neuron": [f"c{k}" for k in range(n)],
+        },
+    )
+    return scores.stack(cfg=("seed", "fraction")).transpose("cfg", "neuron")
+
+
+def test_the_leaderboard_of_a_stacked_sweep_has_one_row_per_level():
+    # stacking a grid into one dim is how compare's "one sweep dim" is met; the leaderboard then
+    # failed inside pandas ("Names should be list-like for a MultiIndex")
+    scores = _grid_scores()
+    try:
+        board = nat4xr.leaderboard(scores)
+    except ValueError as err:
+        assert "cfg" in str(err)
+        return
+    assert len(board) == 6
+    for k in range(6):
+        one = scores.isel(cfg=k, drop=True)
+        assert board.iloc[k]["line"] == nat4xr.leaderboard(one)
+
+
+def test_compare_of_a_stacked_sweep_takes_a_tuple_baseline_or_says_how():
+    # a tuple baseline met numpy's "operands could not be broadcast together with shapes (6,) (2,)"
+    scores = _grid_scores()
+    try:
+        table = nat4xr.compare(scores, dim="cfg", baseline=(0, 1.0), metrics=["cc_raw"])
+    except ValueError as err:
+        assert "baseline" in str(err) and "cfg" in str(err)
+        return
+    assert len(table) == 5
+    base = scores.isel(cfg=0, drop=True)
+    for k in range(1, 6):
+        two = nat4xr.compare(scores.isel(cfg=k, drop=True), base, metrics=["cc_raw"])
+        assert table.iloc[k - 1]["median_a"] == two.loc["cc_raw", "median_a"]
+
+
+def test_compare_of_a_sweep_dim_named_metric():
+    # a sweep over training losses on a dim called "metric": pandas' "The name metric occurs
+    # multiple times, use a level number" came out of compare
+    scores = _grid_scores().isel(cfg=slice(0, 3))
+    scores = scores.drop_vars(["cfg", "seed", "fraction"]).rename(cfg="metric")
+    scores = scores.assign_coords(metric=["mse", "poisson", "l1"])
+    try:
+        table = nat4xr.compare(scores, dim="metric", baseline="mse", metrics=["cc_raw"])
+    except ValueError as err:
+        assert "metric" in str(err) and "rename" in str(err)
+        return
+    want = nat4xr.compare(scores.rename(metric="model"), dim="model", baseline="mse")
+    np.testing.assert_array_equal(
+        table["p_holm"].to_numpy(), want.xs("cc_raw", level="metric")["p_holm"].to_numpy()
+    )
