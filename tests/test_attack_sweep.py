@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import xarray as xr
 from test_evaluation import _traps
 
@@ -143,3 +144,26 @@ def test_compare_of_a_sweep_dim_named_metric():
     np.testing.assert_array_equal(
         table["p_holm"].to_numpy(), want.xs("cc_raw", level="metric")["p_holm"].to_numpy()
     )
+
+
+def test_plot_scores_refuses_a_level_label_that_names_two_levels():
+    # two levels labelled "cnn" (say two seeds stacked without their seed): compare refuses the
+    # ambiguous baseline, but plot_scores drew the first "cnn" without a word
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import nat4xr.plot
+
+    values = np.random.default_rng(0).uniform(0, 1, (3, 10))
+    scores = xr.Dataset(
+        {"r_test": (("model", "neuron"), values)},
+        coords={"model": ["cnn", "ln", "cnn"], "neuron": [f"c{k}" for k in range(10)]},
+    )
+    with pytest.raises(ValueError, match="baseline='cnn'"):
+        nat4xr.compare(scores, dim="model", baseline="cnn")
+    try:
+        with pytest.raises((ValueError, KeyError), match="cnn"):
+            nat4xr.plot.plot_scores(scores, levels=["cnn", "ln"])
+    finally:
+        plt.close("all")
