@@ -167,3 +167,21 @@ def test_plot_scores_refuses_a_level_label_that_names_two_levels():
             nat4xr.plot.plot_scores(scores, levels=["cnn", "ln"])
     finally:
         plt.close("all")
+
+
+def test_compare_of_a_sweep_dim_named_like_a_column_keeps_the_column():
+    # a sweep over the number of cells a population model was trained on, on a dim "n_cells":
+    # the table's own n_cells column (the cells compared) was silently replaced by the levels
+    values = np.random.default_rng(1).uniform(0, 1, (3, 20))
+    values[1, :4] = np.nan  # 16 cells scored in both for the second level
+    scores = xr.Dataset(
+        {"r_test": (("n_cells", "neuron"), values)},
+        coords={"n_cells": [10, 50, 100], "neuron": [f"c{k}" for k in range(20)]},
+    )
+    try:
+        table = nat4xr.compare(scores, dim="n_cells", baseline=10)
+    except ValueError as err:
+        assert "n_cells" in str(err)
+        return
+    assert "n_cells" in table.columns
+    assert table["n_cells"].tolist() == [16, 20]
