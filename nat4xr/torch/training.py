@@ -780,9 +780,13 @@ def _fit_once(loop: _Loop, stage: dict[str, Any], index: int, restart: int, bar:
 
 
 def _progress(show: bool, total: int) -> Any:
+    if not show:  # tqdm.auto's notebook bar warns about ipywidgets even when disabled
+        from tqdm import tqdm as silent
+
+        return silent(total=total, disable=True)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not show, unit="epoch", desc="fit", leave=True)
+    return tqdm(total=total, unit="epoch", desc="fit", leave=True)
 
 
 def _history(rows: list[dict[str, float]], restart_loss: list[float], attrs: dict) -> xr.Dataset:
