@@ -171,7 +171,9 @@ def fit(
         Where the model and batches go (``'cuda'``: pinned memory and
         non-blocking copies).
     num_workers : int
-        DataLoader worker processes.
+        DataLoader worker processes. With 0, this process reads the batches,
+        each on a thread while the model computes on the one before (same
+        batches, same order, bitwise the same fit).
     seed : int
         Seed of the holdout draw, the batch order and the restarts.
     progress : bool
