@@ -532,7 +532,8 @@ class _Loop:
                 f"(B, N, 1, T) = {expected} for {n_batch} stims, {self.n_neurons} neurons "
                 f"and {self.n_time} time bins"
             )
-        if self.loss_name == "poisson" and bool((pred < 0).any()):
+        # one reduction, no (B, N, 1, T) mask; NaN is not < 0 either way
+        if self.loss_name == "poisson" and bool(pred.detach().amin() < 0):
             raise ValueError(
                 f"the model returned negative rates (min {float(pred.detach().min()):.3g}); "
                 "the Poisson loss needs rates >= 0: end the model in a non-negative nonlinearity "
