@@ -533,7 +533,7 @@ class _Loop:
                 f"and {self.n_time} time bins"
             )
         # one reduction, no (B, N, 1, T) mask; NaN is not < 0 either way
-        if self.loss_name == "poisson" and bool(pred.detach().amin() < 0):
+        if self.loss_name == "poisson" and pred.numel() and bool(pred.detach().amin() < 0):
             raise ValueError(
                 f"the model returned negative rates (min {float(pred.detach().min()):.3g}); "
                 "the Poisson loss needs rates >= 0: end the model in a non-negative nonlinearity "
