@@ -272,7 +272,9 @@ class DoubleExponential(nn.Module):
     ``nonnegative`` (the default), ``|base|`` and ``|amplitude|`` are used:
     NEMS left both unconstrained, but a rate must be non-negative for the
     Poisson loss to be defined, and these two keep the output at least
-    ``|base| >= 0``.
+    ``|base| >= 0``. The inner exponent ``-exp(kappa) * (x - shift)`` is
+    capped at 50: beyond it the output is ``base`` either way, and the
+    gradient is 0 instead of NaN (an overflowed exponential times 0).
 
     Parameters
     ----------
