@@ -36,17 +36,25 @@ another ``truth_seed`` (another core, its difference measured by
 on that PEG release.
 
 ``epoch`` opens A1 from its cache (built on first use) and times, per
-model, in one run and in alternation: one epoch of ``fit`` (train pass over
-the est sounds less the holdout, then the holdout pass), the same forward
-and backward passes over tensors already in memory, and one epoch of
-deepSTRF 0.1.0's ``Fitter`` with the same model, loss and batches. The data
-path's share of an epoch is one pass over both loaders alone, against the
-``fit`` epoch.
+model, in one run and in alternation: the second of two epochs of ``fit``
+(train pass over the est sounds less the holdout, then the holdout pass;
+the first also learns which rows of each sound hold values), the same with each
+batch read in turn (``training.READ_AHEAD = False``), the same forward and
+backward passes over tensors already in memory, one pass over both loaders
+alone, and one epoch of deepSTRF 0.1.0's ``Fitter`` with the same model,
+loss and batches. The data path's share of an epoch, as the target defines
+it, is ``1 - memory / fit`` (the median over rounds of each round's ratio);
+``loaders / fit`` is what the reading alone would cost if nothing overlapped it.
+The same share in CPU time (both epochs, every thread of the process, the
+fit's setup included) says how much work the data path adds, wherever it runs;
+in the main thread's CPU time alone, what an epoch costs when the reading
+thread has a core of its own (on a busy machine it shares one).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -251,7 +259,7 @@ def epoch(args: argparse.Namespace) -> int:
     from _deepstrf import _import_from_deepstrf
 
     import nat4xr
-    from nat4xr.torch import fit, masked_poisson_nll, to_torch
+    from nat4xr.torch import fit, masked_poisson_nll, to_torch, training
 
     torch.set_num_threads(args.threads)
     ds = nat4xr.open_nat4("A1", path=args.release)
@@ -259,9 +267,11 @@ def epoch(args: argparse.Namespace) -> int:
     if args.max_stims:
         est = est.isel(stim=slice(0, args.max_stims))
     est = nat4xr.splits.assign_holdout(est, 0.1, seed=0)
-    train = est.isel(stim=~est.holdout.values)
-    held = est.isel(stim=est.holdout.values)
+    is_held = est.holdout.values == 1
+    train = est.isel(stim=~is_held)
+    held = est.isel(stim=is_held)
     n_cells = est.sizes["neuron"]
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}")
     print(f"A1 est sounds: {train.sizes['stim']} train + {held.sizes['stim']} holdout, "
           f"{n_cells} cells, batch size {args.batch_size}, {args.threads} thread(s)")  # fmt: skip
     loaded = _import_from_deepstrf(
@@ -278,35 +288,49 @@ def epoch(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         net = make()
         times = results.setdefault(
-            name, {"fit": [], "preload": [], "memory": [], "loaders": [], "deepSTRF": []}
-        )
+            name,
+            {"fit": [], "in turn": [], "memory": [], "loaders": [], "deepSTRF": [],
+             "fit cpu": [], "memory cpu": [], "fit main": [], "memory main": []},
+        )  # fmt: skip
         tl, hl = loaders()
         batches = [b for b in tl], [b for b in hl]  # already in memory (and the file warm)
         for _ in range(args.rounds):
-            # 1. nat4xr.torch.fit, one epoch (train + holdout pass), reading every batch
-            h = fit(net, est, holdout="holdout", max_epochs=1, patience=1, lr=1e-3,
+            # 1. nat4xr.torch.fit, two epochs (train + holdout pass each), reading every
+            # batch; the second is timed (the first also learns which rows of each
+            # sound hold values, once per fit)
+            c0, m0 = time.process_time(), time.thread_time()
+            h = fit(net, est, holdout="holdout", max_epochs=2, patience=2, lr=1e-3,
                     batch_size=args.batch_size, progress=False)  # fmt: skip
-            times["fit"].append(float(h.seconds[0]))
-            # 1b. the same with the est responses read into memory once (preload=True)
-            h = fit(net, est, holdout="holdout", max_epochs=1, patience=1, lr=1e-3,
-                    batch_size=args.batch_size, progress=False,
-                    loader_kwargs={"preload": True})  # fmt: skip
-            times["preload"].append(float(h.seconds[0]))
+            times["fit cpu"].append(time.process_time() - c0)  # all threads, setup too
+            times["fit main"].append(time.thread_time() - m0)  # this thread only
+            times["fit"].append(float(h.seconds[-1]))
+            # 1b. the same with each batch read in turn, not on a thread while the model
+            # computes on the last (versions of fit without READ_AHEAD always read in turn)
+            if hasattr(training, "READ_AHEAD"):
+                training.READ_AHEAD = False
+                h = fit(net, est, holdout="holdout", max_epochs=2, patience=2, lr=1e-3,
+                        batch_size=args.batch_size, progress=False)  # fmt: skip
+                training.READ_AHEAD = True
+                times["in turn"].append(float(h.seconds[-1]))
             # 2. the same passes over tensors in memory
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            t0 = time.perf_counter()
-            net.train()
-            for b in batches[0]:
-                loss = masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss.item()
-            net.eval()
-            with torch.no_grad():
-                for b in batches[1]:
-                    masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+            c0, m0 = time.process_time(), time.thread_time()
+            for _ in range(2):  # two epochs, as fit's; the second is timed
+                t0 = time.perf_counter()
+                net.train()
+                for b in batches[0]:
+                    loss = masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    loss.item()
+                net.eval()
+                with torch.no_grad():
+                    for b in batches[1]:
+                        masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"]).item()
             times["memory"].append(time.perf_counter() - t0)
+            times["memory cpu"].append(time.process_time() - c0)
+            times["memory main"].append(time.thread_time() - m0)
             # 2b. the data path alone: one pass over both loaders, nothing computed
             tl, hl = loaders()
             t0 = time.perf_counter()
@@ -324,13 +348,29 @@ def epoch(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 fitter.fit()
                 times["deepSTRF"].append(time.perf_counter() - t0)
-    print(f"{'model':8s} {'fit (s)':>8s} {'preload (s)':>11s} {'memory (s)':>10s} "
-          f"{'loaders (s)':>11s} {'loaders/fit':>11s} {'deepSTRF Fitter (s)':>19s}")  # fmt: skip
+    print(f"{'model':8s} {'fit (s)':>8s} {'in turn (s)':>11s} {'memory (s)':>10s} "
+          f"{'1 - memory/fit':>14s} {'loaders (s)':>11s} {'loaders/fit':>11s} "
+          f"{'deepSTRF Fitter (s)':>19s}")  # fmt: skip
     for name, t in results.items():
         f, m = statistics.median(t["fit"]), statistics.median(t["memory"])
-        p, lo = statistics.median(t["preload"]), statistics.median(t["loaders"])
-        d = f"{statistics.median(t['deepSTRF']):19.1f}" if t["deepSTRF"] else f"{'n/a':>19s}"
-        print(f"{name:8s} {f:8.1f} {p:11.1f} {m:10.1f} {lo:11.2f} {lo / f:11.1%} {d}")
+        lo = statistics.median(t["loaders"])
+        turn = f"{statistics.median(t['in turn']):11.2f}" if t["in turn"] else f"{'n/a':>11s}"
+        # the data path's share: per round (fit and its in-memory passes ran side by side)
+        share = statistics.median(1 - mi / fi for fi, mi in zip(t["fit"], t["memory"]))
+        d = f"{statistics.median(t['deepSTRF']):19.2f}" if t["deepSTRF"] else f"{'n/a':>19s}"
+        print(f"{name:8s} {f:8.2f} {turn} {m:10.2f} {share:14.1%} {lo:11.2f} {lo / f:11.1%} {d}")
+        cpu = statistics.median(1 - mi / fi for fi, mi in zip(t["fit cpu"], t["memory cpu"]))
+        print(f"{'':8s} CPU time of both epochs (every thread; fit's setup too): fit "
+              f"{statistics.median(t['fit cpu']):.2f} s, in-memory passes "
+              f"{statistics.median(t['memory cpu']):.2f} s, 1 - memory/fit {cpu:.1%}")  # fmt: skip
+        main = statistics.median(1 - mi / fi for fi, mi in zip(t["fit main"], t["memory main"]))
+        fm, mm = statistics.median(t["fit main"]), statistics.median(t["memory main"])
+        print(f"{'':8s} CPU time of the main thread alone: fit {fm:.2f} s, "
+              f"in-memory passes {mm:.2f} s, 1 - memory/fit {main:.1%}")  # fmt: skip
+        print(f"{'':8s} rounds: " + "; ".join(
+            f"{k} " + " ".join(f"{v:.2f}" for v in vals) for k, vals in t.items() if vals
+        ))  # fmt: skip
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 
@@ -373,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--release", type=Path, default=Path("/tmp/nat4-full"))
     e.add_argument("--max-stims", type=int, default=0, help="first N est sounds (0: all)")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--rounds", type=int, default=2)
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--rounds", type=int, default=3)
+    e.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     return {"teacher": teacher, "heldout": heldout, "epoch": epoch}[args.what](args)
 

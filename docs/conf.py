@@ -62,6 +62,7 @@ html_static_path: list[str] = []
 # are; a note that is not written yet is simply not copied.
 EXTRA_FILES = [
     "tutorial.ipynb",
+    "models.ipynb",
     "design.md",
     "internals.md",
     "benchmarks.md",

@@ -1,8 +1,10 @@
 """Teacher-student: on a planted nonlinear population a fitted 1Dx2-CNN beats pop-LN and a
 ridge STRF; on a planted LN population it does not, and pop-LN comes close to the truth.
 
-Small sizes (16 cells, 50 est and 4 val sounds, small hidden layers, one thread) keep the
-run short; ``benchmarks/paper_models.py teacher`` runs the same at larger sizes.
+Small sizes (16 cells, 100 est and 4 val sounds, small hidden layers, one thread) keep the
+run short; ``benchmarks/paper_models.py teacher`` runs the same at larger sizes, up to the
+full A1 release. The cells are driven twice as hard as by default (``drive=2``), so that
+100 sounds carry enough of the planted core for a CNN to come close to the truth.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from nat4xr.torch import fit, models, predict  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-N_CELLS, N_EST, N_VAL = 16, 50, 4
+N_CELLS, N_EST, N_VAL = 16, 100, 4
+#: How far below the true rate's median val r_test a model fitted to its own family may end.
+MARGIN = 0.1
 
 
 @pytest.fixture(scope="module", params=["cnn", "ln"])
@@ -30,7 +34,7 @@ def scored(request, tmp_path_factory):
     try:
         rel = write_release(
             tmp_path_factory.mktemp(request.param), n_cells=N_CELLS, n_sites=4, n_est=N_EST,
-            n_val=N_VAL, truth=request.param, spectrogram="white", traps=False, seed=1,
+            n_val=N_VAL, truth=request.param, spectrogram="white", traps=False, seed=1, drive=2.0,
         )  # fmt: skip
         ds = rel.expected_dataset().compute()
         val = ds.nat4.sel_stims(subset="val")
@@ -45,7 +49,7 @@ def scored(request, tmp_path_factory):
                           ("cnn", models.CNN1Dx2(N_CELLS, hidden=(12, 12, 16)))]:  # fmt: skip
             torch.manual_seed(0)
             net.reset_parameters()
-            fit(net, ds, max_epochs=40, patience=6, lr=2e-2, progress=False)
+            fit(net, ds, max_epochs=300, patience=15, lr=1e-2, progress=False)
             preds[name] = predict(net, val)
         yield request.param, {k: val.nat4.evaluate(p).r_test.values for k, p in preds.items()}
     finally:
@@ -59,10 +63,13 @@ def test_teacher_student(scored):
         # the CNN beats both linear-filter models, cell by cell
         assert wilcoxon(r["cnn"], r["ln"], alternative="greater").pvalue < 0.01, med
         assert wilcoxon(r["cnn"], r["ridge"], alternative="greater").pvalue < 0.01, med
-        # by a wide margin; at these sizes (45 training sounds, 40 epochs at most) it gets
-        # about 0.6 where the true rate gets 0.95 (larger runs: benchmarks/paper_models.py)
-        assert med["cnn"] > med["ln"] + 0.15 and med["cnn"] > 0.5 * med["true"], med
+        # by a wide margin, and comes close to the true rate's own score (0.93 against
+        # 0.98 at these settings; pop-LN and the ridge STRF stay near 0.3)
+        assert med["cnn"] > med["ln"] + 0.3, med
+        assert med["cnn"] >= med["true"] - MARGIN, med
     else:
         # nothing for a CNN to add: it does not beat pop-LN, which comes close to the truth
+        # (0.92 against 0.94; the CNN 0.87)
         assert wilcoxon(r["cnn"], r["ln"], alternative="greater").pvalue > 0.05, med
-        assert med["ln"] > med["true"] - 0.15, med
+        assert med["ln"] >= med["cnn"] - 0.02, med
+        assert med["ln"] >= med["true"] - MARGIN, med

@@ -132,6 +132,18 @@ def test_level_shift_and_double_exponential():
     np.testing.assert_allclose(_run(raw, x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_double_exponential_far_below_its_shift_has_a_zero_gradient_not_nan():
+    """A drive of -200 makes exp(200) overflow: the output is the base, the gradient 0."""
+    dexp = layers.DoubleExponential(2)
+    x = torch.tensor([[[-200.0, -50.0, 0.0]] * 2], requires_grad=True)
+    y = dexp(x)
+    y.sum().backward()
+    np.testing.assert_array_equal(y[0, :, :2].detach().numpy(), np.float32(0.01))
+    for grad in (x.grad, *(p.grad for p in dexp.parameters())):
+        assert bool(torch.isfinite(grad).all()), grad
+    assert x.grad[0, 0, 0] == 0.0 and x.grad[0, 0, 2] > 0
+
+
 def test_causal_conv2d_matches_the_nems_definition():
     layer = layers.CausalConv2d(2, 3, (4, 3))
     _randomize(layer, 1)

@@ -235,8 +235,8 @@ torch.set_num_threads(1)
 net = _net(seed=3)
 history = fit(net, _data(p_missing=0.0), batch_size=5, max_epochs=3, patience=3, holdout=0.17,
               progress=True, lr=0.02)
-torch.save((_state(net), history.holdout_loss.values, history.train_loss.values),
-           f"{out}/rank{{dist.get_rank()}}.pt")
+torch.save((_state(net), history.holdout_loss.values, history.train_loss.values,
+            history.holdout_cc.values), f"{out}/rank{{dist.get_rank()}}.pt")
 dist.destroy_process_group()
 """
 
@@ -268,8 +268,9 @@ def test_two_gloo_processes_under_torchrun_agree_with_one(tmp_path):
         torch.set_num_threads(2)
     assert one.attrs["n_train_stims"] == 10  # the premise: one full batch per epoch
     for rank in (0, 1):  # every process holds the same weights and losses as one process
-        state, hold, train = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        state, hold, train, cc = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         np.testing.assert_allclose(hold, one.holdout_loss.values, rtol=1e-5)
+        np.testing.assert_allclose(cc, one.holdout_cc.values, rtol=1e-5)  # moments summed
         np.testing.assert_allclose(train, one.train_loss.values, rtol=1e-5)
         for key, value in _state(net).items():
             torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5)
@@ -325,3 +326,111 @@ def test_fit_on_a_cache_backed_dataset_reads_batches_without_computing_dask(tmp_
     with raise_if_dask_computes():  # batches come from the file's chunks, never a full read
         history = fit(net, ds, holdout=0.2, **FAST)
     assert np.isfinite(history.holdout_loss).all()
+
+
+class _Fixed(torch.nn.Module):
+    """Rates from a fixed random projection of the stims, plus ``offset``: training changes
+    nothing (the one parameter has no gradient), so every epoch scores the same output."""
+
+    def __init__(self, n, n_freq, offset=0.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(n, n_freq, generator=g))
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+        self.offset = offset
+
+    def forward(self, x):
+        drive = torch.einsum("nf,bft->bnt", self.proj, x[:, 0])
+        return (torch.nn.functional.softplus(drive) + self.offset + 0 * self.unused)[:, :, None]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_holdout_cc_is_the_mean_over_cells_of_pearson_r_with_the_trial_mean(offset):
+    """Sounds with several trials, some missing, and an offset that float32 sums of raw
+    values would lose the correlation to: against np.corrcoef per cell on the valid bins."""
+    ds = _data(p_missing=0.0, n_est=12)
+    ds = ds.assign_coords(subset=("stim", np.array(["est"] * ds.sizes["stim"], dtype=object)))
+    response = ds.response.values.copy()
+    response[12, 1, 0] = np.nan  # one missing trial of a sound that has others
+    response[13, :, 1, :7] = np.nan
+    response[14, 2] = np.nan  # a cell without this sound
+    response[2, 3, :, :5] = np.nan
+    ds = ds.assign(response=(ds.response.dims, response + offset))
+    held = np.zeros(ds.sizes["stim"], dtype=bool)
+    held[[2, 5, 12, 13, 14]] = True  # single-trial sounds and three with repeats: 2 batches
+    ds = ds.assign_coords(holdout=("stim", held))
+    net = _Fixed(4, 4, offset)
+    history = fit(net, ds, holdout="holdout", loss="mse", **FAST)
+    batch = next(iter(nat4xr.torch.to_torch(ds.isel(stim=held), batch_size=10)))
+    with torch.no_grad():
+        x = net(batch["stims"])[:, :, 0].double().numpy()  # (S, N, T), float32 values
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)  # a cell without a sound
+        y = np.nanmean(batch["responses"].double().numpy(), axis=2)
+    ccs = []
+    for cell in range(4):
+        ok = np.isfinite(y[:, cell])
+        ccs.append(np.corrcoef(x[:, cell][ok], y[:, cell][ok])[0, 1])
+    assert np.isfinite(ccs).all()
+    np.testing.assert_allclose(history.holdout_cc, np.mean(ccs), rtol=1e-6)
+
+
+def test_reading_ahead_on_a_thread_gives_bitwise_the_same_fit(monkeypatch):
+    from nat4xr.torch.dataset import NAT4TorchDataset
+
+    threads = []
+    read = NAT4TorchDataset.__getitems__
+
+    def recorded(self, indices):
+        threads.append(__import__("threading").current_thread().name)
+        return read(self, indices)
+
+    monkeypatch.setattr(NAT4TorchDataset, "__getitems__", recorded)
+    ds = _data()
+    runs = []
+    for ahead in (False, True):
+        monkeypatch.setattr(training, "READ_AHEAD", ahead)
+        threads.clear()
+        net = _net(seed=1)
+        h = fit(net, ds, seed=5, **FAST)
+        runs.append((_state(net), h, set(threads)))
+    assert runs[0][2] == {"MainThread"}
+    assert runs[1][2] and all(t.startswith("nat4xr-fit-read") for t in runs[1][2])
+    assert _same(runs[0][0], runs[1][0])
+    for key in ("train_loss", "holdout_loss", "holdout_cc"):
+        np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key])
+
+
+def _reader_threads():
+    return [t for t in __import__("threading").enumerate() if t.name.startswith("nat4xr-fit")]
+
+
+def test_a_failed_read_ahead_raises_in_fit_and_leaves_no_thread(monkeypatch):
+    from nat4xr.torch.dataset import NAT4TorchDataset
+
+    calls = []
+    read = NAT4TorchDataset.__getitems__
+
+    def failing(self, indices):
+        calls.append(indices)
+        if len(calls) == 3:
+            raise OSError("chunk 7 of the cache file failed its CRC check")
+        return read(self, indices)
+
+    monkeypatch.setattr(NAT4TorchDataset, "__getitems__", failing)
+    with pytest.raises(OSError, match="failed its CRC"):
+        fit(_net(), _data(), **FAST)
+    assert not _reader_threads()
+
+
+def test_a_model_failing_mid_epoch_leaves_no_read_in_flight():
+    calls = []
+
+    def late_negative(x):
+        calls.append(1)
+        sign = -1.0 if len(calls) == 2 else 1.0
+        return sign * torch.ones(x.shape[0], 4, 1, x.shape[-1])
+
+    with pytest.raises(ValueError, match="negative rates"):
+        fit(_Wrong(late_negative), _data(), **FAST)
+    assert not _reader_threads()

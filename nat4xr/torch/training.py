@@ -13,11 +13,13 @@ every process takes the same early-stopping decisions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,9 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 #: Settings a stage dict may override.
 STAGE_KEYS = ("lr", "weight_decay", "max_epochs", "patience", "tolerance", "params")
+#: With ``num_workers=0``, read the next batch on a thread while the model computes.
+#: The batches and their order are the same either way (False: read in turn).
+READ_AHEAD = True
 
 
 class EarlyStopping:
@@ -166,7 +171,9 @@ def fit(
         Where the model and batches go (``'cuda'``: pinned memory and
         non-blocking copies).
     num_workers : int
-        DataLoader worker processes.
+        DataLoader worker processes. With 0, this process reads the batches,
+        each on a thread while the model computes on the one before (same
+        batches, same order, bitwise the same fit).
     seed : int
         Seed of the holdout draw, the batch order and the restarts.
     progress : bool
@@ -245,9 +252,18 @@ def fit(
     model.to(device)
     if world > 1:
         _broadcast(model)
-    loop = _Loop(
-        model, LOSSES[loss], loss, device, pin, n_neurons, n_time, world, train_loader, hold_loader
+    # Without worker processes, one thread reads the next batch while the model
+    # computes on this one (the reading is NumPy copies and decompression, which
+    # release the GIL); workers already read ahead in their own processes.
+    reader = (
+        ThreadPoolExecutor(1, thread_name_prefix="nat4xr-fit-read")
+        if num_workers == 0 and READ_AHEAD
+        else None
     )
+    loop = _Loop(
+        model, LOSSES[loss], loss, device, pin, n_neurons, n_time, world, train_loader, hold_loader,
+        reader,
+    )  # fmt: skip
     total = stage_list[0]["max_epochs"] * restarts + sum(s["max_epochs"] for s in stage_list[1:])
     bar = _progress(progress and rank == 0, total)
     rows: list[dict[str, float]] = []
@@ -267,6 +283,8 @@ def fit(
     finally:
         bar.close()
         model.train(was_training)
+        if reader is not None:
+            reader.shutdown(wait=True)
     attrs = {
         **settings,
         "best_epoch": int(best_epoch),
@@ -482,12 +500,18 @@ class _Loop:
         world: int,
         train_loader: Any,
         hold_loader: Any,
+        reader: ThreadPoolExecutor | None = None,
     ) -> None:
         self.model, self.loss_fn, self.loss_name = model, loss_fn, loss_name
         self.device, self.pin = device, pin
         self.n_neurons, self.n_time, self.world = n_neurons, n_time, world
         self.train_loader, self.hold_loader = train_loader, hold_loader
+        self.reader = reader
         self.epochs_run = 0
+
+    def _batches(self, loader: Any) -> contextlib.closing[Iterator[dict[str, Any]]]:
+        """The loader's batches, read one ahead on the reader thread if there is one."""
+        return contextlib.closing(_read_ahead(loader, self.reader))
 
     def _batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         to = {"device": self.device, "non_blocking": self.pin}
@@ -508,7 +532,8 @@ class _Loop:
                 f"(B, N, 1, T) = {expected} for {n_batch} stims, {self.n_neurons} neurons "
                 f"and {self.n_time} time bins"
             )
-        if self.loss_name == "poisson" and bool((pred < 0).any()):
+        # one reduction, no (B, N, 1, T) mask; NaN is not < 0 either way
+        if self.loss_name == "poisson" and pred.numel() and bool(pred.detach().amin() < 0):
             raise ValueError(
                 f"the model returned negative rates (min {float(pred.detach().min()):.3g}); "
                 "the Poisson loss needs rates >= 0: end the model in a non-negative nonlinearity "
@@ -521,20 +546,10 @@ class _Loop:
         self.train_loader.batch_sampler.set_epoch(self.epochs_run)
         self.epochs_run += 1
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in self.train_loader:
-            stims, resp, mask = self._batch(batch)
-            pred = self._output(self.model(stims), stims.shape[0])
-            value = self.loss_fn(pred, resp, mask)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if self.world > 1:
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    _all_reduce(p.grad).div_(self.world)
-            optimizer.step()
-            n = mask.expand_as(resp).sum()
-            total += torch.stack([value.detach().double() * n, n.double()])
+        with self._batches(self.train_loader) as batches:
+            for batch in batches:
+                self._train_step(batch, optimizer, params, total)
+                del batch  # its arrays go back to the loader's pool before the read after next
         if self.world > 1:
             _all_reduce(total)
         if total[1] == 0:
@@ -544,6 +559,27 @@ class _Loop:
             )
         return float(total[0] / total[1])
 
+    def _train_step(
+        self,
+        batch: dict[str, Any],
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        total: torch.Tensor,
+    ) -> None:
+        stims, resp, mask = self._batch(batch)
+        pred = self._output(self.model(stims), stims.shape[0])
+        value = self.loss_fn(pred, resp, mask)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if self.world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                _all_reduce(p.grad).div_(self.world)
+        optimizer.step()
+        n = mask.expand_as(resp).sum()
+        total += torch.stack([value.detach().double() * n, n.double()])
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Holdout loss (mean over valid bins) and mean over cells of the correlation."""
@@ -551,21 +587,19 @@ class _Loop:
         n_n = self.n_neurons
         # loss sum, bins; then per cell: n, sx, sy, sxx, syy, sxy
         sums = torch.zeros(2 + 6 * n_n, dtype=torch.float64, device=self.device)
-        for batch in self.hold_loader:
-            stims, resp, mask = self._batch(batch)
-            pred = self._output(self.model(stims), stims.shape[0])
-            n = mask.expand_as(resp).sum()
-            sums[0] += self.loss_fn(pred, resp, mask).double() * n
-            sums[1] += n
-            count = mask.sum(dim=2)  # (B, N, T) valid repeats
-            valid = count > 0
-            y = torch.where(mask, resp, torch.zeros((), dtype=resp.dtype, device=resp.device))
-            y = (y.sum(dim=2) / count.clamp_min(1)).double()
-            x = pred[:, :, 0].double()
-            w = valid.double()
-            x, y = x * w, y * w
-            stats = [w, x, y, x * x, y * y, x * y]
-            sums[2:] += torch.stack([s.sum(dim=(0, 2)) for s in stats]).flatten()
+        shift: list[torch.Tensor] = []
+        with self._batches(self.hold_loader) as batches:
+            for batch in batches:
+                self._holdout_sums(batch, sums, shift)
+                del batch
+        if shift:  # the moments of the values themselves (in float64), as the ranks' may differ
+            kx, ky = (k.flatten().double() for k in shift)
+            n, sx, sy, sxx, syy, sxy = sums[2:].view(6, n_n)
+            sxy += kx * sy + ky * sx + n * kx * ky
+            sxx += 2 * kx * sx + n * kx * kx
+            syy += 2 * ky * sy + n * ky * ky
+            sx += n * kx
+            sy += n * ky
         if self.world > 1:
             _all_reduce(sums)
         if sums[1] == 0:
@@ -581,6 +615,73 @@ class _Loop:
             cc = np.where((n > 1) & (var > 0), cov / np.sqrt(var), np.nan)
         finite = cc[np.isfinite(cc)]
         return loss, float(finite.mean()) if finite.size else math.nan
+
+    def _holdout_sums(
+        self, batch: dict[str, Any], sums: torch.Tensor, shift: list[torch.Tensor]
+    ) -> None:
+        """Add one batch's loss and per-cell moments of prediction and trial mean to ``sums``.
+
+        The moments are of values shifted by each cell's means in the first
+        batch (``shift``, set then): the correlation does not change, and
+        float32 sums over a sound's time bins lose nothing to an offset
+        (float64 elementwise work on every bin cost several times more).
+        """
+        stims, resp, mask = self._batch(batch)
+        pred = self._output(self.model(stims), stims.shape[0])
+        n = mask.expand_as(resp).sum()
+        sums[0] += self.loss_fn(pred, resp, mask).double() * n
+        sums[1] += n
+        zero = torch.zeros((), dtype=resp.dtype, device=resp.device)
+        x = pred[:, :, 0].to(resp.dtype)
+        if not shift:  # each cell's mean prediction and response in this first batch
+            for v, m in ((x, mask.any(dim=2)), (resp, mask)):
+                dims = tuple(d for d in range(v.dim()) if d != 1)
+                total = torch.where(m, v, zero).sum(dim=dims, dtype=torch.float64)
+                mean = total / m.sum(dim=dims, dtype=torch.float64).clamp_min(1)
+                shift.append(mean.to(resp.dtype)[:, None])  # (N, 1), against (B, N, T)
+        if mask.shape[2] == 1:  # one trial per sound (est): its values
+            valid = mask[:, :, 0]
+            y = torch.where(valid, resp[:, :, 0] - shift[1], zero)
+        else:  # (B, N, T) mean over the valid trials
+            count = mask.sum(dim=2, dtype=resp.dtype)
+            valid = count > 0
+            y = torch.where(mask, resp - shift[1][:, None], zero).sum(dim=2)
+            y = y.div_(count.clamp_min_(1))
+        x = torch.where(valid, x - shift[0], zero)
+        per_sound = [valid.sum(dim=2, dtype=resp.dtype), x.sum(dim=2), y.sum(dim=2),
+                     (x * x).sum(dim=2), (y * y).sum(dim=2), (x * y).sum(dim=2)]  # fmt: skip
+        sums[2:] += torch.stack([v.sum(dim=0, dtype=torch.float64) for v in per_sound]).flatten()
+
+
+_END = object()
+
+
+def _read_ahead(loader: Any, reader: ThreadPoolExecutor | None) -> Iterator[dict[str, Any]]:
+    """``loader``'s batches in order; with a ``reader``, each read there while the last is used.
+
+    The iterator is made here, in the calling thread, so that whatever it
+    draws from torch's global generator is drawn exactly as a plain loop
+    would; only the reads move. A read's error is raised here. Closing the
+    generator (the ``with`` of :meth:`_Loop._batches`) waits for a read in
+    flight, so no read outlives the loop that asked for it.
+    """
+    if reader is None:
+        yield from loader
+        return
+    batches = iter(loader)
+    pending = reader.submit(next, batches, _END)
+    try:
+        while True:
+            batch = pending.result()
+            if batch is _END:
+                return
+            pending = reader.submit(next, batches, _END)
+            yield batch
+            del batch
+    finally:
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            pending.result()
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -682,9 +783,13 @@ def _fit_once(loop: _Loop, stage: dict[str, Any], index: int, restart: int, bar:
 
 
 def _progress(show: bool, total: int) -> Any:
+    if not show:  # tqdm.auto's notebook bar warns about ipywidgets even when disabled
+        from tqdm import tqdm as silent
+
+        return silent(total=total, disable=True)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not show, unit="epoch", desc="fit", leave=True)
+    return tqdm(total=total, unit="epoch", desc="fit", leave=True)
 
 
 def _history(rows: list[dict[str, float]], restart_loss: list[float], attrs: dict) -> xr.Dataset:

@@ -272,7 +272,9 @@ class DoubleExponential(nn.Module):
     ``nonnegative`` (the default), ``|base|`` and ``|amplitude|`` are used:
     NEMS left both unconstrained, but a rate must be non-negative for the
     Poisson loss to be defined, and these two keep the output at least
-    ``|base| >= 0``.
+    ``|base| >= 0``. The inner exponent ``-exp(kappa) * (x - shift)`` is
+    capped at 50: beyond it the output is ``base`` either way, and the
+    gradient is 0 instead of NaN (an overflowed exponential times 0).
 
     Parameters
     ----------
@@ -312,7 +314,12 @@ class DoubleExponential(nn.Module):
         if self.nonnegative:
             base, amplitude = base.abs(), amplitude.abs()
         p = [v[None, :, None] for v in (base, amplitude, self.shift, self.kappa)]
-        return p[0] + p[1] * torch.exp(-torch.exp(-torch.exp(p[3]) * (x - p[2])))
+        # Far below the shift the inner exponential overflows to inf, and its gradient
+        # (inf times the outer's 0) would be NaN. Capped at 50, the output is the same
+        # (exp(-exp(z)) is already exactly 0 in float32 from z = 4.7 on) and the
+        # gradient there is 0, as it is in exact arithmetic.
+        z = (-torch.exp(p[3]) * (x - p[2])).clamp(max=50.0)
+        return p[0] + p[1] * torch.exp(-torch.exp(z))
 
 
 class CausalConv2d(nn.Module):
