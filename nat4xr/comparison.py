@@ -264,7 +264,11 @@ def compare(
     ``compare(level, baseline)`` gives, and ``p_holm`` adjusts the Wilcoxon
     p-values for the number of levels compared, per metric (Holm's
     step-down, :func:`holm`). The sweep may have no other dim than ``dim``
-    (select or average the others first).
+    (select or average the others first); a grid stacked into one dim
+    (``scores.stack(cfg=("seed", "fraction"))``) is one dim, whose
+    ``baseline`` is a tuple, e.g. ``(0, 1.0)``. The dim (or a stacked
+    level) may not be named ``metric`` or like a column of the table: a
+    ``ValueError`` says to rename it, e.g. ``scores.rename(n_cells="n_cells_level")``.
 
     For each metric both hold, over the cells present in both (and chosen by
     ``cells``) with a finite value in both: the median of each, the median of
@@ -301,8 +305,9 @@ def compare(
         Indexed by metric; columns ``n_cells``, ``median_a``, ``median_b``,
         ``median_diff``, ``frac_improved``, ``p_wilcoxon``. For a sweep,
         indexed by ``(level, metric)`` (the index named ``dim`` and
-        ``"metric"``), ``median_a`` the level's, ``median_b`` the
-        baseline's, and a column ``p_holm``.
+        ``"metric"``; a stacked dim's index levels in place of ``dim``),
+        ``median_a`` the level's, ``median_b`` the baseline's, and a
+        column ``p_holm``.
 
     Examples
     --------
@@ -541,7 +546,8 @@ def leaderboard(scores: xr.Dataset, cells: Any = None) -> str | pd.DataFrame:
     For one set of scores, the line is a str. For a sweep's scores (dims
     beyond ``neuron``, as :func:`nat4xr.evaluate` gives for a prediction with
     a ``model`` dim, say), a DataFrame with one row per level (a MultiIndex
-    for several dims): ``cc_raw`` and ``cc_norm`` (mean, percent), the cells
+    for several dims, or a stacked dim's levels; a dim without its own
+    coordinate labels its levels by position): ``cc_raw`` and ``cc_norm`` (mean, percent), the cells
     each mean is over (``n_cc_raw``, ``n_cc_norm``), the cells chosen
     (``n_cells``) and the ``line`` itself.
 

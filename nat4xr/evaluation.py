@@ -578,7 +578,11 @@ def evaluate(
         them (with ``stims=``, extra stims of the prediction are ignored). A
         plain array must already be in ``observed``'s order. A DataArray may
         have more dims, in any order (``model``, ``seed``, ``fraction`` ...):
-        a sweep, whose every level is scored (see below).
+        a sweep, whose every level is scored (see below). The sweep's dims
+        and coordinates must not be named like a coordinate of ``observed``
+        (a dim too, for a sweep dim), ``n_single_trials`` or a metric: the
+        scores hold those, so a ``ValueError`` naming the clash comes before
+        any scoring (rename, e.g. ``prediction.rename(site="site_level")``).
     metrics : str or sequence of str, optional
         Subset of :data:`METRICS` to compute (all by default; ``r_floor`` is
         the slowest).

@@ -268,7 +268,9 @@ def plot_scores(
         The sweep dim of ``a`` (with ``b`` omitted); by default its one dim
         besides ``neuron``.
     levels : sequence of labels, optional
-        Levels of ``dim`` to draw: two for one scatter, more for a grid.
+        Levels of ``dim`` to draw: two for one scatter, more for a grid (a
+        stacked dim's levels are tuples). A label naming several levels is
+        refused (``ValueError``): give the levels unique labels.
 
     Returns
     -------
