@@ -114,6 +114,43 @@ def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _level_labels(scores: xr.Dataset, dim: str) -> tuple[list[Any], list[str], bool]:
+    """The labels of ``dim``'s levels, the names they go by, and whether ``dim`` is stacked.
+
+    A stacked dim (a MultiIndex, from ``scores.stack(cfg=("seed", "fraction"))``)
+    is labelled by tuples named by its index's levels; a dim without its own
+    coordinate (one named like a coordinate along ``neuron`` included) by position.
+    """
+    index = scores.indexes.get(dim)
+    if isinstance(index, pd.MultiIndex):
+        return list(index), [str(name) for name in index.names], True
+    if dim in scores.coords and scores[dim].dims == (dim,):
+        return list(scores[dim].values), [dim], False
+    return list(range(scores.sizes[dim])), [dim], False
+
+
+def _level_positions(labels: Sequence[Any], label: Any) -> list[int]:
+    """Positions of the levels labelled ``label`` (a tuple matches only a tuple, whole)."""
+    out = []
+    for pos, have in enumerate(labels):
+        if isinstance(have, tuple) != isinstance(label, tuple):
+            continue
+        try:
+            same = have == label
+        except (TypeError, ValueError):
+            continue
+        if isinstance(same, (bool, np.bool_)) and same:
+            out.append(pos)
+    return out
+
+
+def _plain(label: Any) -> Any:
+    """A numpy scalar label as Python's (its repr in a message is the label's own)."""
+    if isinstance(label, np.generic) and label.dtype.kind not in "mM":
+        return label.item()
+    return label
+
+
 def holm(p: Any) -> np.ndarray:
     """Holm's step-down adjustment of p-values (NaN ones are left out, and stay NaN).
 
@@ -227,7 +264,11 @@ def compare(
     ``compare(level, baseline)`` gives, and ``p_holm`` adjusts the Wilcoxon
     p-values for the number of levels compared, per metric (Holm's
     step-down, :func:`holm`). The sweep may have no other dim than ``dim``
-    (select or average the others first).
+    (select or average the others first); a grid stacked into one dim
+    (``scores.stack(cfg=("seed", "fraction"))``) is one dim, whose
+    ``baseline`` is a tuple, e.g. ``(0, 1.0)``. The dim (or a stacked
+    level) may not be named ``metric`` or like a column of the table: a
+    ``ValueError`` says to rename it, e.g. ``scores.rename(n_cells="n_cells_level")``.
 
     For each metric both hold, over the cells present in both (and chosen by
     ``cells``) with a finite value in both: the median of each, the median of
@@ -264,8 +305,9 @@ def compare(
         Indexed by metric; columns ``n_cells``, ``median_a``, ``median_b``,
         ``median_diff``, ``frac_improved``, ``p_wilcoxon``. For a sweep,
         indexed by ``(level, metric)`` (the index named ``dim`` and
-        ``"metric"``), ``median_a`` the level's, ``median_b`` the
-        baseline's, and a column ``p_holm``.
+        ``"metric"``; a stacked dim's index levels in place of ``dim``),
+        ``median_a`` the level's, ``median_b`` the baseline's, and a
+        column ``p_holm``.
 
     Examples
     --------
@@ -341,6 +383,19 @@ def compare(
     return pd.DataFrame(out).set_index("metric")
 
 
+#: The names in :func:`compare`'s table of a sweep: its index level and its columns.
+_TABLE_NAMES = (
+    "metric",
+    "n_cells",
+    "median_a",
+    "median_b",
+    "median_diff",
+    "frac_improved",
+    "p_wilcoxon",
+    "p_holm",
+)
+
+
 def _compare_levels(
     scores: xr.Dataset, dim: str | None, baseline: Any, **kwargs: Any
 ) -> pd.DataFrame:
@@ -363,15 +418,26 @@ def _compare_levels(
             f"the scores have dims {others} besides {dim!r} and neuron: select or average them "
             f"first, e.g. scores.isel({others[0]}=0) or scores.mean({others[0]!r})"
         )
-    labels = scores[dim].values if dim in scores.coords else np.arange(scores.sizes[dim])
-    where = np.flatnonzero(labels == baseline) if baseline is not None else []
+    labels, names, stacked = _level_labels(scores, dim)
+    for name in names:  # the table's index and columns keep their own names
+        if name in _TABLE_NAMES:
+            part = "index level" if name == "metric" else "column"
+            of = f"the sweep dim {dim!r}"
+            if name != dim:
+                of = f"the level {name!r} of the stacked sweep dim {dim!r}"
+            raise ValueError(
+                f"{of} is named like the table's {part} {name!r}: the table would hold both "
+                f"under one name; rename it, e.g. scores.rename({name}={name + '_level'!r})"
+            )
+    where = _level_positions(labels, baseline) if baseline is not None else []
     if len(where) != 1:
-        shown = ", ".join(map(repr, labels[:8].tolist()))
+        shown = ", ".join(repr(_plain(label)) for label in labels[:8])
         raise ValueError(
             f"baseline={baseline!r} is not one level of {dim!r}: pass one of {shown}"
             + (" ..." if len(labels) > 8 else "")
+            + (f" (a level of the stacked {dim!r} is a tuple {tuple(names)})" if stacked else "")
         )
-    base = scores.isel({dim: int(where[0])}, drop=True)
+    base = scores.isel({dim: where[0]}, drop=True)
     rows = []
     for pos, label in enumerate(labels):
         if pos == where[0]:
@@ -379,10 +445,14 @@ def _compare_levels(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Nat4Warning)  # one smoothing for the whole sweep
             table = compare(scores.isel({dim: pos}, drop=True), base, **kwargs)
-        rows.append(table.assign(**{dim: label}).set_index(dim, append=True))
+        key = tuple(label) if stacked else (label,)
+        table.index = pd.MultiIndex.from_tuples(
+            [(*key, metric) for metric in table.index], names=[*names, "metric"]
+        )
+        rows.append(table)
     if not rows:
         raise ValueError(f"{dim!r} has only the baseline level {baseline!r}: nothing to compare")
-    out = pd.concat(rows).reorder_levels([dim, "metric"])
+    out = pd.concat(rows)
     adjusted = out.groupby(level="metric", sort=False)["p_wilcoxon"].transform(
         lambda p: pd.Series(holm(p.to_numpy()), index=p.index)
     )
@@ -476,7 +546,8 @@ def leaderboard(scores: xr.Dataset, cells: Any = None) -> str | pd.DataFrame:
     For one set of scores, the line is a str. For a sweep's scores (dims
     beyond ``neuron``, as :func:`nat4xr.evaluate` gives for a prediction with
     a ``model`` dim, say), a DataFrame with one row per level (a MultiIndex
-    for several dims): ``cc_raw`` and ``cc_norm`` (mean, percent), the cells
+    for several dims, or a stacked dim's levels; a dim without its own
+    coordinate labels its levels by position): ``cc_raw`` and ``cc_norm`` (mean, percent), the cells
     each mean is over (``n_cc_raw``, ``n_cc_norm``), the cells chosen
     (``n_cells``) and the ``line`` itself.
 
@@ -536,18 +607,20 @@ def _leaderboard_levels(scores: xr.Dataset, levels: tuple[str, ...], cells: Any)
     if missing:
         raise KeyError(f"the leaderboard line needs cc_raw and cc_norm; the scores lack {missing}")
     keep = _cell_mask(_neuron_ids(scores), cells)
+    per_dim = [_level_labels(scores, d) for d in levels]
+    names = [name for _, dim_names, _ in per_dim for name in dim_names]
     rows, index = [], []
     for pos in np.ndindex(*(scores.sizes[d] for d in levels)):
         one = scores.isel(dict(zip(levels, pos)), drop=True)
         table = {name: one[name] for name in ("cc_raw", "cc_norm")}
         line, numbers = _line(table, keep)
         rows.append({**numbers, "line": line})
-        index.append(
-            tuple(scores[d].values[k] if d in scores.coords else k for d, k in zip(levels, pos))
-        )
-    names = list(levels)
+        key: tuple[Any, ...] = ()
+        for (labels, _, stacked), k in zip(per_dim, pos):
+            key += tuple(labels[k]) if stacked else (labels[k],)
+        index.append(key)
     idx = (
-        pd.Index([i[0] for i in index], name=names[0])
+        pd.Index([i[0] for i in index], name=names[0], tupleize_cols=False)
         if len(names) == 1
         else pd.MultiIndex.from_tuples(index, names=names)
     )

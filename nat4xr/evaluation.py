@@ -211,6 +211,46 @@ def _sweep_dims(prediction: Any) -> tuple[str, ...]:
     return tuple(str(d) for d in prediction.dims if d not in core)
 
 
+def _check_sweep_names(prediction: Any, resp: xr.DataArray) -> None:
+    """Refuse a sweep's dim or coordinate named like a name the scores already give.
+
+    The scores hold ``observed``'s cell coordinates, ``n_single_trials`` and
+    one variable per metric: a sweep dim or coordinate of the same name
+    would replace one of them, or label the levels with the cells' values.
+    """
+    extra = _sweep_dims(prediction)
+    if not extra:
+        return
+    scores = {name: f"the score variable {name!r}" for name in METRICS}
+    scores["n_single_trials"] = "the scores' coordinate 'n_single_trials'"
+    observed = {
+        str(name): f"observed's coordinate {str(name)!r}"
+        + (f" (along {', '.join(map(str, var.dims))})" if var.dims else "")
+        for name, var in resp.coords.items()
+    }
+    observed.update({str(dim): f"observed's dim {str(dim)!r}" for dim in resp.dims})
+    cells = {name: what for name, what in observed.items() if resp[name].dims == ("neuron",)}
+    for dim in extra:
+        what = {**scores, **observed}.get(dim)
+        if what is not None:
+            raise ValueError(
+                f"the prediction's sweep dim {dim!r} is named like {what}: the scores would "
+                f"confuse the two; rename the dim, e.g. prediction.rename({dim}="
+                f"{dim + '_level'!r})"
+            )
+    for name, var in prediction.coords.items():
+        name = str(name)
+        if name in extra or not var.dims or not set(var.dims) <= set(extra):
+            continue
+        what = {**scores, **cells}.get(name)
+        if what is not None:
+            raise ValueError(
+                f"the prediction's coordinate {name!r} (along {', '.join(map(str, var.dims))}) "
+                f"is named like {what}: the scores would lose one of them; rename it, e.g. "
+                f"prediction.rename({name}={name + '_level'!r})"
+            )
+
+
 def _aligned_prediction(prediction: Any, resp: xr.DataArray, subset_given: bool) -> np.ndarray:
     """The prediction as float64 ``(*sweep, stim, neuron, time)`` in ``resp``'s order."""
     shape = (resp.sizes["stim"], resp.sizes["neuron"], resp.sizes["time"])
@@ -538,7 +578,11 @@ def evaluate(
         them (with ``stims=``, extra stims of the prediction are ignored). A
         plain array must already be in ``observed``'s order. A DataArray may
         have more dims, in any order (``model``, ``seed``, ``fraction`` ...):
-        a sweep, whose every level is scored (see below).
+        a sweep, whose every level is scored (see below). The sweep's dims
+        and coordinates must not be named like a coordinate of ``observed``
+        (a dim too, for a sweep dim), ``n_single_trials`` or a metric: the
+        scores hold those, so a ``ValueError`` naming the clash comes before
+        any scoring (rename, e.g. ``prediction.rename(site="site_level")``).
     metrics : str or sequence of str, optional
         Subset of :data:`METRICS` to compute (all by default; ``r_floor`` is
         the slowest).
@@ -613,6 +657,7 @@ def evaluate(
         resp = resp.isel(stim=stim_positions(resp, stims, "observed"))
     if resp.sizes["stim"] == 0 or resp.sizes["neuron"] == 0:
         raise ValueError("nothing to score: observed has no stims or no neurons left")
+    _check_sweep_names(prediction, resp)
     pred = _aligned_prediction(prediction, resp, subset_given=stims is not None)
     names = _chosen_metrics(metrics)
     if "r_test" in names or "se_test" in names:

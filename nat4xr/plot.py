@@ -268,7 +268,9 @@ def plot_scores(
         The sweep dim of ``a`` (with ``b`` omitted); by default its one dim
         besides ``neuron``.
     levels : sequence of labels, optional
-        Levels of ``dim`` to draw: two for one scatter, more for a grid.
+        Levels of ``dim`` to draw: two for one scatter, more for a grid (a
+        stacked dim's levels are tuples). A label naming several levels is
+        refused (``ValueError``): give the levels unique labels.
 
     Returns
     -------
@@ -307,7 +309,7 @@ def _plot_levels(
     scores: xr.Dataset, metric: str, *, dim: Any, levels: Any, cells: Any, ax: Any
 ) -> Any:
     """A chosen pair of a sweep's levels, or the grid of every pair."""
-    from .comparison import sweep_dims
+    from .comparison import _level_labels, _level_positions, _plain, sweep_dims
 
     have = sweep_dims(scores)
     if dim is None:
@@ -323,28 +325,38 @@ def _plot_levels(
         raise ValueError(
             f"the scores have dims {others} besides {dim!r}: select or average them first"
         )
-    labels = list(scores[dim].values) if dim in scores.coords else list(range(scores.sizes[dim]))
+    labels = _level_labels(scores, dim)[0]
     chosen = labels if levels is None else list(levels)
-    unknown = [lv for lv in chosen if lv not in labels]
+    where = [_level_positions(labels, lv) for lv in chosen]
+    unknown = [lv for lv, pos in zip(chosen, where) if not pos]
     if unknown:
-        raise KeyError(f"level(s) {unknown} are not in {dim!r} (levels: {labels[:8]})")
+        raise KeyError(
+            f"level(s) {unknown} are not in {dim!r} (levels: {[_plain(x) for x in labels[:8]]})"
+        )
     if len(chosen) < 2:
         raise ValueError(f"plot_scores draws pairs of levels; {dim!r} gives {chosen}")
-
-    def level(label: Any) -> xr.Dataset:
-        return scores.isel({dim: labels.index(label)}, drop=True)
-
-    if len(chosen) == 2:
-        pair = (str(chosen[0]), str(chosen[1]))
-        return _plot_pair(
-            level(chosen[0]), level(chosen[1]), metric, cells=cells, labels=pair, ax=ax
-        )
-    if ax is not None:
+    if len(chosen) > 2 and ax is not None:
         raise ValueError("ax= draws one pair: pass two levels, or no ax for the grid")
     if len(chosen) > _MAX_GRID:
         raise ValueError(
             f"{dim!r} has {len(chosen)} levels: a grid of every pair draws at most {_MAX_GRID}; "
             "choose them with levels= (two for one scatter)"
+        )
+    for lv, pos in zip(chosen, where):
+        if len(pos) > 1:  # drawing the first of them would draw a level not asked for
+            raise ValueError(
+                f"the label {_plain(lv)!r} names {len(pos)} levels of {dim!r} (positions "
+                f"{', '.join(map(str, pos))}): give the levels unique labels, e.g. "
+                f"scores.assign_coords({dim}=[...]), or select them by position with isel"
+            )
+
+    def level(label: Any) -> xr.Dataset:
+        return scores.isel({dim: _level_positions(labels, label)[0]}, drop=True)
+
+    if len(chosen) == 2:
+        pair = (str(chosen[0]), str(chosen[1]))
+        return _plot_pair(
+            level(chosen[0]), level(chosen[1]), metric, cells=cells, labels=pair, ax=ax
         )
     plt = _pyplot()
     n = len(chosen) - 1

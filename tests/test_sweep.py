@@ -384,3 +384,233 @@ def test_plot_scores_draws_a_pair_or_the_grid_of_levels():
         nat4xr.plot.plot_scores(xr.concat([scores] * 3, dim="model"))
     with pytest.raises(KeyError, match="'rnn'"):
         nat4xr.plot.plot_scores(scores, levels=["ln", "rnn"])
+
+
+# -- names and labels: a sweep's names never clash with the scores' own --------------------------
+
+
+def _with_two_sites(observed: xr.DataArray) -> xr.DataArray:
+    """Two recording sites as a cell coordinate, and a stim coordinate ``subset``."""
+    n = observed.sizes["neuron"]
+    return observed.assign_coords(
+        site=("neuron", np.where(np.arange(n) < n // 2, "A", "B")),
+        subset=("stim", ["est", "est", "val", "val"]),
+    )
+
+
+def _lazy(array: xr.DataArray) -> xr.DataArray:
+    return array.chunk({d: 1 for d in array.dims if d in ("stim", "model")})
+
+
+@pytest.mark.parametrize(
+    "dim", ["site", "subset", "n_single_trials", "n_samples", "cc_raw", "r_floor"]
+)
+def test_a_sweep_dim_named_like_a_name_of_the_scores_is_refused_before_scoring(dim):
+    # a cell coordinate, a stim coordinate, the scores' coordinate, a score variable: the scores
+    # would label the levels with the cells' values, or lose a variable
+    observed, prediction = _traps(0)
+    observed = _with_two_sites(observed)
+    sweep = xr.concat([prediction, prediction * 2.0 + 1.0, -prediction], dim=dim)
+    with nat4xr.testing.raise_if_dask_computes():  # refused before anything is read
+        with pytest.raises(ValueError, match=f"sweep dim '{dim}' is named like") as err:
+            evaluate(_lazy(observed), _lazy(sweep), metrics=["cc_raw", "cc_norm"])
+    assert f"prediction.rename({dim}='{dim}_level')" in str(err.value)
+    # the remedy works: the renamed sweep scores each level as scoring it alone does
+    scores = _quiet(observed, sweep.rename({dim: f"{dim}_level"}), metrics=["cc_raw"])
+    assert scores["cc_raw"].dims == (f"{dim}_level", "neuron")
+    np.testing.assert_array_equal(scores["site"].values, observed["site"].values)
+    alone = _quiet(observed, sweep.isel({dim: 2}), metrics=["cc_raw"])
+    np.testing.assert_allclose(
+        scores["cc_raw"][2].values, alone["cc_raw"].values, rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["site", "n_single_trials", "n_samples", "cc_norm"])
+def test_a_sweep_coordinate_named_like_a_name_of_the_scores_is_refused_before_scoring(name):
+    # the sweep's own "site" (one per model) replaced the cells' sites; its "n_samples" (the
+    # training-set size) met xarray's "found in both data_vars and coords" after all the work
+    observed, prediction = _traps(1)
+    observed = _with_two_sites(observed)
+    sweep = xr.concat([prediction, -prediction], dim="model").assign_coords(
+        model=["m0", "m1"], **{name: ("model", [10, 20])}
+    )
+    with nat4xr.testing.raise_if_dask_computes():
+        with pytest.raises(ValueError, match=f"prediction's coordinate '{name}' \\(along model"):
+            evaluate(_lazy(observed), _lazy(sweep), metrics=["cc_raw", "cc_norm"])
+    renamed = sweep.rename({name: f"{name}_level"})
+    scores = _quiet(observed, renamed, metrics=["cc_raw", "cc_norm"])
+    assert scores[f"{name}_level"].values.tolist() == [10, 20]
+    assert scores["site"].dims == ("neuron",)
+    np.testing.assert_array_equal(scores["site"].values, observed["site"].values)
+
+
+def test_a_sweep_coordinate_named_like_a_stim_coordinate_is_kept():
+    # only the names the scores hold are taken: observed's stim coordinates are not among them
+    observed, prediction = _traps(1)
+    observed = _with_two_sites(observed)
+    sweep = xr.concat([prediction, -prediction], dim="model").assign_coords(
+        model=["m0", "m1"], subset=("model", ["x", "y"])
+    )
+    scores = _quiet(observed, sweep, metrics="cc_raw")
+    assert scores["subset"].dims == ("model",)
+    assert scores["subset"].values.tolist() == ["x", "y"]
+
+
+def test_the_leaderboard_labels_levels_by_position_when_their_dim_has_no_coordinate():
+    # scores whose sweep dim "site" has no labels of its own, beside the cells' "site": the
+    # leaderboard labelled every level with the first cell's site
+    n = 6
+    values = np.random.default_rng(0).uniform(0, 1, (3, n))
+    scores = xr.Dataset(
+        {"cc_raw": (("site", "neuron"), values), "cc_norm": (("site", "neuron"), values * 1.2)},
+        coords={"neuron": [f"c{k}" for k in range(n)], "site": ("neuron", list("AAABBB"))},
+    )
+    board = nat4xr.leaderboard(scores)
+    assert board.index.name == "site"
+    assert board.index.tolist() == [0, 1, 2]
+    for k in range(3):
+        assert board.iloc[k]["line"] == nat4xr.leaderboard(scores.isel(site=k))
+
+
+def _grid_scores() -> xr.Dataset:
+    """Scores of a seed x fraction grid, stacked on one dim ``cfg`` (a MultiIndex of tuples)."""
+    rng = np.random.default_rng(3)
+    n = 25
+    base = rng.uniform(0.1, 0.7, n)
+    values = base + rng.normal(0, 0.05, size=(2, 3, n)) + np.array([0.0, 0.05, 0.1])[:, None]
+    values[1, 2, :3] = np.nan  # fewer cells scored in one level
+    scores = xr.Dataset(
+        {
+            "cc_raw": (("seed", "fraction", "neuron"), values),
+            "cc_norm": (("seed", "fraction", "neuron"), values * 1.2),
+        },
+        coords={
+            "seed": [0, 1],
+            "fraction": [1.0, 0.5, 0.25],
+            "neuron": [f"c{k}" for k in range(n)],
+        },
+    )
+    return scores.stack(cfg=("seed", "fraction")).transpose("cfg", "neuron")
+
+
+_GRID = [(s, f) for s in (0, 1) for f in (1.0, 0.5, 0.25)]
+
+
+def test_the_leaderboard_of_a_stacked_sweep_has_one_row_per_level():
+    # it failed inside pandas ("Names should be list-like for a MultiIndex")
+    scores = _grid_scores()
+    board = nat4xr.leaderboard(scores)
+    assert board.index.names == ["seed", "fraction"]
+    assert board.index.tolist() == _GRID
+    for k, (s, f) in enumerate(_GRID):
+        one = scores.isel(cfg=k, drop=True)
+        assert board.loc[(s, f), "line"] == nat4xr.leaderboard(one)
+        assert board.loc[(s, f), "n_cc_raw"] == np.isfinite(one["cc_raw"].values).sum()
+    # beside another dim: the stacked dim's levels, then the other's
+    two = xr.concat([scores, scores * 0.5], dim="model").assign_coords(model=["x", "y"])
+    board = nat4xr.leaderboard(two)
+    assert board.index.names == ["model", "seed", "fraction"]
+    assert board.index.tolist() == [(m, s, f) for m in ("x", "y") for s, f in _GRID]
+    assert board.loc[("y", 1, 0.25), "line"] == nat4xr.leaderboard(
+        two.sel(model="y").isel(cfg=5, drop=True)
+    )
+
+
+def test_a_stacked_prediction_is_scored_and_summarized_by_its_levels():
+    observed, prediction = _traps(2)
+    grid = xr.concat(
+        [xr.concat([prediction * (1 + s) + f for f in (0.0, 1.0)], dim="fraction") for s in (0, 1)],
+        dim="seed",
+    ).assign_coords(seed=[0, 1], fraction=[1.0, 0.5])
+    scores = _quiet(observed, grid.stack(cfg=("seed", "fraction")), metrics=["cc_raw", "cc_norm"])
+    board = nat4xr.leaderboard(scores)
+    assert board.index.tolist() == [(0, 1.0), (0, 0.5), (1, 1.0), (1, 0.5)]
+    alone = _quiet(observed, grid.sel(seed=1, fraction=1.0), metrics=["cc_raw", "cc_norm"])
+    assert board.loc[(1, 1.0), "line"] == nat4xr.leaderboard(alone)
+
+
+def test_compare_of_a_stacked_sweep_takes_a_tuple_baseline():
+    # a tuple baseline met numpy's "operands could not be broadcast together"
+    scores = _grid_scores()
+    table = nat4xr.compare(scores, dim="cfg", baseline=(0, 1.0), metrics=["cc_raw", "cc_norm"])
+    assert table.index.names == ["seed", "fraction", "metric"]
+    assert table.index.tolist() == [(*g, m) for g in _GRID[1:] for m in ("cc_raw", "cc_norm")]
+    base = scores.isel(cfg=0, drop=True)
+    for k, (s, f) in enumerate(_GRID[1:], start=1):
+        two = nat4xr.compare(scores.isel(cfg=k, drop=True), base, metrics=["cc_raw", "cc_norm"])
+        for metric in ("cc_raw", "cc_norm"):
+            for col in two.columns:
+                assert table.loc[(s, f, metric), col] == two.loc[metric, col]
+    assert table.loc[(1, 0.25, "cc_raw"), "n_cells"] == 22
+    for metric in ("cc_raw", "cc_norm"):
+        got = table.xs(metric, level="metric")
+        np.testing.assert_allclose(got["p_holm"], _holm_loop(got["p_wilcoxon"].tolist()))
+    for wrong in (0, (0, 2.0), [0, 1.0], (0,)):
+        with pytest.raises(ValueError, match=r"is a tuple \('seed', 'fraction'\)"):
+            nat4xr.compare(scores, dim="cfg", baseline=wrong)
+
+
+def test_a_tuple_baseline_of_a_plain_dim_is_no_level():
+    # numpy compared the labels with the tuple element by element: ("ln", "x") chose "ln"
+    scores = _sweep_scores().isel(model=[0, 1])
+    with pytest.raises(ValueError, match=r"baseline=\('ln', 'x'\) is not one level of 'model'"):
+        nat4xr.compare(scores, dim="model", baseline=("ln", "x"))
+    with pytest.raises(ValueError, match="pass one of 'ln', 'cnn'"):
+        nat4xr.compare(scores, dim="model", baseline=["ln"])
+
+
+@pytest.mark.parametrize(
+    "name", ["metric", "n_cells", "median_a", "median_diff", "frac_improved", "p_holm"]
+)
+def test_compare_refuses_a_sweep_dim_named_like_its_table(name):
+    # "metric": pandas' "The name metric occurs multiple times"; "n_cells": the table's column
+    # (the cells compared) was silently replaced by the levels
+    values = np.random.default_rng(1).uniform(0, 1, (3, 20))
+    scores = xr.Dataset(
+        {"r_test": ((name, "neuron"), values)},
+        coords={name: [10, 50, 100], "neuron": [f"c{k}" for k in range(20)]},
+    )
+    with pytest.raises(ValueError, match=f"sweep dim '{name}' is named like the table's") as err:
+        nat4xr.compare(scores, dim=name, baseline=10)
+    assert f"scores.rename({name}='{name}_level')" in str(err.value)
+    table = nat4xr.compare(scores.rename({name: f"{name}_level"}), baseline=10)
+    assert table.index.names == [f"{name}_level", "metric"]
+    assert table["n_cells"].tolist() == [20, 20]
+    # a level of a stacked dim is checked too
+    stacked = _grid_scores().rename(seed=name)
+    with pytest.raises(ValueError, match=f"level '{name}' of the stacked sweep dim 'cfg'"):
+        nat4xr.compare(stacked, dim="cfg", baseline=(0, 1.0))
+
+
+def test_plot_scores_refuses_a_level_label_that_names_two_levels():
+    # two levels labelled "cnn" (two seeds stacked without their seed): compare refused the
+    # ambiguous baseline, but plot_scores drew the first "cnn" without a word
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import nat4xr.plot
+
+    values = np.random.default_rng(0).uniform(0, 1, (3, 10))
+    scores = xr.Dataset(
+        {"r_test": (("model", "neuron"), values)},
+        coords={"model": ["cnn", "ln", "cnn"], "neuron": [f"c{k}" for k in range(10)]},
+    )
+    with pytest.raises(ValueError, match="baseline='cnn'"):
+        nat4xr.compare(scores, dim="model", baseline="cnn")
+    before = plt.get_fignums()
+    try:
+        for levels in (["cnn", "ln"], ["ln", "cnn"], None):  # a pair, and the grid of all
+            with pytest.raises(ValueError, match="'cnn' names 2 levels of 'model'"):
+                nat4xr.plot.plot_scores(scores, levels=levels)
+        assert plt.get_fignums() == before  # refused before drawing
+        # a stacked dim's levels are drawn by their tuples
+        ax = nat4xr.plot.plot_scores(_grid_scores(), metric="cc_raw", levels=[(0, 1.0), (1, 0.25)])
+        x, y = np.asarray(ax.collections[0].get_offsets()).T
+        a, b = (_grid_scores()["cc_raw"].isel(cfg=k).values for k in (0, 5))
+        ok = np.isfinite(a) & np.isfinite(b)
+        np.testing.assert_array_equal(x, a[ok])
+        np.testing.assert_array_equal(y, b[ok])
+        assert ax.get_xlabel() == "cc_raw ((0, 1.0))"
+    finally:
+        plt.close("all")
