@@ -114,6 +114,27 @@ def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _the_sweep_dim(scores: xr.Dataset, dim: str | None, without: str) -> str:
+    """``dim``, or the scores' one sweep dim; an error for anything else (``without``: why)."""
+    levels = sweep_dims(scores)
+    if dim is None:
+        if len(levels) != 1:
+            raise ValueError(
+                f"{without}, or dim= naming the sweep dim to use "
+                f"(the scores' dims besides neuron: {list(levels)})"
+            )
+        dim = levels[0]
+    if dim not in levels:
+        raise ValueError(f"the scores have no sweep dim {dim!r} (dims besides neuron: {levels})")
+    others = [d for d in levels if d != dim]
+    if others:
+        raise ValueError(
+            f"the scores have dims {others} besides {dim!r} and neuron: select or average them "
+            f"first, e.g. scores.isel({others[0]}=0) or scores.mean({others[0]!r})"
+        )
+    return dim
+
+
 def _level_labels(scores: xr.Dataset, dim: str) -> tuple[list[Any], list[str], bool]:
     """The labels of ``dim``'s levels, the names they go by, and whether ``dim`` is stacked.
 
@@ -402,22 +423,7 @@ def _compare_levels(
     """Every level of ``dim`` against ``baseline``: :func:`compare` rows, Holm per metric."""
     if not isinstance(scores, xr.Dataset):
         raise TypeError(f"scores must be an xarray Dataset, got {type(scores).__name__}")
-    levels = sweep_dims(scores)
-    if dim is None:
-        if len(levels) != 1:
-            raise ValueError(
-                "compare(scores) needs b, or dim= naming the sweep dim to compare "
-                f"(the scores' dims besides neuron: {list(levels)})"
-            )
-        dim = levels[0]
-    if dim not in levels:
-        raise ValueError(f"the scores have no sweep dim {dim!r} (dims besides neuron: {levels})")
-    others = [d for d in levels if d != dim]
-    if others:
-        raise ValueError(
-            f"the scores have dims {others} besides {dim!r} and neuron: select or average them "
-            f"first, e.g. scores.isel({others[0]}=0) or scores.mean({others[0]!r})"
-        )
+    dim = _the_sweep_dim(scores, dim, "compare(scores) needs b")
     labels, names, stacked = _level_labels(scores, dim)
     for name in names:  # the table's index and columns keep their own names
         if name in _TABLE_NAMES:

@@ -309,22 +309,9 @@ def _plot_levels(
     scores: xr.Dataset, metric: str, *, dim: Any, levels: Any, cells: Any, ax: Any
 ) -> Any:
     """A chosen pair of a sweep's levels, or the grid of every pair."""
-    from .comparison import _level_labels, _level_positions, _plain, sweep_dims
+    from .comparison import _level_labels, _level_positions, _plain, _the_sweep_dim
 
-    have = sweep_dims(scores)
-    if dim is None:
-        if len(have) != 1:
-            raise ValueError(
-                f"plot_scores(a) needs b, or dim= naming a sweep dim of a (it has {list(have)})"
-            )
-        dim = have[0]
-    if dim not in have:
-        raise ValueError(f"the scores have no sweep dim {dim!r} (dims besides neuron: {have})")
-    others = [d for d in have if d != dim]
-    if others:
-        raise ValueError(
-            f"the scores have dims {others} besides {dim!r}: select or average them first"
-        )
+    dim = _the_sweep_dim(scores, dim, "plot_scores(a) needs b")
     labels = _level_labels(scores, dim)[0]
     chosen = labels if levels is None else list(levels)
     where = [_level_positions(labels, lv) for lv in chosen]
