@@ -234,16 +234,7 @@ class FileSource:
 
     def stored_repeats(self) -> np.ndarray:
         """Per stim of the selection, the repeats the file stores (last stored + 1)."""
-        index = self.source.file.index["response"]
-        stored = np.asarray(index.stored).reshape(index.grid)
-        order = [index.dims.index(d) for d in ("stim", "repeat")]
-        other = tuple(a for a in range(stored.ndim) if a not in order)
-        # (stim, repeat) of the file: any chunk stored; repeats are one chunk wide
-        per_stim = stored.any(axis=other)  # the two axes left, in the file's order
-        per_stim = (per_stim if order[0] < order[1] else per_stim.T)[self.stim_pos]
-        n = per_stim.shape[1]
-        last = np.where(per_stim.any(axis=1), n - np.argmax(per_stim[:, ::-1], axis=1), 0)
-        return last.astype(np.int64)
+        return self.source.file.index["response"].stored_prefix("repeat", "stim")[self.stim_pos]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -98,7 +98,10 @@ def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     """The dims of per-cell scores beyond ``neuron``: a sweep's levels, in the variables' order.
 
     Scores are the numeric variables whose last dim is ``neuron``, as
-    :func:`nat4xr.evaluate` gives them (a Dataset's ``response`` is not one).
+    :func:`nat4xr.evaluate` gives them, or that have ``neuron`` among dims
+    none of which is a Dataset's own (``stim``, ``repeat``, ``time``,
+    ``freq``): a grid stacked by ``Dataset.stack`` puts its dim last. A
+    Dataset's ``response`` is not one.
 
     Examples
     --------
@@ -109,9 +112,15 @@ def sweep_dims(scores: xr.Dataset) -> tuple[str, ...]:
     """
     out: list[str] = []
     for var in scores.data_vars.values():
-        if var.dims[-1:] == ("neuron",) and np.issubdtype(var.dtype, np.number):
+        if not np.issubdtype(var.dtype, np.number) or "neuron" not in var.dims:
+            continue
+        if var.dims[-1] == "neuron" or not set(var.dims) & _DATASET_DIMS:
             out += [str(d) for d in var.dims if d != "neuron" and d not in out]
     return tuple(out)
+
+
+#: A nat4xr Dataset's own dims besides ``neuron``: never a sweep's.
+_DATASET_DIMS = {"stim", "repeat", "time", "freq"}
 
 
 def _the_sweep_dim(scores: xr.Dataset, dim: str | None, without: str) -> str:

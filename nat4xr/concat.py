@@ -180,18 +180,30 @@ class _Slices:
     ([[2.0, 3.0], [4.0, 5.0]], True)
     """
 
-    def __init__(self, variable: xr.Variable) -> None:
+    def __init__(self, variable: xr.Variable, picked: dict[str, np.ndarray] | None = None) -> None:
         self.variable = variable
-        self.shape = variable.shape
+        self.picked = picked or {}  # positions along some dims, applied when read
+        self.shape = _picked_shape(variable, self.picked)
         self.dtype = variable.dtype
         self.ndim = variable.ndim
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.variable[key].values)
+        # the variable as it is now, then the positions: a read composes them lazily
+        variable = self.variable.isel(self.picked) if self.picked else self.variable
+        return np.asarray(variable[key].values)
+
+
+def _picked_shape(variable: xr.Variable, picked: dict[str, np.ndarray]) -> tuple[int, ...]:
+    return tuple(
+        len(picked[d]) if d in picked else n for d, n in zip(variable.dims, variable.shape)
+    )
 
 
 def _as_dask(
-    variable: xr.Variable, sized_as: tuple[int, ...] | None = None, limit: int | None = None
+    variable: xr.Variable,
+    sized_as: tuple[int, ...] | None = None,
+    limit: int | None = None,
+    picked: dict[str, np.ndarray] | None = None,
 ) -> Any:
     """``variable``'s data as a dask array, without copying or reading it.
 
@@ -217,14 +229,14 @@ def _as_dask(
 
     if variable.chunks is not None:
         return variable.data
-    shape = variable.shape
+    shape = _picked_shape(variable, picked or {})
     chunks: Any = shape
     if all(shape):
         sized = sized_as or shape
         auto = normalize_chunks(("auto", *sized[1:]), sized, limit=limit, dtype=variable.dtype)
         chunks = (auto[0], *shape[1:])
     return da.from_array(
-        _Slices(variable),
+        _Slices(variable, picked),
         chunks=chunks,
         name=False,  # hashing would read every value of a lazily indexed variable
         fancy=False,  # keep dask's fancy indexing off xarray's orthogonal indexing
@@ -617,6 +629,11 @@ class _Part:
     data: Any
     placed: Any  # a provenance.Placement when the values are a cache file's, else None
     name: str | None = None  # ``data``'s dask name when the concatenation was made
+    picked: dict[str, np.ndarray] | None = None  # positions in ``variable`` ``data`` reads
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return _picked_shape(self.variable, self.picked or {})
 
     @classmethod
     def of(cls, var: xr.Variable, data: Any) -> _Part:
@@ -701,7 +718,7 @@ def _select_joint(
         return None
     if any(part.edited() for part in joint.parts):
         return None  # the concatenation holds the values from before: indexing reads those
-    offsets = np.cumsum([0, *(p.variable.shape[1] for p in joint.parts)])
+    offsets = np.cumsum([0, *(p.shape[1] for p in joint.parts)])
     parts, rows, kept = [], [], []
     for k, part in enumerate(joint.parts):
         cells = neuron[(neuron >= offsets[k]) & (neuron < offsets[k + 1])] - offsets[k]
@@ -709,7 +726,7 @@ def _select_joint(
             continue  # none of its neurons: no columns
         old = joint.rows[k][stim]
         used = np.unique(old[old >= 0])
-        reps = min(len(repeat), part.variable.shape[2])
+        reps = min(len(repeat), part.shape[2])
         picked = {"stim": used, "neuron": cells, "repeat": slice(0, reps)}
         new = None if part.placed is None else selected_part(part.variable, part.placed, picked)
         if new is not None:
@@ -717,11 +734,16 @@ def _select_joint(
 
             parts.append(_Part(new, new.data, provenance.placement(new), new.data.name))
         elif part.variable.chunks is None and not_read_yet(part.variable):
-            # a file's values read on access: indexed lazily (kept so, for the next
-            # selection to compose with), then read just those
-            lazy = part.variable.isel(picked)
-            data = _as_dask(lazy, limit=SELECTION_CHUNK_BYTES)
-            parts.append(_Part(lazy, data, None, data.name))
+            # a file's values read on access: the kept positions composed with the
+            # part's, read from the input as it is when computed (as the whole
+            # concatenation reads it), just those entries
+            base = part.picked or {}
+            composed = {
+                dim: base[dim][rel] if dim in base else rel
+                for dim, rel in (("stim", used), ("neuron", cells), ("repeat", np.arange(reps)))
+            }
+            data = _as_dask(part.variable, limit=SELECTION_CHUNK_BYTES, picked=composed)
+            parts.append(_Part(part.variable, data, None, data.name, composed))
         else:
             data = part.data[used][:, cells][:, :, :reps]
             parts.append(_Part(xr.Variable(part.variable.dims, data), data, None, data.name))
@@ -744,7 +766,7 @@ def _select_joint(
         chunk_ends = np.cumsum(resp.chunks[0])
         template[mine] = i * 10**6 + np.searchsorted(chunk_ends, rows[i][mine], side="right")
     # and NaN blocks hold at most a part's chunk of the widest part's values
-    row_bytes = var.dtype.itemsize * max(p.variable.shape[1] for p in parts) * len(repeat)
+    row_bytes = var.dtype.itemsize * max(p.shape[1] for p in parts) * len(repeat)
     cap = max(1, _FILL_BYTES // max(1, row_bytes * var.shape[3]))
     template = template * 10**6 + np.arange(len(stim)) // cap
     response = _assembled(padded, rows, template)

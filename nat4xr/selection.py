@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -852,10 +852,16 @@ def coverage_current(ds: xr.Dataset) -> bool:
     ``coverage`` is derived from the data when a Dataset is built and travels
     with every selection, but a plain xarray edit of the values (``where``,
     ``fillna``, ``roll`` without its coordinates, ``copy(data=...)``) keeps
-    the coordinate as it was. It is current for values that are still a cache
-    file's: a dask array nat4xr read or selected from a file (its dask name,
-    :mod:`nat4xr.provenance`), or a file's values not read yet (lazy
-    indexing). Values in memory or computed are not known to match it.
+    the coordinate as it was, and so does a selection of repeats or bins
+    (``coverage`` says which pairs hold data in some recorded repeat). It is
+    current for values that are still a cache file's and keep every repeat
+    the file stores for their stims and every bin: a dask array nat4xr read
+    or selected from a file (its dask name, :mod:`nat4xr.provenance`, which
+    knows the file positions; the repeats stored are the file's own record,
+    whatever ``n_repeats`` now says), or a file's values not read yet (lazy
+    indexing, which keeps no positions: only with the file's whole repeat
+    and time axes, labels as in the file). Values in memory or computed are
+    not known to match it.
     """
     if "response" not in ds.data_vars or "coverage" not in ds.coords:
         return "response" not in ds.data_vars
@@ -863,54 +869,32 @@ def coverage_current(ds: xr.Dataset) -> bool:
     source = var.encoding.get("nat4xr_source")
     if var.chunks is not None:
         entry = provenance.placement(var, source)
-        if entry is None:
-            return False
-        return _whole_trials(entry.positions, getattr(entry.source, "axes", {}), _recorded(ds))
+        return entry is not None and _whole_trials(entry)
     if source is None or not not_read_yet(var):
         return False
-    # lazy indexing keeps no positions: the axes' labels say which repeats and bins are kept
-    labels = {d: np.asarray(ds[d].values) for d in ("repeat", "time") if d in ds.coords}
     axes = getattr(source, "axes", {})
-    positions = {}
-    for dim, values in labels.items():
-        if dim not in axes:
+    for dim in ("repeat", "time"):
+        if dim in ds.dims and (
+            dim not in axes or not np.array_equal(np.asarray(ds[dim].values), axes[dim])
+        ):
             return False
-        index = pd.Index(np.asarray(axes[dim]))
-        if not index.is_unique:
-            return False
-        at = index.get_indexer(values)
-        if (at < 0).any():
-            return False
-        positions[dim] = at
-    return _whole_trials(positions, axes, _recorded(ds))
+    return True
 
 
-def _recorded(ds: xr.Dataset) -> int | None:
-    """The most repeats any stim of ``ds`` was recorded with (None: not known)."""
-    if "n_repeats" not in ds.coords or ds.sizes["stim"] == 0:
-        return None
-    return int(np.max(metadata_values(ds["n_repeats"])))
-
-
-def _whole_trials(
-    positions: Mapping[str, np.ndarray], axes: Mapping[str, Any], recorded: int | None
-) -> bool:
-    """True when ``positions`` keep every recorded repeat and every bin of the file.
-
-    ``coverage`` says which (stim, cell) pairs hold data in some recorded
-    repeat (the first ``n_repeats`` of their stim, ``recorded`` at most);
-    a prefix at least that long keeps them all, while fewer repeats, later
-    ones or a part of the bins need not hold the data it describes.
-    """
-    repeat = positions.get("repeat")
-    if repeat is not None:
-        need = len(axes["repeat"]) if recorded is None and "repeat" in axes else recorded or 1
-        if len(repeat) < need or not np.array_equal(repeat, np.arange(len(repeat))):
-            return False
-    time = positions.get("time")
-    if time is not None and "time" in axes:
-        return np.array_equal(time, np.arange(len(axes["time"])))
-    return time is None
+def _whole_trials(entry: provenance.Placement) -> bool:
+    """True when a placement keeps every repeat its file stores for its stims, and every bin."""
+    index = getattr(getattr(entry.source, "file", None), "index", {}).get(entry.variable)
+    positions = entry.positions
+    if index is None or not {"stim", "repeat", "time"} <= set(positions):
+        return False
+    stored = index.stored_prefix("repeat", "stim")[positions["stim"]]
+    need = int(stored.max()) if len(stored) else 0
+    repeat = positions["repeat"]
+    return (
+        len(repeat) >= max(need, 1)
+        and np.array_equal(repeat, np.arange(len(repeat)))
+        and np.array_equal(positions["time"], np.arange(index.shape[index.dims.index("time")]))
+    )
 
 
 def not_read_yet(var: xr.Variable) -> bool:

@@ -100,6 +100,22 @@ class ChunkIndex:
         if self.stored is None:
             object.__setattr__(self, "stored", np.asarray(self.offset) >= 0)
 
+    def stored_prefix(self, along: str, per: str) -> np.ndarray:
+        """For each chunk along ``per``, one past the last chunk stored along ``along``.
+
+        With chunks one entry wide along both (``response``'s stims and
+        repeats), the repeats the file stores for each stim: what the file
+        itself says was recorded, whatever a Dataset's coordinates now claim.
+        """
+        stored = np.asarray(self.stored).reshape(self.grid)
+        order = [self.dims.index(along), self.dims.index(per)]
+        other = tuple(a for a in range(stored.ndim) if a not in order)
+        held = stored.any(axis=other)  # the two axes left, in the file's order
+        held = held.T if order[0] < order[1] else held  # (per, along)
+        n = held.shape[1]
+        last = np.where(held.any(axis=1), n - np.argmax(held[:, ::-1], axis=1), 0)
+        return last.astype(np.int64)
+
     @property
     def grid(self) -> tuple[int, ...]:
         """Number of chunks along each dimension."""

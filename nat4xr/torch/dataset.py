@@ -150,7 +150,9 @@ class NAT4TorchDataset(_TorchDataset):
         # then on the Dataset itself is read instead (see _follow_edits).
         self._file_vars = list(file_src.dims) if file_src else []
         self._file_arrays = [(ds[name].data, ds[name].data.name) for name in self._file_vars]
-        self._general = (ds, dims) if file_src else None
+        # the Dataset's variables as they are now (replacing one in ``ds`` later is not
+        # seen, as the in-memory source does not see it; changing one in place is)
+        self._general = (ds[list(dims)], dims) if file_src else None
         if file_src is not None:
             # A stim's repeats as the file stores them, if the coordinate says fewer.
             stored = file_src.stored_repeats()
@@ -168,8 +170,10 @@ class NAT4TorchDataset(_TorchDataset):
         """Read the Dataset itself from now on if the values the file serves changed in it.
 
         An assignment into the dask array renames that very object; loading
-        in place (``ds.load()``) or replacing the data (``ds["response"] =``,
-        ``.data =``) leaves the Dataset holding another object.
+        in place (``ds.load()``) or setting a variable's ``.data`` leaves the
+        variable holding another object. A variable replaced in the Dataset
+        (``ds["response"] = ...``) is another variable: the loader keeps the
+        one it was made with, as it does for values in memory.
         """
         if not self._file_arrays:
             return
