@@ -1,5 +1,5 @@
-"""Second look at the fixes: concatenations and in-place writes, prune's trust in coverage,
-loaders and replaced responses, grids stacked by xarray."""
+"""What follows a later change of the data: concatenations and in-place writes, prune's
+trust in the stored coverage, loaders and replaced variables; grids stacked by xarray."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_a_loader_keeps_its_variables_when_the_dataset_replaces_them_whatever_th
     tmp_path,
 ):
     # a loader reads the variables it was made with; values changed in them in place are
-    # followed (tests/test_attack_selection.py), a variable replaced in the Dataset is not:
+    # followed (tests/test_selection_after_edits.py), a variable replaced in the Dataset is not:
     # the same on every storage (the file-backed one followed replacements, the others not)
     source = _source(3, "A1")
     path = write_cache(source, tmp_path / "c.nc")
