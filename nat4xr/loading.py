@@ -73,19 +73,13 @@ def _from_file(da: xr.DataArray) -> np.ndarray | None:
     with no dask block in between. None for any other array.
     """
     from . import provenance
-    from .cachefile import CacheSource
     from .cachefile.reading import file_selection
+    from .selection import file_servable
 
     entry = provenance.placement(da, da.encoding.get("nat4xr_source"))
-    source = None if entry is None else entry.source
-    if (
-        not isinstance(source, CacheSource)
-        or entry.variable not in source.file.index
-        or tuple(source.file.index[entry.variable].dims) != entry.dims
-        or source.file.closed  # the values may be in memory (persisted), the file gone
-    ):
+    if entry is None or not file_servable(da.variable, entry):
         return None
-    values = file_selection(source, entry.variable, entry.dims, entry.positions).values
+    values = file_selection(entry.source, entry.variable, entry.dims, entry.positions).values
     return values if values.dtype == da.dtype and values.shape == da.shape else None
 
 

@@ -678,7 +678,9 @@ def _from_file(
     Returns the variables and, per name, the arguments of
     :func:`nat4xr.provenance.record` for them.
     """
-    files = {name: entry for name, entry in placed.items() if _servable(ds.variables[name], entry)}
+    files = {
+        name: entry for name, entry in placed.items() if file_servable(ds.variables[name], entry)
+    }
     if not files:
         return {}, {}
     # cut further only when every dask variable along stim is: a Dataset's
@@ -694,7 +696,7 @@ def _from_file(
     return read, records
 
 
-def _servable(var: xr.Variable, entry: provenance.Placement) -> bool:
+def file_servable(var: xr.Variable, entry: provenance.Placement) -> bool:
     """True when the engine can read ``var``'s placement from its file as ``var`` holds it."""
     from .cachefile import CacheSource
 
@@ -749,7 +751,7 @@ def selected_part(
     None when the engine cannot serve it. Chunked as :func:`select` chunks a
     ``response``; for the parts of a concatenation (:mod:`nat4xr.concat`).
     """
-    if not _servable(var, entry):
+    if not file_servable(var, entry):
         return None
     per_stim = _stims_per_chunk(var, entry, indexers) if entry.auto else None
     new, args = _read_from_file(var, entry, indexers, per_stim)
