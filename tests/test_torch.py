@@ -568,6 +568,40 @@ def test_loss_gradients_finite_with_nan_targets(loss):
     assert (pred.grad[mask] != 0).all()
 
 
+@pytest.mark.parametrize("log_input", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 1, 7), (2, 4, 3, 6)])
+def test_losses_ignore_anything_outside_the_mask(shape, log_input):
+    """NaN targets and NaN, infinite or negative predictions outside the mask change
+    neither loss nor gradient: against the same loss over the valid entries alone."""
+    g = torch.Generator().manual_seed(sum(shape))
+    target = torch.poisson(torch.full(shape, 0.7), generator=g)
+    mask = torch.rand(shape, generator=g) > 0.3
+    target[~mask] = float("nan")
+    pred = torch.rand(shape, generator=g) + 0.1
+    junk = torch.tensor([float("nan"), float("inf"), -float("inf"), -3.0])
+    outside = torch.nonzero(~mask)
+    for i, where in enumerate(outside):
+        pred[tuple(where)] = junk[i % 4]
+    pred.requires_grad_(True)
+    valid = pred.detach()[mask].clone().requires_grad_(True)
+    for got_fn, ref_fn in [
+        (lambda: masked_mse(pred, target, mask),
+         lambda: torch.nn.functional.mse_loss(valid, target[mask])),
+        (lambda: masked_poisson_nll(pred, target, mask, log_input=log_input),
+         lambda: torch.nn.functional.poisson_nll_loss(valid, target[mask], log_input=log_input,
+                                                      eps=1e-8) if log_input else
+         (valid - target[mask] * torch.log(valid + 1e-8)).mean()),
+    ]:  # fmt: skip
+        pred.grad, valid.grad = None, None
+        got, ref = got_fn(), ref_fn()
+        got.backward()
+        ref.backward()
+        assert torch.isfinite(got)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+        assert (pred.grad[~mask] == 0).all()
+        torch.testing.assert_close(pred.grad[mask], valid.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_linear_model_loss_decreases():
     ds = _random(n_est=24, n_val=6, n_neurons=5, n_time=20, seed=11)
     loader = to_torch(ds, batch_size=6, shuffle=True, seed=0)

@@ -375,6 +375,51 @@ def test_holdout_cc_is_the_mean_over_cells_of_pearson_r_with_the_trial_mean(offs
     np.testing.assert_allclose(history.holdout_cc, np.mean(ccs), rtol=1e-6)
 
 
+class _JunkWhereSilent(_Fixed):
+    """``_Fixed``, but NaN, inf or a negative rate wherever the stim is silent."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        silent = (x[:, 0] == 0).all(dim=1)[:, None, None, :]  # (B, 1, 1, T)
+        junk = torch.tensor([float("nan"), float("inf"), -5.0]).repeat(x.shape[-1])
+        return torch.where(silent, junk[: x.shape[-1]], out)
+
+
+@pytest.mark.parametrize("n_repeats", [1, 3])
+def test_holdout_cc_ignores_predictions_for_bins_without_data(n_repeats):
+    """A prediction of NaN, inf or below zero for bins where no trial holds data reaches
+    neither the holdout loss nor its correlation: against np.corrcoef on the valid bins."""
+    ds = _data(p_missing=0.0, n_est=12).isel(repeat=slice(0, n_repeats))
+    ds = ds.assign_coords(subset=("stim", np.array(["est"] * ds.sizes["stim"], dtype=object)))
+    ds = ds.assign_coords(n_repeats=("stim", np.full(ds.sizes["stim"], n_repeats)))
+    held = np.zeros(ds.sizes["stim"], dtype=bool)
+    held[[1, 4, 7, 10]] = True
+    spec = ds.spectrogram.values.copy()
+    response = ds.response.values.copy()
+    for stim in (4, 10):  # silent bins in two held-out sounds, with no data there
+        spec[stim, :, 3:9] = 0.0
+        response[stim, :, :, 3:9] = np.nan
+    response[1, 2, 0, :4] = np.nan  # and a bin or two missing elsewhere
+    ds = ds.assign(spectrogram=(ds.spectrogram.dims, spec),
+                   response=(ds.response.dims, response))  # fmt: skip
+    ds = ds.assign_coords(holdout=("stim", held))
+    net = _JunkWhereSilent(4, 4)
+    history = fit(net, ds, holdout="holdout", loss="mse", **FAST)
+    batch = next(iter(nat4xr.torch.to_torch(ds.isel(stim=held), batch_size=10)))
+    with torch.no_grad():
+        x = net(batch["stims"])[:, :, 0].double().numpy()
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        y = np.nanmean(batch["responses"].double().numpy(), axis=2)
+    assert not np.isfinite(x[np.isnan(y)]).all()  # the junk is there to be ignored
+    ccs = []
+    for cell in range(4):
+        ok = np.isfinite(y[:, cell])
+        ccs.append(np.corrcoef(x[:, cell][ok], y[:, cell][ok])[0, 1])
+    assert np.isfinite(history.holdout_loss).all()
+    np.testing.assert_allclose(history.holdout_cc, np.mean(ccs), rtol=1e-6)
+
+
 def test_reading_ahead_on_a_thread_gives_bitwise_the_same_fit(monkeypatch):
     from nat4xr.torch.dataset import NAT4TorchDataset
 

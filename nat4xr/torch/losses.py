@@ -54,8 +54,14 @@ def _bnt(target: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    total = torch.where(mask, values, torch.zeros_like(values)).sum()
-    return total / mask.sum().clamp_min(1).to(values.dtype)
+    """Mean of ``values`` over ``mask``; ``values`` must be finite where the mask is False.
+
+    Weighting by the mask as 0/1 floats gives the sum and gradient that
+    ``torch.where(mask, values, 0)`` gives, bit for bit, at a fraction of
+    its cost on the CPU (elementwise work on booleans is slow there).
+    """
+    total = (values * mask.to(values.dtype)).sum()
+    return total / torch.count_nonzero(mask).clamp_min(1).to(values.dtype)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

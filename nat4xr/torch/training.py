@@ -577,7 +577,7 @@ class _Loop:
                     p.grad = torch.zeros_like(p)
                 _all_reduce(p.grad).div_(self.world)
         optimizer.step()
-        n = mask.expand_as(resp).sum()
+        n = torch.count_nonzero(mask)  # the responses' shape: every entry is one bin
         total += torch.stack([value.detach().double() * n, n.double()])
 
     @torch.no_grad()
@@ -625,32 +625,42 @@ class _Loop:
         batch (``shift``, set then): the correlation does not change, and
         float32 sums over a sound's time bins lose nothing to an offset
         (float64 elementwise work on every bin cost several times more).
+        Invalid bins enter as zeros with weight 0, in float arithmetic: the
+        boolean mask is converted once (elementwise work on booleans costs
+        several times what it costs on floats).
         """
         stims, resp, mask = self._batch(batch)
         pred = self._output(self.model(stims), stims.shape[0])
-        n = mask.expand_as(resp).sum()
+        n = torch.count_nonzero(mask)
         sums[0] += self.loss_fn(pred, resp, mask).double() * n
         sums[1] += n
-        zero = torch.zeros((), dtype=resp.dtype, device=resp.device)
-        x = pred[:, :, 0].to(resp.dtype)
-        if not shift:  # each cell's mean prediction and response in this first batch
-            for v, m in ((x, mask.any(dim=2)), (resp, mask)):
+        dtype = resp.dtype
+        values = torch.nan_to_num(resp, nan=0.0)  # finite; a bin's weight decides
+        trials = mask.to(dtype)  # (B, N, R, T): 1 at a valid trial's bin, else 0
+        if mask.shape[2] == 1:
+            w = trials[:, :, 0]  # (B, N, T)
+        else:
+            count = trials.sum(dim=2)
+            w = count.clamp(max=1)  # whole counts: 1 where any trial is valid, else 0
+        # NaN or inf predicted for a bin without data must not reach the moments; at
+        # a bin with data it makes the loss non-finite, which stops the fit
+        x = torch.nan_to_num(pred[:, :, 0].to(dtype), nan=0.0)
+        if not shift:  # each cell's means over this first batch's valid bins, (N, 1)
+            for v, weight in ((x, w), (values, trials)):
                 dims = tuple(d for d in range(v.dim()) if d != 1)
-                total = torch.where(m, v, zero).sum(dim=dims, dtype=torch.float64)
-                mean = total / m.sum(dim=dims, dtype=torch.float64).clamp_min(1)
-                shift.append(mean.to(resp.dtype)[:, None])  # (N, 1), against (B, N, T)
+                total = (v * weight).sum(dim=dims, dtype=torch.float64)
+                mean = total / weight.sum(dim=dims, dtype=torch.float64).clamp_min(1)
+                shift.append(mean.to(dtype)[:, None])
+        # shifted before any sum: float32 sums of values far from zero lose their digits
+        x = x.sub_(shift[0]).mul_(w)
         if mask.shape[2] == 1:  # one trial per sound (est): its values
-            valid = mask[:, :, 0]
-            y = torch.where(valid, resp[:, :, 0] - shift[1], zero)
-        else:  # (B, N, T) mean over the valid trials
-            count = mask.sum(dim=2, dtype=resp.dtype)
-            valid = count > 0
-            y = torch.where(mask, resp - shift[1][:, None], zero).sum(dim=2)
-            y = y.div_(count.clamp_min_(1))
-        x = torch.where(valid, x - shift[0], zero)
-        per_sound = [valid.sum(dim=2, dtype=resp.dtype), x.sum(dim=2), y.sum(dim=2),
-                     (x * x).sum(dim=2), (y * y).sum(dim=2), (x * y).sum(dim=2)]  # fmt: skip
-        sums[2:] += torch.stack([v.sum(dim=0, dtype=torch.float64) for v in per_sound]).flatten()
+            y = values[:, :, 0].sub_(shift[1]).mul_(w)
+        else:  # the mean over each bin's valid trials
+            y = values.sub_(shift[1][:, None]).mul_(trials).sum(dim=2)
+            y = y.div_(count.clamp_(min=1))
+        per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
+                     torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
+        sums[2:] += torch.stack(per_sound).sum(dim=1, dtype=torch.float64).flatten()
 
 
 _END = object()
