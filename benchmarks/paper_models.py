@@ -9,6 +9,8 @@ Usage::
         python benchmarks/paper_models.py epoch --release /tmp/nat4-full
     # held-out sites and cross-area transfer: refit readouts on a planted shared core
     python benchmarks/paper_models.py heldout --n-cells 200 --n-sites 10 --n-est 200 --threads 1
+    # the masked losses alone, forward and backward, on one batch of A1 est sounds
+    python benchmarks/paper_models.py loss
 
 ``teacher`` writes a release with a planted nonlinear population
 (``write_release(truth="cnn", spectrogram="white")``, or ``--truth ln``) at
@@ -36,19 +38,30 @@ another ``truth_seed`` (another core, its difference measured by
 on that PEG release.
 
 ``epoch`` opens A1 from its cache (built on first use) and times, per
-model, in one run and in alternation: the second of two epochs of ``fit``
-(train pass over the est sounds less the holdout, then the holdout pass;
-the first also learns which rows of each sound hold values), the same with each
-batch read in turn (``training.READ_AHEAD = False``), the same forward and
-backward passes over tensors already in memory, one pass over both loaders
-alone, and one epoch of deepSTRF 0.1.0's ``Fitter`` with the same model,
-loss and batches. The data path's share of an epoch, as the target defines
-it, is ``1 - memory / fit`` (the median over rounds of each round's ratio);
-``loaders / fit`` is what the reading alone would cost if nothing overlapped it.
-The same share in CPU time (both epochs, every thread of the process, the
-fit's setup included) says how much work the data path adds, wherever it runs;
-in the main thread's CPU time alone, what an epoch costs when the reading
-thread has a core of its own (on a busy machine it shares one).
+model and round, in one process: first ``fit`` with one in-memory step
+beside each of its own (``_paired``: the same model's forward and backward
+pass on a batch already in memory, before ``fit``'s step on every other
+batch and after it on the rest), which gives the data path's share of an
+epoch, ``1 - memory / fit``, from two measurements that alternate every
+few tens of milliseconds; then, one after the other, the mean of
+``--epochs`` epochs of ``fit`` after an untimed first one (train pass over
+the est sounds less the holdout, then the holdout pass; the first also
+learns which rows of each sound hold values), the same with each batch
+read in turn (``training.READ_AHEAD = False``), the same forward and
+backward passes over tensors already in memory (as many epochs, timed the
+same way), one pass over both loaders alone, and one epoch of deepSTRF
+0.1.0's ``Fitter`` with the same model, loss and batches. Shares are the
+median over rounds of each round's ratio; ``loaders / fit`` is what the
+reading alone would cost if nothing overlapped it. The same share in CPU
+time (every epoch, every thread of the process, the fit's setup included)
+says how much work the data path adds, wherever it runs; in the main
+thread's CPU time alone, what an epoch costs when the reading thread has a
+core of its own (on a busy machine it shares one).
+
+``loss`` times ``masked_poisson_nll`` and ``masked_mse`` (forward and
+backward) on one batch the size of 16 A1 est sounds, NaN at 2 % of bins,
+in alternation with the same losses masked by ``torch.where`` throughout,
+and checks that both give the same loss and gradient bit for bit.
 """
 
 from __future__ import annotations
@@ -254,6 +267,99 @@ def _transfer(args, a1, a1_rel, pegs, peg_rels, cnn, guarded, r_test) -> int:
     return 0
 
 
+class _Served:
+    """Batches already in memory, in a fixed order, where ``fit`` expects a loader."""
+
+    class _Sampler:
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+        self.batch_sampler = self._Sampler()
+
+    def __iter__(self):
+        return (dict(b) for b in self.batches)
+
+
+def _paired(fit, training, net, est, batches, fit_kw, loss_fn, memory_loaders=False):
+    """One ``fit`` with one in-memory step timed beside each of its own steps.
+
+    Beside every training step of ``fit`` the same model takes one forward and
+    backward step (its own Adam) on the next batch already in memory, and beside
+    every holdout batch one forward pass, before ``fit``'s own on every other
+    batch and after it on the rest: the two alternate every few tens of
+    milliseconds, so whatever slows this machine for a second or two slows both
+    alike. Returns, per epoch after the first, ``fit``'s epoch less the
+    in-memory steps it contained, and the in-memory steps' sum. With
+    ``memory_loaders``, ``fit`` itself is served ``batches`` instead of
+    reading (no data path at all: what remains is ``fit``'s own work).
+    """
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    spent: list[float] = []  # in-memory seconds per epoch
+    where = {"train": 0, "hold": 0}
+    step, hold, epoch = (training._Loop._train_step, training._Loop._holdout_sums,
+                         training._Loop.train_epoch)  # fmt: skip
+
+    def train_epoch(loop, *a, **k):
+        spent.append(0.0)
+        return epoch(loop, *a, **k)
+
+    def in_memory_step(b):
+        t0 = time.perf_counter()
+        loss = loss_fn(net(b["stims"]), b["responses"], b["valid_mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        spent[-1] += time.perf_counter() - t0
+
+    def in_memory_holdout(b):
+        t0 = time.perf_counter()
+        loss_fn(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+        spent[-1] += time.perf_counter() - t0
+
+    def paired(kind, own, theirs, loop, a, k):
+        # the in-memory step before fit's on every other batch, after it on the rest:
+        # neither side always follows the other (whatever one leaves in the caches)
+        i = where[kind]
+        where[kind] += 1
+        b = batches[kind == "hold"][i % len(batches[kind == "hold"])]
+        if i % 2:
+            theirs(b)
+        own(loop, *a, **k)
+        if not i % 2:
+            theirs(b)
+
+    def train_step(loop, *a, **k):
+        paired("train", step, in_memory_step, loop, a, k)
+
+    def holdout_sums(loop, *a, **k):  # under fit's no_grad, the model in eval mode
+        paired("hold", hold, in_memory_holdout, loop, a, k)
+
+    patched = {"train_epoch": train_epoch, "_train_step": train_step,
+               "_holdout_sums": holdout_sums}  # fmt: skip
+    saved = {name: getattr(training._Loop, name) for name in patched}
+    reading = training.to_torch
+    try:
+        for name, f in patched.items():
+            setattr(training._Loop, name, f)
+        if memory_loaders:
+            n_hold = sum(len(b["stim"]) for b in batches[1])
+            training.to_torch = lambda ds, *a, **k: _Served(
+                batches[1] if ds.sizes["stim"] == n_hold else batches[0]
+            )
+        h = fit(net, est, **fit_kw)
+    finally:
+        training.to_torch = reading
+        for name, f in saved.items():
+            setattr(training._Loop, name, f)
+    seconds = [float(v) for v in h.seconds.values]
+    return [f - m for f, m in zip(seconds[1:], spent[1:])], spent[1:]
+
+
 def epoch(args: argparse.Namespace) -> int:
     import torch
     from _deepstrf import _import_from_deepstrf
@@ -289,34 +395,45 @@ def epoch(args: argparse.Namespace) -> int:
         net = make()
         times = results.setdefault(
             name,
-            {"fit": [], "in turn": [], "memory": [], "loaders": [], "deepSTRF": [],
+            {"paired fit": [], "paired memory": [],
+             "fit": [], "in turn": [], "memory": [], "loaders": [], "deepSTRF": [],
              "fit cpu": [], "memory cpu": [], "fit main": [], "memory main": []},
         )  # fmt: skip
         tl, hl = loaders()
         batches = [b for b in tl], [b for b in hl]  # already in memory (and the file warm)
+        k = args.epochs  # timed epochs per round, after one untimed epoch each way
         for _ in range(args.rounds):
-            # 1. nat4xr.torch.fit, two epochs (train + holdout pass each), reading every
-            # batch; the second is timed (the first also learns which rows of each
-            # sound hold values, once per fit)
+            # 1. nat4xr.torch.fit, k + 1 epochs (training pass + holdout pass each),
+            # reading every batch; all but the first are timed (the first also learns,
+            # once per fit, which rows of each sound hold values)
+            fit_kw = dict(holdout="holdout", max_epochs=k + 1, patience=k + 1, lr=1e-3,
+                          batch_size=args.batch_size, progress=False)  # fmt: skip
+            # 0. the same, one in-memory step timed after each of fit's (see _paired):
+            # the data path's share of an epoch, paired batch by batch
+            f, m = _paired(fit, training, net, est, batches, fit_kw, masked_poisson_nll,
+                           memory_loaders=args.memory_loaders)  # fmt: skip
+            times["paired fit"].append(statistics.mean(f))
+            times["paired memory"].append(statistics.mean(m))
+            if args.memory_loaders:
+                continue  # fit's own work alone: nothing else to compare
             c0, m0 = time.process_time(), time.thread_time()
-            h = fit(net, est, holdout="holdout", max_epochs=2, patience=2, lr=1e-3,
-                    batch_size=args.batch_size, progress=False)  # fmt: skip
+            h = fit(net, est, **fit_kw)
             times["fit cpu"].append(time.process_time() - c0)  # all threads, setup too
             times["fit main"].append(time.thread_time() - m0)  # this thread only
-            times["fit"].append(float(h.seconds[-1]))
+            times["fit"].append(float(h.seconds[1:].mean()))
             # 1b. the same with each batch read in turn, not on a thread while the model
             # computes on the last (versions of fit without READ_AHEAD always read in turn)
             if hasattr(training, "READ_AHEAD"):
                 training.READ_AHEAD = False
-                h = fit(net, est, holdout="holdout", max_epochs=2, patience=2, lr=1e-3,
-                        batch_size=args.batch_size, progress=False)  # fmt: skip
+                h = fit(net, est, **fit_kw)
                 training.READ_AHEAD = True
-                times["in turn"].append(float(h.seconds[-1]))
-            # 2. the same passes over tensors in memory
+                times["in turn"].append(float(h.seconds[1:].mean()))
+            # 2. the same passes over tensors in memory, k + 1 epochs, all but the first timed
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
             c0, m0 = time.process_time(), time.thread_time()
-            for _ in range(2):  # two epochs, as fit's; the second is timed
-                t0 = time.perf_counter()
+            for e in range(k + 1):
+                if e == 1:
+                    t0 = time.perf_counter()
                 net.train()
                 for b in batches[0]:
                     loss = masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"])
@@ -328,7 +445,7 @@ def epoch(args: argparse.Namespace) -> int:
                 with torch.no_grad():
                     for b in batches[1]:
                         masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"]).item()
-            times["memory"].append(time.perf_counter() - t0)
+            times["memory"].append((time.perf_counter() - t0) / k)
             times["memory cpu"].append(time.process_time() - c0)
             times["memory main"].append(time.thread_time() - m0)
             # 2b. the data path alone: one pass over both loaders, nothing computed
@@ -352,6 +469,13 @@ def epoch(args: argparse.Namespace) -> int:
           f"{'1 - memory/fit':>14s} {'loaders (s)':>11s} {'loaders/fit':>11s} "
           f"{'deepSTRF Fitter (s)':>19s}")  # fmt: skip
     for name, t in results.items():
+        pf, pm = statistics.median(t["paired fit"]), statistics.median(t["paired memory"])
+        pshare = [1 - mi / fi for fi, mi in zip(t["paired fit"], t["paired memory"])]
+        print(f"{name:8s} paired batch by batch: fit {pf:.3f} s, in-memory passes {pm:.3f} s, "
+              f"1 - memory/fit {statistics.median(pshare):.1%} (rounds "
+              + " ".join(f"{v:.1%}" for v in pshare) + ")")  # fmt: skip
+        if not t["fit"]:
+            continue
         f, m = statistics.median(t["fit"]), statistics.median(t["memory"])
         lo = statistics.median(t["loaders"])
         turn = f"{statistics.median(t['in turn']):11.2f}" if t["in turn"] else f"{'n/a':>11s}"
@@ -360,7 +484,7 @@ def epoch(args: argparse.Namespace) -> int:
         d = f"{statistics.median(t['deepSTRF']):19.2f}" if t["deepSTRF"] else f"{'n/a':>19s}"
         print(f"{name:8s} {f:8.2f} {turn} {m:10.2f} {share:14.1%} {lo:11.2f} {lo / f:11.1%} {d}")
         cpu = statistics.median(1 - mi / fi for fi, mi in zip(t["fit cpu"], t["memory cpu"]))
-        print(f"{'':8s} CPU time of both epochs (every thread; fit's setup too): fit "
+        print(f"{'':8s} CPU time of every epoch (every thread; fit's setup too): fit "
               f"{statistics.median(t['fit cpu']):.2f} s, in-memory passes "
               f"{statistics.median(t['memory cpu']):.2f} s, 1 - memory/fit {cpu:.1%}")  # fmt: skip
         main = statistics.median(1 - mi / fi for fi, mi in zip(t["fit main"], t["memory main"]))
@@ -371,6 +495,59 @@ def epoch(args: argparse.Namespace) -> int:
             f"{k} " + " ".join(f"{v:.2f}" for v in vals) for k, vals in t.items() if vals
         ))  # fmt: skip
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def loss(args: argparse.Namespace) -> int:
+    import torch
+
+    from nat4xr.torch import masked_mse, masked_poisson_nll
+
+    def where_poisson(pred, target, mask, eps=1e-8):  # the same loss, masked by torch.where
+        zero, one = torch.zeros(()), torch.ones(())
+        target = torch.where(mask, target, zero)
+        pred = torch.where(mask, pred, one)
+        values = pred - target * torch.log(pred + eps)
+        return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum()
+
+    def where_mse(pred, target, mask):
+        zero = torch.zeros(())
+        diff = torch.where(mask, pred, zero) - torch.where(mask, target, zero)
+        return torch.where(mask, diff * diff, zero).sum() / mask.sum()
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, 849, 1, 150)  # one batch of A1 est sounds
+    target = torch.poisson(torch.full(shape, 0.3), generator=g)
+    mask = torch.rand(shape, generator=g) > 0.02
+    target[~mask] = float("nan")
+    pred = (torch.rand(shape, generator=g) + 0.05).requires_grad_(True)
+    print(f"batch {shape}, {args.threads} thread(s); forward + backward, ms per call, "
+          f"median of {args.rounds} rounds of 10 calls, the two in alternation")  # fmt: skip
+    for name, ours, ref in (
+        ("masked_poisson_nll", masked_poisson_nll, where_poisson),
+        ("masked_mse", masked_mse, where_mse),
+    ):
+        same = []
+        for fn in (ours, ref):
+            pred.grad = None
+            value = fn(pred, target, mask)
+            value.backward()
+            same.append((value.detach().clone(), pred.grad.clone()))
+        bitwise = all(torch.equal(a, b) for a, b in zip(*same))
+        times: dict[str, list[float]] = {"nat4xr": [], "torch.where": []}
+        for r in range(args.rounds):
+            pair = (("nat4xr", ours), ("torch.where", ref))
+            for key, fn in pair if r % 2 else pair[::-1]:
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    pred.grad = None
+                    fn(pred, target, mask).backward()
+                times[key].append((time.perf_counter() - t0) / 10 * 1e3)
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{name:20s} nat4xr {ms['nat4xr']:.2f}, masked with torch.where "
+              f"{ms['torch.where']:.2f} ({ms['nat4xr'] / ms['torch.where']:.2f}x); "
+              f"loss and gradient bitwise equal: {bitwise}")  # fmt: skip
     return 0
 
 
@@ -414,9 +591,19 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--max-stims", type=int, default=0, help="first N est sounds (0: all)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--rounds", type=int, default=3)
+    e.add_argument("--epochs", type=int, default=3, help="timed epochs per round and way")
+    e.add_argument(
+        "--memory-loaders",
+        action="store_true",
+        help="the paired fit is served the batches in memory (fit's own work alone)",
+    )
     e.add_argument("--threads", type=int, default=1)
+    lo = sub.add_parser("loss")
+    lo.add_argument("--batch-size", type=int, default=16)
+    lo.add_argument("--rounds", type=int, default=30)
+    lo.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    return {"teacher": teacher, "heldout": heldout, "epoch": epoch}[args.what](args)
+    return {"teacher": teacher, "heldout": heldout, "epoch": epoch, "loss": loss}[args.what](args)
 
 
 if __name__ == "__main__":
