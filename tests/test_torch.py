@@ -602,6 +602,22 @@ def test_losses_ignore_anything_outside_the_mask(shape, log_input):
         torch.testing.assert_close(pred.grad[mask], valid.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_losses_past_65504_valid_bins(dtype):
+    """A float16 sum or count overflows at 65504: half-precision losses are summed and
+    counted in float32, so 80,000 valid bins give the float32 loss to the dtype's precision."""
+    g = torch.Generator().manual_seed(3)
+    shape = (8, 100, 1, 100)
+    target = torch.poisson(torch.full(shape, 0.5), generator=g)
+    mask = torch.ones(shape, dtype=torch.bool)
+    pred = torch.rand(shape, generator=g) + 0.5
+    for fn in (masked_mse, masked_poisson_nll):
+        want = fn(pred, target, mask).item()
+        got = fn(pred.to(dtype), target.to(dtype), mask)
+        assert got.dtype == dtype
+        assert got.item() == pytest.approx(want, rel=2e-2)
+
+
 def test_linear_model_loss_decreases():
     ds = _random(n_est=24, n_val=6, n_neurons=5, n_time=20, seed=11)
     loader = to_torch(ds, batch_size=6, shuffle=True, seed=0)

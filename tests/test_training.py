@@ -420,6 +420,125 @@ def test_holdout_cc_ignores_predictions_for_bins_without_data(n_repeats):
     np.testing.assert_allclose(history.holdout_cc, np.mean(ccs), rtol=1e-6)
 
 
+_LOG2 = float(np.float32(np.log(2)))  # a constant rate that rounding leaves a variance to
+
+
+class _Channels(torch.nn.Module):
+    """Cell n's rate: the stim's frequency channel n (absolute), plus ``offset``; cells in
+    ``constant`` predict ``value`` everywhere. Nothing trains (one unused parameter)."""
+
+    def __init__(self, offset=0.0, constant=(), value=_LOG2):
+        super().__init__()
+        self.offset, self.constant, self.value = offset, list(constant), value
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = x[:, 0].abs() + self.offset
+        out[:, self.constant] = self.value
+        return (out + 0 * self.unused)[:, :, None]
+
+
+def _channel_ccs(ds, held, offset=0.0, constant=()):
+    """Per cell: np.corrcoef of _Channels' float32 output and the trial mean, valid bins."""
+    x = np.abs(ds.spectrogram.values[held].astype(np.float32)) + np.float32(offset)
+    x[:, list(constant)] = np.float32(_LOG2)
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        y = np.nanmean(ds.response.values[held].astype(np.float64), axis=2)
+    ccs = []
+    for cell in range(x.shape[1]):
+        ok = np.isfinite(y[:, cell])
+        xs, ys = x[:, cell][ok].astype(np.float64), y[:, cell][ok]
+        ccs.append(np.corrcoef(xs, ys)[0, 1] if np.ptp(xs) > 0 and np.ptp(ys) > 0 else np.nan)
+    return np.array(ccs)
+
+
+@pytest.mark.parametrize("n_repeats", [1, 3])
+def test_holdout_cc_with_an_offset_when_the_first_batch_lacks_a_cell(n_repeats):
+    """A cell without data in the first holdout batch is shifted by its means in the first
+    batch that has them: an offset of 1000 on counts and rates costs it no digits."""
+    ds = _data(p_missing=0.0, n_est=8).isel(repeat=slice(0, n_repeats))
+    ds = ds.assign_coords(subset=("stim", np.array(["est"] * ds.sizes["stim"], dtype=object)))
+    ds = ds.assign_coords(n_repeats=("stim", np.full(ds.sizes["stim"], n_repeats)))
+    held = np.zeros(ds.sizes["stim"], dtype=bool)
+    held[:5] = True
+    response = ds.response.values.copy()
+    response[0, 0] = np.nan  # cell 0 has nothing in the first held-out sound (batch)
+    response[1, 1, :, :6] = np.nan
+    ds = ds.assign(response=(ds.response.dims, response + 1000.0))
+    ds = ds.assign_coords(holdout=("stim", held))
+    history = fit(_Channels(1000.0), ds, holdout="holdout", loss="mse",
+                  **{**FAST, "batch_size": 1, "max_epochs": 1})  # fmt: skip
+    ccs = _channel_ccs(ds, held, offset=1000.0)
+    assert np.isfinite(ccs).all()
+    np.testing.assert_allclose(history.holdout_cc, ccs.mean(), rtol=1e-6)
+
+
+def test_a_cell_predicted_as_a_constant_has_no_correlation():
+    """A constant prediction has no variance: its cell is left out of holdout_cc (not
+    scored about 0 from rounding), and with every cell constant holdout_cc is NaN."""
+    ds = nat4xr.synthetic.random_dataset(
+        n_est=3, n_val=1, n_neurons=4, n_time=375, p_missing=0.0, seed=0
+    )  # 375 bins of log 2 left rounding errors of 1e-13 in float64 moments about zero
+    held = np.zeros(ds.sizes["stim"], dtype=bool)
+    held[0] = True
+    ds = ds.assign_coords(holdout=("stim", held))
+    ccs = _channel_ccs(ds, held, constant=[0, 2])
+    assert np.isnan(ccs[[0, 2]]).all() and np.isfinite(ccs[[1, 3]]).all()
+    history = fit(_Channels(constant=[0, 2]), ds, holdout="holdout", loss="mse", **FAST)
+    np.testing.assert_allclose(history.holdout_cc, np.nanmean(ccs), rtol=1e-6)
+    history = fit(_Channels(constant=range(4)), ds, holdout="holdout", loss="mse", **FAST)
+    assert np.isnan(history.holdout_cc).all()
+
+
+def test_ranks_holdout_moments_meet_about_one_shift(monkeypatch):
+    """Two ranks (threads here, with a summing collective) whose holdout sounds differ,
+    one without any data of a cell, counts offset by 1000: each rank's moments are moved
+    to the shared shifts before the sum, and both get the pooled correlation."""
+    import threading
+
+    ds = _data(p_missing=0.0, n_est=8)
+    ds = ds.assign_coords(subset=("stim", np.array(["est"] * ds.sizes["stim"], dtype=object)))
+    held = np.zeros(ds.sizes["stim"], dtype=bool)
+    held[:6] = True
+    response = ds.response.values.copy()
+    response[[0, 2, 4], 1] = np.nan  # rank 0 (sounds 0, 2, 4) has no data of cell 1
+    ds = ds.assign(response=(ds.response.dims, response + 1000.0))
+    parts = [ds.isel(stim=[0, 2, 4]), ds.isel(stim=[1, 3, 5])]
+    barrier, deposits = threading.Barrier(2), {}
+
+    def all_reduce(values):  # every rank's tensor, summed in place, as dist.all_reduce
+        deposits[threading.get_ident()] = values.clone()
+        barrier.wait()
+        values.copy_(sum(deposits.values()))
+        barrier.wait()
+        return values
+
+    monkeypatch.setattr(training, "_all_reduce", all_reduce)
+    net = _Channels(1000.0)
+    results = [None, None]
+
+    def rank(r):
+        loader = nat4xr.torch.to_torch(parts[r], batch_size=1)
+        loop = training._Loop(net, training.LOSSES["mse"], "mse", torch.device("cpu"), False,
+                              4, 20, 2, None, loader)  # fmt: skip
+        results[r] = loop.evaluate()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    ccs = _channel_ccs(ds, held, offset=1000.0)
+    assert np.isfinite(ccs).all()
+    rate = np.abs(ds.spectrogram.values[held].astype(np.float32)) + np.float32(1000.0)
+    counts = ds.response.values[held].astype(np.float32)  # (S, N, R, T)
+    error = (rate[:, :, None, :].astype(np.float64) - counts) ** 2
+    for loss, cc in results:
+        assert loss == pytest.approx(np.nanmean(error), rel=1e-5)
+        assert cc == pytest.approx(ccs.mean(), rel=1e-6)
+
+
 def test_reading_ahead_on_a_thread_gives_bitwise_the_same_fit(monkeypatch):
     from nat4xr.torch.dataset import NAT4TorchDataset
 

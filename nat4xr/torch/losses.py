@@ -57,11 +57,16 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over ``mask``; ``values`` must be finite where the mask is False.
 
     Weighting by the mask as 0/1 floats gives the sum and gradient that
-    ``torch.where(mask, values, 0)`` gives, bit for bit, at a fraction of
-    its cost on the CPU (elementwise work on booleans is slow there).
+    ``torch.where(mask, values, 0)`` gives (bit for bit on contiguous
+    batches; another memory layout may change the order of the sum by an
+    ulp) at a fraction of its cost on the CPU, where elementwise work on
+    booleans is slow. Half-precision values are summed and counted in
+    float32: a float16 count or sum overflows past 65504.
     """
-    total = (values * mask.to(values.dtype)).sum()
-    return total / torch.count_nonzero(mask).clamp_min(1).to(values.dtype)
+    acc = torch.promote_types(values.dtype, torch.float32)
+    total = (values * mask.to(values.dtype)).sum(dtype=acc)
+    count = torch.count_nonzero(mask).clamp_min(1).to(acc)
+    return (total / count).to(values.dtype)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -187,8 +187,10 @@ def fit(
     xarray.Dataset
         Over ``epoch`` (with a ``stage`` coordinate): ``train_loss`` (mean
         over the valid bins of the epoch's batches), ``holdout_loss``,
-        ``holdout_cc`` (mean over cells of the correlation between the
-        prediction and the response on the held-out sounds) and ``seconds``;
+        ``holdout_cc`` (mean over cells of Pearson's r between the
+        prediction and the mean of the valid trials, over the held-out
+        sounds' bins with data; cells whose prediction or response is
+        constant there have none and are left out) and ``seconds``;
         over ``restart``: ``restart_loss``, each restart's best holdout loss
         in the first stage. ``attrs``: ``best_epoch`` (the epoch whose
         weights the model holds), every setting, the held-out stim ids.
@@ -485,6 +487,32 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _reshift(moments: torch.Tensor, shift: dict[str, torch.Tensor]) -> None:
+    """Move this rank's per-cell moments to the shift every rank shares (in place).
+
+    ``moments`` is ``(6, N)``: n, sx, sy, sxx, syy, sxy about this rank's
+    shifts. The shared shift of a cell is the mean of the ranks' shifts that
+    hold data of it (each near the cell's mean, so the move loses nothing);
+    a collective call, made by every rank, with or without holdout batches.
+    """
+    n_n = moments.shape[1]
+    local = torch.zeros(3, n_n, dtype=torch.float64, device=moments.device)
+    if shift:
+        known = shift["known"].double()
+        local[0] = shift["x"].flatten().double() * known
+        local[1] = shift["y"].flatten().double() * known
+        local[2] = known
+    common = _all_reduce(local.clone())
+    common[:2] /= common[2].clamp_min(1)
+    dx, dy = local[0] - common[0], local[1] - common[1]  # 0 where this rank has no shift
+    n, sx, sy, sxx, syy, sxy = moments
+    sxy += dx * sy + dy * sx + n * dx * dy
+    sxx += 2 * dx * sx + n * dx * dx
+    syy += 2 * dy * sy + n * dy * dy
+    sx += n * dx
+    sy += n * dy
+
+
 class _Loop:
     """Training and evaluation epochs of one model over fixed loaders."""
 
@@ -587,20 +615,13 @@ class _Loop:
         n_n = self.n_neurons
         # loss sum, bins; then per cell: n, sx, sy, sxx, syy, sxy
         sums = torch.zeros(2 + 6 * n_n, dtype=torch.float64, device=self.device)
-        shift: list[torch.Tensor] = []
+        shift: dict[str, torch.Tensor] = {}
         with self._batches(self.hold_loader) as batches:
             for batch in batches:
                 self._holdout_sums(batch, sums, shift)
                 del batch
-        if shift:  # the moments of the values themselves (in float64), as the ranks' may differ
-            kx, ky = (k.flatten().double() for k in shift)
-            n, sx, sy, sxx, syy, sxy = sums[2:].view(6, n_n)
-            sxy += kx * sy + ky * sx + n * kx * ky
-            sxx += 2 * kx * sx + n * kx * kx
-            syy += 2 * ky * sy + n * ky * ky
-            sx += n * kx
-            sy += n * ky
-        if self.world > 1:
+        if self.world > 1:  # the ranks' moments, about one shift per cell, then summed
+            _reshift(sums[2:].view(6, n_n), shift)
             _all_reduce(sums)
         if sums[1] == 0:
             raise ValueError(
@@ -608,6 +629,8 @@ class _Loop:
                 "holdout, or select cells and sounds with data (ds.nat4.prune())"
             )
         loss = float(sums[0] / sums[1])
+        # moments about a value near each cell's mean: no cancellation, and a constant
+        # prediction or response has exactly zero variance
         n, sx, sy, sxx, syy, sxy = sums[2:].view(6, n_n).cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             cov = sxy - sx * sy / n
@@ -617,14 +640,17 @@ class _Loop:
         return loss, float(finite.mean()) if finite.size else math.nan
 
     def _holdout_sums(
-        self, batch: dict[str, Any], sums: torch.Tensor, shift: list[torch.Tensor]
+        self, batch: dict[str, Any], sums: torch.Tensor, shift: dict[str, torch.Tensor]
     ) -> None:
         """Add one batch's loss and per-cell moments of prediction and trial mean to ``sums``.
 
         The moments are of values shifted by each cell's means in the first
-        batch (``shift``, set then): the correlation does not change, and
-        float32 sums over a sound's time bins lose nothing to an offset
-        (float64 elementwise work on every bin cost several times more).
+        batch that holds data of it (``shift``: ``"x"``, ``"y"`` and
+        ``"known"``, per cell): the correlation does not change, and float32
+        sums over a sound's time bins lose nothing to an offset (float64
+        elementwise work on every bin cost several times more). Before a
+        cell's shift is set its bins all had weight 0, so every sum of it is
+        still an exact zero.
         Invalid bins enter as zeros with weight 0, in float arithmetic: the
         boolean mask is converted once (elementwise work on booleans costs
         several times what it costs on floats).
@@ -634,8 +660,8 @@ class _Loop:
         n = torch.count_nonzero(mask)
         sums[0] += self.loss_fn(pred, resp, mask).double() * n
         sums[1] += n
-        dtype = resp.dtype
-        values = torch.nan_to_num(resp, nan=0.0)  # finite; a bin's weight decides
+        dtype = torch.promote_types(resp.dtype, torch.float32)  # float16 sums overflow
+        values = torch.nan_to_num(resp.to(dtype), nan=0.0)  # finite; a bin's weight decides
         trials = mask.to(dtype)  # (B, N, R, T): 1 at a valid trial's bin, else 0
         if mask.shape[2] == 1:
             w = trials[:, :, 0]  # (B, N, T)
@@ -645,18 +671,26 @@ class _Loop:
         # NaN or inf predicted for a bin without data must not reach the moments; at
         # a bin with data it makes the loss non-finite, which stops the fit
         x = torch.nan_to_num(pred[:, :, 0].to(dtype), nan=0.0)
-        if not shift:  # each cell's means over this first batch's valid bins, (N, 1)
-            for v, weight in ((x, w), (values, trials)):
+        if not shift:
+            shift.update(
+                x=torch.zeros((self.n_neurons, 1), dtype=dtype, device=x.device),
+                y=torch.zeros((self.n_neurons, 1), dtype=dtype, device=x.device),
+                known=torch.zeros(self.n_neurons, dtype=torch.bool, device=x.device),
+            )
+        fresh = ~shift["known"] & (w.sum(dim=(0, 2)) > 0)  # cells with their first data
+        if bool(fresh.any()):  # their means over this batch's valid bins
+            for key, v, weight in (("x", x, w), ("y", values, trials)):
                 dims = tuple(d for d in range(v.dim()) if d != 1)
                 total = (v * weight).sum(dim=dims, dtype=torch.float64)
                 mean = total / weight.sum(dim=dims, dtype=torch.float64).clamp_min(1)
-                shift.append(mean.to(dtype)[:, None])
+                shift[key] = torch.where(fresh[:, None], mean.to(dtype)[:, None], shift[key])
+            shift["known"] |= fresh
         # shifted before any sum: float32 sums of values far from zero lose their digits
-        x = x.sub_(shift[0]).mul_(w)
+        x = x.sub_(shift["x"]).mul_(w)
         if mask.shape[2] == 1:  # one trial per sound (est): its values
-            y = values[:, :, 0].sub_(shift[1]).mul_(w)
+            y = values[:, :, 0].sub_(shift["y"]).mul_(w)
         else:  # the mean over each bin's valid trials
-            y = values.sub_(shift[1][:, None]).mul_(trials).sum(dim=2)
+            y = values.sub_(shift["y"][:, None]).mul_(trials).sum(dim=2)
             y = y.div_(count.clamp_(min=1))
         per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
                      torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
