@@ -427,20 +427,21 @@ class _Channels(torch.nn.Module):
     """Cell n's rate: the stim's frequency channel n (absolute), plus ``offset``; cells in
     ``constant`` predict ``value`` everywhere. Nothing trains (one unused parameter)."""
 
-    def __init__(self, offset=0.0, constant=(), value=_LOG2):
+    def __init__(self, offset=0.0, constant=(), value=_LOG2, n=None):
         super().__init__()
-        self.offset, self.constant, self.value = offset, list(constant), value
+        self.offset, self.constant, self.value, self.n = offset, list(constant), value, n
         self.unused = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
-        out = x[:, 0].abs() + self.offset
+        out = x[:, 0, : self.n].abs() + self.offset
         out[:, self.constant] = self.value
         return (out + 0 * self.unused)[:, :, None]
 
 
 def _channel_ccs(ds, held, offset=0.0, constant=()):
     """Per cell: np.corrcoef of _Channels' float32 output and the trial mean, valid bins."""
-    x = np.abs(ds.spectrogram.values[held].astype(np.float32)) + np.float32(offset)
+    n_cells = ds.sizes["neuron"]
+    x = np.abs(ds.spectrogram.values[held, :n_cells].astype(np.float32)) + np.float32(offset)
     x[:, list(constant)] = np.float32(_LOG2)
     with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
         __import__("warnings").simplefilter("ignore", RuntimeWarning)
@@ -488,6 +489,33 @@ def test_a_cell_predicted_as_a_constant_has_no_correlation():
     history = fit(_Channels(constant=[0, 2]), ds, holdout="holdout", loss="mse", **FAST)
     np.testing.assert_allclose(history.holdout_cc, np.nanmean(ccs), rtol=1e-6)
     history = fit(_Channels(constant=range(4)), ds, holdout="holdout", loss="mse", **FAST)
+    assert np.isnan(history.holdout_cc).all()
+
+
+def test_a_constant_trial_mean_has_no_correlation():
+    """Two spikes among six trials in every bin: the trial mean is 1/3 everywhere, which
+    float32 rounds differently from bin to bin; the cell has no correlation, not noise."""
+    n_stim, n_rep, n_time = 6, 6, 40
+    ds = nat4xr.synthetic.random_dataset(
+        n_est=n_stim, n_val=1, n_neurons=2, n_time=n_time, n_repeats=n_rep, p_missing=0.0, seed=0
+    ).isel(stim=slice(0, n_stim))
+    ds = ds.assign_coords(subset=("stim", np.array(["est"] * n_stim, dtype=object)),
+                          n_repeats=("stim", np.full(n_stim, n_rep)),
+                          holdout=("stim", np.arange(n_stim) < 4))  # fmt: skip
+    rng = np.random.default_rng(2)
+    response = np.zeros(ds.response.shape, np.float32)
+    for stim in range(n_stim):
+        for t in range(n_time):
+            response[stim, 0, rng.choice(n_rep, 2, replace=False), t] = 1.0
+    response[:, 1] = rng.poisson(2.0, (n_stim, n_rep, n_time))
+    ds = ds.assign(response=(ds.response.dims, response))
+    held = ds.holdout.values
+    ccs = _channel_ccs(ds, held)
+    assert np.isnan(ccs[0]) and np.isfinite(ccs[1])  # the premise: cell 0 is constant
+    fast = {**FAST, "batch_size": 2, "max_epochs": 1}
+    history = fit(_Channels(n=2), ds, holdout="holdout", loss="mse", **fast)
+    np.testing.assert_allclose(history.holdout_cc, ccs[1], rtol=1e-6)
+    history = fit(_Channels(n=1), ds.isel(neuron=[0]), holdout="holdout", loss="mse", **fast)
     assert np.isnan(history.holdout_cc).all()
 
 

@@ -37,6 +37,9 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "poisson": masked_poisson_nll,
     "mse": masked_mse,
 }
+#: A cell's trial means vary if their spread exceeds this many units of their float
+#: type's epsilon, relative to the size of its single trials; less is rounding.
+RESOLUTION = 8
 #: Settings a stage dict may override.
 STAGE_KEYS = ("lr", "weight_decay", "max_epochs", "patience", "tolerance", "params")
 #: With ``num_workers=0``, read the next batch on a thread while the model computes.
@@ -536,6 +539,7 @@ class _Loop:
         self.train_loader, self.hold_loader = train_loader, hold_loader
         self.reader = reader
         self.epochs_run = 0
+        self.eps = torch.finfo(torch.float32).eps  # of the holdout moments' float type
 
     def _batches(self, loader: Any) -> contextlib.closing[Iterator[dict[str, Any]]]:
         """The loader's batches, read one ahead on the reader thread if there is one."""
@@ -613,15 +617,16 @@ class _Loop:
         """Holdout loss (mean over valid bins) and mean over cells of the correlation."""
         self.model.eval()
         n_n = self.n_neurons
-        # loss sum, bins; then per cell: n, sx, sy, sxx, syy, sxy
-        sums = torch.zeros(2 + 6 * n_n, dtype=torch.float64, device=self.device)
+        # loss sum, bins; then per cell: n, sx, sy, sxx, syy, sxy about the cell's shift,
+        # and the valid trials' count and sum of squares about it (their size)
+        sums = torch.zeros(2 + 8 * n_n, dtype=torch.float64, device=self.device)
         shift: dict[str, torch.Tensor] = {}
         with self._batches(self.hold_loader) as batches:
             for batch in batches:
                 self._holdout_sums(batch, sums, shift)
                 del batch
         if self.world > 1:  # the ranks' moments, about one shift per cell, then summed
-            _reshift(sums[2:].view(6, n_n), shift)
+            _reshift(sums[2 : 2 + 6 * n_n].view(6, n_n), shift)
             _all_reduce(sums)
         if sums[1] == 0:
             raise ValueError(
@@ -630,12 +635,16 @@ class _Loop:
             )
         loss = float(sums[0] / sums[1])
         # moments about a value near each cell's mean: no cancellation, and a constant
-        # prediction or response has exactly zero variance
-        n, sx, sy, sxx, syy, sxy = sums[2:].view(6, n_n).cpu().numpy()
+        # prediction has exactly zero variance. Trial means carry rounding (a constant
+        # 1/3 differs by an ulp from bin to bin): a variance of theirs below the
+        # resolution of the trials' own size is none. No variance, no correlation.
+        n, sx, sy, sxx, syy, sxy, n_trials, s_trials = sums[2:].view(8, n_n).cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             cov = sxy - sx * sy / n
-            var = (sxx - sx * sx / n) * (syy - sy * sy / n)
-            cc = np.where((n > 1) & (var > 0), cov / np.sqrt(var), np.nan)
+            vx, vy = sxx - sx * sx / n, syy - sy * sy / n
+            noise = n * (RESOLUTION * self.eps) ** 2 * (s_trials / n_trials)
+            ok = (n > 1) & (vx > 0) & (vy > noise)
+            cc = np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), np.nan)
         finite = cc[np.isfinite(cc)]
         return loss, float(finite.mean()) if finite.size else math.nan
 
@@ -661,6 +670,7 @@ class _Loop:
         sums[0] += self.loss_fn(pred, resp, mask).double() * n
         sums[1] += n
         dtype = torch.promote_types(resp.dtype, torch.float32)  # float16 sums overflow
+        self.eps = torch.finfo(dtype).eps
         values = torch.nan_to_num(resp.to(dtype), nan=0.0)  # finite; a bin's weight decides
         trials = mask.to(dtype)  # (B, N, R, T): 1 at a valid trial's bin, else 0
         if mask.shape[2] == 1:
@@ -689,11 +699,16 @@ class _Loop:
         x = x.sub_(shift["x"]).mul_(w)
         if mask.shape[2] == 1:  # one trial per sound (est): its values
             y = values[:, :, 0].sub_(shift["y"]).mul_(w)
+            per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
+                         torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
+            per_sound += per_sound[::4]  # the trials are the bins
         else:  # the mean over each bin's valid trials
-            y = values.sub_(shift["y"][:, None]).mul_(trials).sum(dim=2)
-            y = y.div_(count.clamp_(min=1))
-        per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
-                     torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
+            values = values.sub_(shift["y"][:, None]).mul_(trials)
+            size = torch.linalg.vecdot(values, values).sum(dim=2)  # (B, N)
+            y = values.sum(dim=2).div_(count.clamp_(min=1))
+            per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
+                         torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y),
+                         trials.sum(dim=(2, 3)), size]  # fmt: skip
         sums[2:] += torch.stack(per_sound).sum(dim=1, dtype=torch.float64).flatten()
 
 
