@@ -660,9 +660,13 @@ class _Loop:
         elementwise work on every bin cost several times more). Before a
         cell's shift is set its bins all had weight 0, so every sum of it is
         still an exact zero.
+
         Invalid bins enter as zeros with weight 0, in float arithmetic: the
         boolean mask is converted once (elementwise work on booleans costs
-        several times what it costs on floats).
+        several times what it costs on floats). With several trials per
+        sound, the valid trials' count and sum of squares about the shift
+        are summed too: the size against which a spread of the trial means
+        is told from their rounding.
         """
         stims, resp, mask = self._batch(batch)
         pred = self._output(self.model(stims), stims.shape[0])
