@@ -360,6 +360,30 @@ def _paired(fit, training, net, est, batches, fit_kw, loss_fn, memory_loaders=Fa
     return [f - m for f, m in zip(seconds[1:], spent[1:])], spent[1:]
 
 
+def _in_memory(net, batches, k, loss_fn) -> tuple[float, float, float]:
+    """k + 1 epochs over batches in memory: seconds per epoch after the first, and the
+    CPU time of all of them (every thread, then this thread)."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    c0, m0 = time.process_time(), time.thread_time()
+    for e in range(k + 1):
+        if e == 1:
+            t0 = time.perf_counter()
+        net.train()
+        for b in batches[0]:
+            loss = loss_fn(net(b["stims"]), b["responses"], b["valid_mask"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+        net.eval()
+        with torch.no_grad():
+            for b in batches[1]:
+                loss_fn(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+    return (time.perf_counter() - t0) / k, time.process_time() - c0, time.thread_time() - m0
+
+
 def epoch(args: argparse.Namespace) -> int:
     import torch
     from _deepstrf import _import_from_deepstrf
@@ -402,13 +426,10 @@ def epoch(args: argparse.Namespace) -> int:
         tl, hl = loaders()
         batches = [b for b in tl], [b for b in hl]  # already in memory (and the file warm)
         k = args.epochs  # timed epochs per round, after one untimed epoch each way
-        for _ in range(args.rounds):
-            # 1. nat4xr.torch.fit, k + 1 epochs (training pass + holdout pass each),
-            # reading every batch; all but the first are timed (the first also learns,
-            # once per fit, which rows of each sound hold values)
+        for r in range(args.rounds):
             fit_kw = dict(holdout="holdout", max_epochs=k + 1, patience=k + 1, lr=1e-3,
                           batch_size=args.batch_size, progress=False)  # fmt: skip
-            # 0. the same, one in-memory step timed after each of fit's (see _paired):
+            # 0. fit with one in-memory step timed beside each of its own (see _paired):
             # the data path's share of an epoch, paired batch by batch
             f, m = _paired(fit, training, net, est, batches, fit_kw, masked_poisson_nll,
                            memory_loaders=args.memory_loaders)  # fmt: skip
@@ -416,38 +437,35 @@ def epoch(args: argparse.Namespace) -> int:
             times["paired memory"].append(statistics.mean(m))
             if args.memory_loaders:
                 continue  # fit's own work alone: nothing else to compare
-            c0, m0 = time.process_time(), time.thread_time()
-            h = fit(net, est, **fit_kw)
-            times["fit cpu"].append(time.process_time() - c0)  # all threads, setup too
-            times["fit main"].append(time.thread_time() - m0)  # this thread only
-            times["fit"].append(float(h.seconds[1:].mean()))
-            # 1b. the same with each batch read in turn, not on a thread while the model
-            # computes on the last (versions of fit without READ_AHEAD always read in turn)
-            if hasattr(training, "READ_AHEAD"):
-                training.READ_AHEAD = False
-                h = fit(net, est, **fit_kw)
-                training.READ_AHEAD = True
-                times["in turn"].append(float(h.seconds[1:].mean()))
-            # 2. the same passes over tensors in memory, k + 1 epochs, all but the first timed
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            c0, m0 = time.process_time(), time.thread_time()
-            for e in range(k + 1):
-                if e == 1:
-                    t0 = time.perf_counter()
-                net.train()
-                for b in batches[0]:
-                    loss = masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    loss.item()
-                net.eval()
-                with torch.no_grad():
-                    for b in batches[1]:
-                        masked_poisson_nll(net(b["stims"]), b["responses"], b["valid_mask"]).item()
-            times["memory"].append((time.perf_counter() - t0) / k)
-            times["memory cpu"].append(time.process_time() - c0)
-            times["memory main"].append(time.thread_time() - m0)
+
+            # then one after the other, in this order in even rounds and the reverse
+            # in odd ones: neither runs first every time (a fixed order measured the
+            # share 5-10 points higher than alternating orders)
+            order = ["fit", "in turn", "memory"]
+            for what in order if r % 2 == 0 else order[::-1]:
+                if what == "fit":
+                    # 1. nat4xr.torch.fit, k + 1 epochs (training pass + holdout pass each),
+                    # reading every batch; all but the first are timed (the first also
+                    # learns, once per fit, which rows of each sound hold values)
+                    c0, m0 = time.process_time(), time.thread_time()
+                    h = fit(net, est, **fit_kw)
+                    times["fit cpu"].append(time.process_time() - c0)  # every thread, setup
+                    times["fit main"].append(time.thread_time() - m0)  # this thread only
+                    times["fit"].append(float(h.seconds[1:].mean()))
+                elif what == "in turn" and hasattr(training, "READ_AHEAD"):
+                    # 1b. the same with each batch read in turn, not on a thread while the
+                    # model computes on the last (fit without READ_AHEAD reads in turn)
+                    training.READ_AHEAD = False
+                    h = fit(net, est, **fit_kw)
+                    training.READ_AHEAD = True
+                    times["in turn"].append(float(h.seconds[1:].mean()))
+                elif what == "memory":
+                    # 2. the same passes over tensors in memory, k + 1 epochs, all but
+                    # the first timed
+                    wall, cpu, main = _in_memory(net, batches, k, masked_poisson_nll)
+                    times["memory"].append(wall)
+                    times["memory cpu"].append(cpu)  # every thread
+                    times["memory main"].append(main)  # this thread only
             # 2b. the data path alone: one pass over both loaders, nothing computed
             tl, hl = loaders()
             t0 = time.perf_counter()
