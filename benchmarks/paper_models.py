@@ -43,7 +43,8 @@ beside each of its own (``_paired``: the same model's forward and backward
 pass on a batch already in memory, before ``fit``'s step on every other
 batch and after it on the rest), which gives the data path's share of an
 epoch, ``1 - memory / fit``, from two measurements that alternate every
-few tens of milliseconds; then, one after the other, the mean of
+few tens of milliseconds; then, one after the other (the first three in
+this order in even rounds and the reverse in odd ones), the mean of
 ``--epochs`` epochs of ``fit`` after an untimed first one (train pass over
 the est sounds less the holdout, then the holdout pass; the first also
 learns which rows of each sound hold values), the same with each batch
