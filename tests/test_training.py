@@ -533,7 +533,7 @@ def test_ranks_holdout_moments_meet_about_one_shift(monkeypatch):
     response[[0, 2, 4], 1] = np.nan  # rank 0 (sounds 0, 2, 4) has no data of cell 1
     ds = ds.assign(response=(ds.response.dims, response + 1000.0))
     parts = [ds.isel(stim=[0, 2, 4]), ds.isel(stim=[1, 3, 5])]
-    barrier, deposits = threading.Barrier(2), {}
+    barrier, deposits = threading.Barrier(2, timeout=60), {}  # a failing rank: no hang
 
     def all_reduce(values):  # every rank's tensor, summed in place, as dist.all_reduce
         deposits[threading.get_ident()] = values.clone()
@@ -552,7 +552,7 @@ def test_ranks_holdout_moments_meet_about_one_shift(monkeypatch):
                               4, 20, 2, None, loader)  # fmt: skip
         results[r] = loop.evaluate()
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
