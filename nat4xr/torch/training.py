@@ -703,16 +703,16 @@ class _Loop:
         x = x.sub_(shift["x"]).mul_(w)
         if mask.shape[2] == 1:  # one trial per sound (est): its values
             y = values[:, :, 0].sub_(shift["y"]).mul_(w)
-            per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
-                         torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
-            per_sound += per_sound[::4]  # the trials are the bins
         else:  # the mean over each bin's valid trials
             values = values.sub_(shift["y"][:, None]).mul_(trials)
             size = torch.linalg.vecdot(values, values).sum(dim=2)  # (B, N)
             y = values.sum(dim=2).div_(count.clamp_(min=1))
-            per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
-                         torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y),
-                         trials.sum(dim=(2, 3)), size]  # fmt: skip
+        per_sound = [w.sum(dim=2), x.sum(dim=2), y.sum(dim=2), torch.linalg.vecdot(x, x),
+                     torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)]  # fmt: skip
+        if mask.shape[2] == 1:
+            per_sound += per_sound[::4]  # the trials are the bins
+        else:
+            per_sound += [trials.sum(dim=(2, 3)), size]
         sums[2:] += torch.stack(per_sound).sum(dim=1, dtype=torch.float64).flatten()
 
 
