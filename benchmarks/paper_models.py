@@ -283,6 +283,20 @@ class _Served:
         return (dict(b) for b in self.batches)
 
 
+def _memory_step(net, opt, loss_fn, b) -> None:
+    """One forward and backward step on a batch in memory, as a plain training loop's."""
+    loss = loss_fn(net(b["stims"]), b["responses"], b["valid_mask"])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    loss.item()
+
+
+def _memory_holdout(net, loss_fn, b) -> None:
+    """One forward pass and loss on a batch in memory (under no_grad, the model in eval)."""
+    loss_fn(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+
+
 def _paired(fit, training, net, est, batches, fit_kw, loss_fn, memory_loaders=False):
     """One ``fit`` with one in-memory step timed beside each of its own steps.
 
@@ -310,16 +324,12 @@ def _paired(fit, training, net, est, batches, fit_kw, loss_fn, memory_loaders=Fa
 
     def in_memory_step(b):
         t0 = time.perf_counter()
-        loss = loss_fn(net(b["stims"]), b["responses"], b["valid_mask"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()
+        _memory_step(net, opt, loss_fn, b)
         spent[-1] += time.perf_counter() - t0
 
     def in_memory_holdout(b):
         t0 = time.perf_counter()
-        loss_fn(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+        _memory_holdout(net, loss_fn, b)
         spent[-1] += time.perf_counter() - t0
 
     def paired(kind, own, theirs, loop, a, k):
@@ -373,15 +383,11 @@ def _in_memory(net, batches, k, loss_fn) -> tuple[float, float, float]:
             t0 = time.perf_counter()
         net.train()
         for b in batches[0]:
-            loss = loss_fn(net(b["stims"]), b["responses"], b["valid_mask"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss.item()
+            _memory_step(net, opt, loss_fn, b)
         net.eval()
         with torch.no_grad():
             for b in batches[1]:
-                loss_fn(net(b["stims"]), b["responses"], b["valid_mask"]).item()
+                _memory_holdout(net, loss_fn, b)
     return (time.perf_counter() - t0) / k, time.process_time() - c0, time.thread_time() - m0
 
 
